@@ -1,0 +1,36 @@
+# One reproducible install (.venv from constraints.txt), then everything runs from it.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+SHARED_WEIGHTS := ../shared/models/mobilenet_v2_1.0_backbone.weights.h5
+# ImageNet weights are the product default; on machines without internet the team's offline copy is used
+FRUITS_WEIGHTS ?= $(if $(wildcard $(SHARED_WEIGHTS)),$(abspath $(SHARED_WEIGHTS)),imagenet)
+export FRUITS_WEIGHTS
+DEMO_OUTPUT ?= out/demo
+
+.PHONY: setup demo test lint format bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(BIN)/fruits run-local --input data/sample --output $(DEMO_OUTPUT)
+
+test: setup
+	$(BIN)/pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf out test-artifacts .pytest_cache .ruff_cache

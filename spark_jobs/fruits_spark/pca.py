@@ -1,0 +1,119 @@
+"""Step 3, PCA: 1280 features -> k components with Spark ML, a versioned model, Parquet + CSV outputs.
+
+Scheduled runs apply the current model so that components stay comparable from day to day; ``--refit``
+(or a first run, or a different k) fits a new version on all features seen so far.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass
+
+from pyspark.ml.feature import PCA, PCAModel
+from pyspark.ml.functions import array_to_vector, vector_to_array
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from fruits_spark import report, storage
+from fruits_spark.layout import Layout, read_stats, write_stats
+from fruits_spark.model import FEATURE_DIM
+from fruits_spark.session import base_parser, spark_session
+
+
+@dataclass(frozen=True)
+class PcaParams:
+    k: int = 100
+
+
+def extract(spark: SparkSession, features_uri: str) -> DataFrame:
+    return spark.read.parquet(features_uri).select("path", "label", "features")
+
+
+def as_vectors(features: DataFrame) -> DataFrame:
+    return features.select("path", "label", array_to_vector("features").alias("vector"))
+
+
+def fit(features: DataFrame, params: PcaParams) -> PCAModel:
+    return PCA(k=params.k, inputCol="vector", outputCol="projected").fit(as_vectors(features))
+
+
+def transform(features: DataFrame, pca_model: PCAModel) -> DataFrame:
+    projected = pca_model.transform(as_vectors(features))
+    return projected.select("path", "label", vector_to_array("projected", "float32").alias("pca"))
+
+
+def as_csv_matrix(projected: DataFrame, k: int) -> DataFrame:
+    return projected.select(
+        "path", "label", *[F.col("pca")[i].alias(f"pc_{i + 1}") for i in range(k)]
+    )
+
+
+def current_model_version(spark: SparkSession, models_uri: str) -> str | None:
+    versions = [name for name in storage.list_dirs(spark, models_uri) if name.startswith("v=")]
+    return max(versions) if versions else None
+
+
+def fit_or_load(
+    spark: SparkSession, layout: Layout, params: PcaParams, refit: bool
+) -> tuple[PCAModel, str, str]:
+    """(model, version, why) where why says whether it was fitted now or reused."""
+    version = current_model_version(spark, layout.pca_models)
+    if version and not refit:
+        existing = PCAModel.load(f"{layout.pca_models}/{version}")
+        if existing.getK() == params.k:
+            return existing, version, "applied"
+        why = f"k_changed_from_{existing.getK()}"
+    else:
+        why = "refit" if refit else "first_fit"
+    # a refit learns from every day seen so far, not only from this run's uploads
+    fitted = fit(extract(spark, layout.root("features")), params)
+    version = "v=" + dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + f"-k{params.k}"
+    fitted.write().overwrite().save(f"{layout.pca_models}/{version}")
+    return fitted, version, why
+
+
+def load(projected: DataFrame, layout: Layout, k: int) -> int:
+    projected.write.mode("overwrite").parquet(layout.dataset("pca"))
+    written = projected.sparkSession.read.parquet(layout.dataset("pca"))
+    # a single CSV file: it is the hand-off to people and tools outside Spark
+    as_csv_matrix(written, k).coalesce(1).write.mode("overwrite").option("header", True).csv(
+        layout.dataset("pca_csv")
+    )
+    return written.count()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = base_parser("Reduce features with PCA (Spark ML) and write the run report.")
+    parser.add_argument("--k", type=int, default=100, help="number of components (1..1280)")
+    parser.add_argument("--refit", action="store_true", help="fit a new model version on all features")
+    args = parser.parse_args(argv)
+    if not 1 <= args.k <= FEATURE_DIM:
+        raise SystemExit(f"pca: --k must be within 1..{FEATURE_DIM}, got {args.k}")
+    started = time.monotonic()
+    spark = spark_session("fruits-pca")
+    layout = Layout(args.output, args.dt)
+    params = PcaParams(args.k)
+    features = extract(spark, layout.dataset("features"))
+    if features.isEmpty():
+        stats = {"ok": 0, "k": args.k, "model_version": None, "model": "none: no features this run"}
+        projected = None
+    else:
+        pca_model, version, why = fit_or_load(spark, layout, params, args.refit)
+        n_projected = load(transform(features, pca_model), layout, args.k)
+        stats = {
+            "ok": n_projected,
+            "k": args.k,
+            "model_version": version,
+            "model": why,
+            "explained_variance": [float(v) for v in pca_model.explainedVariance.toArray()],
+        }
+        projected = spark.read.parquet(layout.dataset("pca"))
+    stats.update(step="pca", seconds=round(time.monotonic() - started, 2))
+    write_stats(spark, layout, "pca", stats)
+    summary = report.build_summary(
+        layout.dt, {step: read_stats(spark, layout, step) for step in ("ingest", "features", "pca")}
+    )
+    report.write_report(spark, layout, summary, projected)
+    print(f"pca: {stats['ok']} rows projected to k={args.k} ({stats['model']}); "
+          f"report at {layout.output}/report.json")

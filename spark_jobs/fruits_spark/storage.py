@@ -1,0 +1,86 @@
+"""Small-file I/O through Hadoop's FileSystem, so one code path serves local paths, file:// and s3://."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+
+from pyspark.sql import SparkSession
+
+
+@dataclass(frozen=True)
+class ListedFile:
+    uri: str
+    length: int
+
+
+def _fs_and_path(spark: SparkSession, uri: str):
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(uri)
+    return path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), path
+
+
+def qualify(spark: SparkSession, uri: str) -> str:
+    """The fully qualified form Spark itself reports (``file:/x/y``, ``s3://b/k``)."""
+    fs, path = _fs_and_path(spark, uri)
+    return str(fs.makeQualified(path).toString())
+
+
+def exists(spark: SparkSession, uri: str) -> bool:
+    fs, path = _fs_and_path(spark, uri)
+    return bool(fs.exists(path))
+
+
+def list_files(spark: SparkSession, uri: str) -> list[ListedFile]:
+    """Every file below ``uri``, hidden ones included (Spark's readers skip those silently)."""
+    fs, path = _fs_and_path(spark, uri)
+    if not fs.exists(path):
+        return []
+    found = []
+    iterator = fs.listFiles(path, True)
+    while iterator.hasNext():
+        status = iterator.next()
+        found.append(ListedFile(str(status.getPath().toString()), int(status.getLen())))
+    return found
+
+
+def list_dirs(spark: SparkSession, uri: str) -> list[str]:
+    fs, path = _fs_and_path(spark, uri)
+    if not fs.exists(path):
+        return []
+    return sorted(str(s.getPath().getName()) for s in fs.listStatus(path) if s.isDirectory())
+
+
+def write_bytes(spark: SparkSession, uri: str, data: bytes) -> None:
+    fs, path = _fs_and_path(spark, uri)
+    stream = fs.create(path, True)
+    try:
+        stream.write(bytearray(data))
+    finally:
+        stream.close()
+
+
+def read_bytes(spark: SparkSession, uri: str) -> bytes:
+    fs, path = _fs_and_path(spark, uri)
+    stream = fs.open(path)
+    try:
+        # py4j hands a returned byte[] over as bytes in one piece
+        return bytes(spark.sparkContext._jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
+    finally:
+        stream.close()
+
+
+def fetch_to_local(spark: SparkSession, uri: str) -> str:
+    """Copy a remote file next to the driver; Keras only loads weights from a local path."""
+    if "://" not in uri or uri.startswith("file://"):
+        local = uri.removeprefix("file://")
+        if not os.path.exists(local):
+            raise FileNotFoundError(f"weights file not found: {uri}")
+        return local
+    fs, path = _fs_and_path(spark, uri)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"weights file not found: {uri}")
+    local = os.path.join(tempfile.mkdtemp(prefix="fruits-weights-"), os.path.basename(uri))
+    fs.copyToLocalFile(False, path, spark.sparkContext._jvm.org.apache.hadoop.fs.Path(local), True)
+    return local

@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 demo: setup
-	$(BIN)/fruits run-local --input data/sample --output $(DEMO_OUTPUT)
+	$(BIN)/python -m fruits_platform.demo --input data/sample --output $(DEMO_OUTPUT)
 
 test: setup
 	$(BIN)/pytest
@@ -34,3 +34,18 @@ format: setup
 
 clean:
 	rm -rf out test-artifacts .pytest_cache .ruff_cache
+
+# Local Airflow 3 (api-server, scheduler, dag-processor, triggerer; LocalExecutor on SQLite) on
+# http://127.0.0.1:$(AIRFLOW_PORT), home .airflow/, login admin / admin. Ctrl-C or `make airflow-stop` stops it.
+AIRFLOW_PORT ?= 8080
+LOCAL_AIRFLOW := $(BIN)/python -m fruits_platform.local_airflow
+.PHONY: airflow airflow-stop test-browser
+
+airflow: setup
+	$(LOCAL_AIRFLOW) start --home $(CURDIR)/.airflow --port $(AIRFLOW_PORT)
+
+airflow-stop:
+	$(LOCAL_AIRFLOW) stop --home $(CURDIR)/.airflow
+
+test-browser: setup
+	$(BIN)/pytest tests/browser -m browser

@@ -1,4 +1,4 @@
-"""spark-submit entry point for the features step; its code lives in fruits_spark.features (shipped with --py-files)."""
+"""spark-submit entry point of the features step (code: fruits_spark.features, via --py-files)."""
 
 from fruits_spark.features import main
 

@@ -1,4 +1,4 @@
-"""spark-submit entry point for the ingest step; its code lives in fruits_spark.ingest (shipped with --py-files)."""
+"""spark-submit entry point of the ingest step; the code is fruits_spark.ingest, shipped with --py-files."""
 
 from fruits_spark.ingest import main
 

@@ -1,4 +1,4 @@
-"""spark-submit entry point for the pca step; its code lives in fruits_spark.pca (shipped with --py-files)."""
+"""spark-submit entry point of the pca step; the code is fruits_spark.pca, shipped with --py-files."""
 
 from fruits_spark.pca import main
 

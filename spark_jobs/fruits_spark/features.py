@@ -154,5 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         seconds=round(time.monotonic() - started, 2),
     )
     write_stats(spark, layout, "features", stats)
-    print(f"features: {stats['ok']} embedded, {stats['rejected']} failed, "
-          f"{stats['model_builds']} model builds over {stats['partitions']} partitions")
+    print(
+        f"features: {stats['ok']} embedded, {stats['rejected']} failed, "
+        f"{stats['model_builds']} model builds over {stats['partitions']} partitions"
+    )

@@ -47,15 +47,36 @@ class IngestParams:
     max_pixels: int = images.MAX_PIXELS
 
 
-def extract(spark: SparkSession, input_uri: str) -> tuple[DataFrame, list[str]]:
-    """All non-hidden files (content read lazily) and the hidden ones, which Spark's reader skips."""
+UNLISTED_SCHEMA = "path string, status string, reason string, detail string"
+
+
+def extract(spark: SparkSession, input_uri: str) -> tuple[DataFrame, DataFrame, int]:
+    """(files Spark reads, files its reader never yields, number of files seen).
+
+    Spark's file sources skip hidden files and zero-length files without a word: the Hadoop listing finds
+    them so that they are accounted for too.
+    """
     root = storage.qualify(spark, input_uri)
     listing = storage.list_files(spark, input_uri)
-    hidden = [f.uri for f in listing if images.is_hidden(f.uri.removeprefix(root))]
-    if len(hidden) == len(listing):
-        return spark.createDataFrame([], BINARY_FILE_SCHEMA), hidden
+    unlisted = []
+    for listed in listing:
+        if images.is_hidden(listed.uri.removeprefix(root)):
+            unlisted.append((listed.uri, "ignored", "hidden", None))
+        elif listed.length == 0:
+            named_image = images.is_image_name(listed.uri)
+            unlisted.append(
+                (
+                    listed.uri,
+                    "rejected" if named_image else "ignored",
+                    "empty" if named_image else "not_an_image_name",
+                    "0 bytes",
+                )
+            )
+    unlisted_df = spark.createDataFrame(unlisted, UNLISTED_SCHEMA)
+    if len(unlisted) == len(listing):
+        return spark.createDataFrame([], BINARY_FILE_SCHEMA), unlisted_df, len(listing)
     files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(input_uri)
-    return files, hidden
+    return files, unlisted_df, len(listing)
 
 
 def label_column(path: F.Column, input_root: str) -> F.Column:
@@ -83,8 +104,11 @@ def _inspect_udf(max_pixels: int):
     return inspect
 
 
-def transform(files: DataFrame, params: IngestParams) -> DataFrame:
-    """Classify each file: status ok | rejected | duplicate | ignored, with a reason where not ok."""
+def transform(files: DataFrame, params: IngestParams, unlisted: DataFrame | None = None) -> DataFrame:
+    """Classify each file: status ok | rejected | duplicate | ignored, with a reason where not ok.
+
+    ``unlisted`` holds files already classified from the listing (hidden, zero-length).
+    """
     is_image_name = F.col("path").rlike(IMAGE_NAME_REGEX)
     size_ok = (F.col("length") > 0) & (F.col("length") <= params.max_file_bytes)
 
@@ -100,7 +124,11 @@ def transform(files: DataFrame, params: IngestParams) -> DataFrame:
 
     inspected = (
         files.filter(is_image_name & size_ok)
-        .select("path", F.sha2("content", 256).alias("content_hash"), _inspect_udf(params.max_pixels)("content").alias("i"))
+        .select(
+            "path",
+            F.sha2("content", 256).alias("content_hash"),
+            _inspect_udf(params.max_pixels)("content").alias("i"),
+        )
         .select("path", "content_hash", "i.*")
     )
     first_of_hash = Window.partitionBy("content_hash").orderBy("path")
@@ -123,6 +151,8 @@ def transform(files: DataFrame, params: IngestParams) -> DataFrame:
         "height",
         "content",
     )
+    if unlisted is not None:
+        not_read = not_read.unionByName(unlisted)
     return classified.unionByName(not_read, allowMissingColumns=True).select(
         "path",
         label_column(F.col("path"), params.input_root).alias("label"),
@@ -136,7 +166,7 @@ def transform(files: DataFrame, params: IngestParams) -> DataFrame:
     )
 
 
-def load(spark: SparkSession, classified: DataFrame, hidden: list[str], layout: Layout) -> dict:
+def load(classified: DataFrame, layout: Layout) -> dict:
     classified.persist()
     try:
         classified.filter(F.col("status") == "ok").select(
@@ -145,10 +175,9 @@ def load(spark: SparkSession, classified: DataFrame, hidden: list[str], layout: 
         classified.filter(F.col("status").isin("rejected", "duplicate")).select(
             "path", "reason", "detail"
         ).write.mode("overwrite").parquet(layout.rejected("ingest"))
-        hidden_rows = spark.createDataFrame([(p, "hidden") for p in hidden], "path string, reason string")
-        classified.filter(F.col("status") == "ignored").select("path", "reason").unionByName(
-            hidden_rows
-        ).write.mode("overwrite").parquet(layout.dataset("ignored"))
+        classified.filter(F.col("status") == "ignored").select("path", "reason").write.mode(
+            "overwrite"
+        ).parquet(layout.dataset("ignored"))
         counts = {
             (row["status"], row["reason"]): row["n"]
             for row in classified.groupBy("status", "reason").agg(F.count("*").alias("n")).collect()
@@ -159,11 +188,11 @@ def load(spark: SparkSession, classified: DataFrame, hidden: list[str], layout: 
     for (status, _), n in counts.items():
         by_status[status] = by_status.get(status, 0) + n
     return {
-        "files_seen": sum(counts.values()) + len(hidden),
+        "classified": sum(counts.values()),
         "ok": by_status.get("ok", 0),
         "rejected": by_status.get("rejected", 0),
         "duplicates": by_status.get("duplicate", 0),
-        "ignored": by_status.get("ignored", 0) + len(hidden),
+        "ignored": by_status.get("ignored", 0),
         "rejected_by_reason": {
             reason: n for (status, reason), n in sorted(counts.items()) if status == "rejected"
         },
@@ -178,10 +207,15 @@ def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
     spark = spark_session("fruits-ingest")
     layout = Layout(args.output, args.dt)
-    files, hidden = extract(spark, args.input)
+    files, unlisted, files_seen = extract(spark, args.input)
     params = IngestParams(storage.qualify(spark, args.input), args.max_file_bytes)
-    stats = load(spark, transform(files, params), hidden, layout)
-    stats.update(step="ingest", input=args.input, seconds=round(time.monotonic() - started, 2))
+    stats = load(transform(files, params, unlisted), layout)
+    # the listing is the ground truth: a file classified nowhere shows up here as a mismatch
+    stats.update(
+        step="ingest", input=args.input, files_seen=files_seen, seconds=round(time.monotonic() - started, 2)
+    )
     write_stats(spark, layout, "ingest", stats)
-    print(f"ingest: {stats['ok']} ok, {stats['rejected']} rejected, {stats['duplicates']} duplicates, "
-          f"{stats['ignored']} ignored of {stats['files_seen']} files")
+    print(
+        f"ingest: {stats['ok']} ok, {stats['rejected']} rejected, {stats['duplicates']} duplicates, "
+        f"{stats['ignored']} ignored of {stats['files_seen']} files"
+    )

@@ -44,9 +44,7 @@ def transform(features: DataFrame, pca_model: PCAModel) -> DataFrame:
 
 
 def as_csv_matrix(projected: DataFrame, k: int) -> DataFrame:
-    return projected.select(
-        "path", "label", *[F.col("pca")[i].alias(f"pc_{i + 1}") for i in range(k)]
-    )
+    return projected.select("path", "label", *[F.col("pca")[i].alias(f"pc_{i + 1}") for i in range(k)])
 
 
 def current_model_version(spark: SparkSession, models_uri: str) -> str | None:
@@ -68,7 +66,7 @@ def fit_or_load(
         why = "refit" if refit else "first_fit"
     # a refit learns from every day seen so far, not only from this run's uploads
     fitted = fit(extract(spark, layout.root("features")), params)
-    version = "v=" + dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + f"-k{params.k}"
+    version = "v=" + dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f") + f"-k{params.k}"
     fitted.write().overwrite().save(f"{layout.pca_models}/{version}")
     return fitted, version, why
 
@@ -115,5 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         layout.dt, {step: read_stats(spark, layout, step) for step in ("ingest", "features", "pca")}
     )
     report.write_report(spark, layout, summary, projected)
-    print(f"pca: {stats['ok']} rows projected to k={args.k} ({stats['model']}); "
-          f"report at {layout.output}/report.json")
+    print(
+        f"pca: {stats['ok']} rows projected to k={args.k} ({stats['model']}); "
+        f"report at {layout.output}/report.json"
+    )

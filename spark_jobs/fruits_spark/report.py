@@ -61,7 +61,11 @@ def _png(figure) -> bytes:
 def plot_explained_variance(summary: dict) -> bytes:
     from matplotlib.figure import Figure
 
-    variance, cumulative, k = summary["explained_variance"], summary["cumulative_explained_variance"], summary["k"]
+    variance, cumulative, k = (
+        summary["explained_variance"],
+        summary["cumulative_explained_variance"],
+        summary["k"],
+    )
     figure = Figure(figsize=(7, 4))
     axes = figure.subplots()
     components = range(1, len(variance) + 1)
@@ -74,8 +78,9 @@ def plot_explained_variance(summary: dict) -> bytes:
     twin.set_ylabel("cumulative")
     if cumulative:
         twin.axvline(k, color="grey", linestyle="--")
-        twin.annotate(f"k={k}: {cumulative[-1]:.1%}", (k, cumulative[-1]), textcoords="offset points",
-                      xytext=(-90, -20))
+        twin.annotate(
+            f"k={k}: {cumulative[-1]:.1%}", (k, cumulative[-1]), textcoords="offset points", xytext=(-90, -20)
+        )
     figure.legend(loc="upper center", ncols=2)
     axes.set_title("PCA explained variance", pad=22)
     return _png(figure)
@@ -116,9 +121,13 @@ def plot_step_seconds(summary: dict) -> bytes:
 def render_html(summary: dict, plots: dict[str, bytes]) -> str:
     counts = summary["counts"]
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{v}</td></tr>" for k, v in counts.items())
-    reasons = "".join(
-        f"<tr><th>{html.escape(k)}</th><td>{v}</td></tr>" for k, v in summary["rejected_by_reason"].items()
-    ) or "<tr><td colspan=2>none</td></tr>"
+    reasons = (
+        "".join(
+            f"<tr><th>{html.escape(k)}</th><td>{v}</td></tr>"
+            for k, v in summary["rejected_by_reason"].items()
+        )
+        or "<tr><td colspan=2>none</td></tr>"
+    )
     cost = summary.get("cost") or {"note": "local run: no cluster cost"}
     images = "".join(
         f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
@@ -127,17 +136,17 @@ def render_html(summary: dict, plots: dict[str, bytes]) -> str:
     )
     cumulative = summary["cumulative_explained_variance"]
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Fruits! run report {html.escape(summary['dt'])}</title>
+<html lang="en"><head><meta charset="utf-8"><title>Fruits! run report {html.escape(summary["dt"])}</title>
 <style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}table{{border-collapse:collapse}}
 th,td{{border:1px solid #ccc;padding:4px 10px;text-align:left}}img{{max-width:100%}}</style></head>
-<body><h1>Fruits! feature pipeline: run of {html.escape(summary['dt'])}</h1>
-<p>Input: <code>{html.escape(str(summary['input']))}</code>. Every file is accounted for:
-{'yes' if summary['reconciled'] else '<strong>NO</strong>'}.</p>
+<body><h1>Fruits! feature pipeline: run of {html.escape(summary["dt"])}</h1>
+<p>Input: <code>{html.escape(str(summary["input"]))}</code>. Every file is accounted for:
+{"yes" if summary["reconciled"] else "<strong>NO</strong>"}.</p>
 <h2>Counts</h2><table>{rows}</table>
 <h2>Rejections by reason</h2><table>{reasons}</table>
-<h2>PCA</h2><p>k = {summary['k']}, cumulative explained variance
-{f'{cumulative[-1]:.1%}' if cumulative else 'n/a'}, model {html.escape(str(summary['pca_model_version']))}
-({html.escape(str(summary['pca_model']))}).</p>
+<h2>PCA</h2><p>k = {summary["k"]}, cumulative explained variance
+{f"{cumulative[-1]:.1%}" if cumulative else "n/a"}, model {html.escape(str(summary["pca_model_version"]))}
+({html.escape(str(summary["pca_model"]))}).</p>
 <h2>Cost</h2><pre>{html.escape(json.dumps(cost, indent=2))}</pre>
 <h2>Plots</h2>{images}
 </body></html>
@@ -148,14 +157,19 @@ def write_report(spark: SparkSession, layout: Layout, summary: dict, projected: 
     points = []
     if projected is not None:
         sample = projected.select("label", "pca").limit(SCATTER_MAX_POINTS).collect()
-        points = [(row["label"], float(row["pca"][0]), float(row["pca"][1] if len(row["pca"]) > 1 else 0.0))
-                  for row in sample]
+        points = [
+            (row["label"], float(row["pca"][0]), float(row["pca"][1] if len(row["pca"]) > 1 else 0.0))
+            for row in sample
+        ]
     plots = {
         "explained_variance": plot_explained_variance(summary),
         "pca_scatter": plot_scatter(points),
         "step_seconds": plot_step_seconds(summary),
     }
-    files = {"report.json": json.dumps(summary, indent=2).encode(), "report.html": render_html(summary, plots).encode()}
+    files = {
+        "report.json": json.dumps(summary, indent=2).encode(),
+        "report.html": render_html(summary, plots).encode(),
+    }
     files.update({f"report_{name}.png": png for name, png in plots.items()})
     # the top-level copy is the latest run's; reports/dt=... keeps every date's
     for folder in (layout.output, f"{layout.output}/reports/dt={layout.dt}"):

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# EMR bootstrap action: a Python 3.11 virtualenv with the Spark jobs' runtime dependencies, on every node.
+#
+#   ScriptBootstrapAction:
+#     Path: s3://BUCKET/artifacts/<version>/install-python-deps.sh
+#     Args: [s3://BUCKET/artifacts/<version>/requirements-emr.txt]
+#
+# EMR runs it as the hadoop user (passwordless sudo) on the primary and on every core/task node, before
+# Spark is installed. The driver and the executors import TensorFlow, pandas and Arrow, so every node needs
+# the very same versions: spark-env.json then points PYSPARK_PYTHON at this virtualenv.
+#
+# Safe to run again: a node whose virtualenv already holds exactly these requirements is left untouched.
+# Any failure exits non-zero, which makes EMR fail the cluster at start-up rather than at the first task.
+set -euo pipefail
+
+readonly LOG_PREFIX="[fruits-bootstrap]"
+# spark-env.json names this path too (PYSPARK_PYTHON): change both together. The override exists so the
+# tests can run the script outside /opt.
+readonly VENV_DIR="${FRUITS_VENV_DIR:-/opt/fruits-venv}"
+readonly PYTHON="python3.11"
+readonly MARKER="${VENV_DIR}/.fruits-requirements.sha256"
+
+log() { echo "${LOG_PREFIX} $*"; }
+die() {
+  echo "${LOG_PREFIX} ERROR: $*" >&2
+  exit 1
+}
+# Anything that fails without its own message still says where, in the bootstrap action's stderr log.
+on_error() {
+  echo "${LOG_PREFIX} ERROR: line $2: \"$3\" exited $1" >&2
+  exit "$1"
+}
+trap 'on_error "$?" "${LINENO}" "${BASH_COMMAND}"' ERR
+
+[[ $# -eq 1 ]] || die "usage: $(basename "$0") s3://BUCKET/PATH/requirements-emr.txt"
+readonly REQUIREMENTS_URI="$1"
+[[ "${REQUIREMENTS_URI}" == s3://?*/?* ]] || die "expected an s3:// URI of the requirements file, got '${REQUIREMENTS_URI}'"
+# `rm -rf` below must never get a relative or top-level path from a mistyped override.
+[[ "${VENV_DIR}" == /?*/?* ]] || die "refusing to manage virtualenv at '${VENV_DIR}': not an absolute path below /"
+
+# the virtualenv must stay readable by the yarn user that runs the executors
+umask 022
+workdir="$(mktemp -d)"
+trap 'rm -rf -- "${workdir}"' EXIT
+requirements="${workdir}/requirements-emr.txt"
+
+aws s3 cp --only-show-errors "${REQUIREMENTS_URI}" "${requirements}" ||
+  die "cannot download ${REQUIREMENTS_URI}: does the EMR instance profile allow s3:GetObject on it?"
+[[ -s "${requirements}" ]] || die "${REQUIREMENTS_URI} is empty"
+wanted="$(sha256sum "${requirements}" | cut -d ' ' -f 1)"
+
+installed=""
+if [[ -f "${MARKER}" ]]; then
+  installed="$(<"${MARKER}")"
+fi
+if [[ "${installed}" == "${wanted}" ]] && "${VENV_DIR}/bin/python" -c 'import sys'; then
+  log "${VENV_DIR} already holds requirements ${wanted:0:12}: nothing to do"
+  exit 0
+fi
+
+log "installing ${PYTHON}"
+sudo dnf install -y python3.11 python3.11-pip || die "dnf could not install python3.11 (is this Amazon Linux 2023, emr-7.x?)"
+command -v "${PYTHON}" >/dev/null || die "${PYTHON} is not on PATH after dnf install"
+
+if [[ -e "${VENV_DIR}" ]]; then
+  # a half-built or outdated virtualenv: rebuilding beats patching it, the marker is written last
+  log "replacing ${VENV_DIR} (its requirements differ or a previous run did not finish)"
+  sudo rm -rf -- "${VENV_DIR}"
+fi
+python_version="$("${PYTHON}" --version 2>&1)"
+log "creating ${VENV_DIR} with ${python_version}"
+sudo "${PYTHON}" -m venv "${VENV_DIR}" || die "cannot create the virtualenv ${VENV_DIR}"
+
+log "installing requirements ${wanted:0:12} from ${REQUIREMENTS_URI}"
+# --no-deps: requirements-emr.txt pins the whole closure, nothing may float in unpinned; pip check proves it.
+# --only-binary: a pin without a Linux wheel fails here, instead of compiling slowly on every node.
+# --no-cache-dir: the wheel cache would double the space TensorFlow takes on the root volume.
+sudo "${VENV_DIR}/bin/python" -m pip install \
+  --no-cache-dir --no-deps --only-binary=:all: --disable-pip-version-check --progress-bar off \
+  --requirement "${requirements}" ||
+  die "pip could not install ${REQUIREMENTS_URI} (see the output above)"
+sudo "${VENV_DIR}/bin/python" -m pip check ||
+  die "the requirements are not a complete, consistent set: pin the missing packages in requirements-emr.txt"
+
+# Imported as the hadoop user, not root: proves the files are readable by the users Spark runs as.
+"${VENV_DIR}/bin/python" -c 'import h5py, keras, matplotlib, numpy, pandas, PIL, pyarrow, tensorflow' ||
+  die "the virtualenv cannot import the Spark jobs' dependencies"
+
+echo "${wanted}" | sudo tee "${MARKER}" >/dev/null
+log "done in ${SECONDS}s: PYSPARK_PYTHON=${VENV_DIR}/bin/python"

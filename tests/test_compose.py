@@ -1,0 +1,214 @@
+"""docker-compose.yaml and the Dockerfile: the local Airflow 3 stack, checked without a Docker engine."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = PROJECT_ROOT / "docker-compose.yaml"
+DOCKERFILE = PROJECT_ROOT / "Dockerfile"
+PYPROJECT = PROJECT_ROOT / "pyproject.toml"
+CONSTRAINTS = PROJECT_ROOT / "constraints.txt"
+
+AIRFLOW_BASE_IMAGE = "apache/airflow:3.3.2-python3.11"
+LONG_RUNNING = ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer")
+# host folder -> container folder, and the variable that tells the DAGs where it is
+MOUNTS = {
+    "./dags": ("/opt/airflow/dags", None),
+    "./plugins": ("/opt/airflow/plugins", None),
+    "./spark_jobs": ("/opt/airflow/spark_jobs", "FRUITS_SPARK_JOBS_DIR"),
+    "./bootstrap": ("/opt/airflow/bootstrap", "FRUITS_BOOTSTRAP_DIR"),
+    "./data": ("/opt/airflow/data", None),
+    "./out": ("/opt/airflow/out", None),
+}
+PASSTHROUGH = re.compile(r"^\$\{[A-Z_]+(:-)?\}$")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def common_env(compose: dict) -> dict:
+    return compose["x-airflow-common"]["environment"]
+
+
+def mounts_of(service: dict) -> dict[str, str]:
+    """Host source -> container target, from the short volume syntax."""
+    return {volume.split(":")[0]: volume.split(":")[1] for volume in service["volumes"]}
+
+
+def test_compose_parses_with_a_shared_airflow_block(compose: dict):
+    common = compose["x-airflow-common"]
+    assert common["build"] == "."
+    assert common["image"] == "fruits-airflow:3.3.2"
+    assert common["user"] == "${AIRFLOW_UID:-50000}:0"
+
+
+def test_services_of_the_local_executor_stack(compose: dict):
+    services = compose["services"]
+    assert set(services) == {"postgres", "airflow-init", *LONG_RUNNING}
+    assert services["postgres"]["image"] == "postgres:16"
+    assert "pg_isready" in services["postgres"]["healthcheck"]["test"]
+
+
+@pytest.mark.parametrize("name", LONG_RUNNING)
+def test_airflow_services_are_health_checked_and_wait_for_init(compose: dict, name: str):
+    service = compose["services"][name]
+    assert service["healthcheck"]["test"][0] in {"CMD", "CMD-SHELL"}
+    assert service["depends_on"]["airflow-init"] == {"condition": "service_completed_successfully"}
+    assert service["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    assert service["image"] == "fruits-airflow:3.3.2"
+
+
+def test_health_checks_probe_each_component(compose: dict):
+    services = compose["services"]
+
+    def probe(name: str) -> str:
+        return " ".join(services[name]["healthcheck"]["test"])
+
+    assert "http://localhost:8080/api/v2/version" in probe("airflow-apiserver")
+    assert "http://localhost:8974/health" in probe("airflow-scheduler")
+    assert "--job-type DagProcessorJob" in probe("airflow-dag-processor")
+    assert "--job-type TriggererJob" in probe("airflow-triggerer")
+    assert services["airflow-apiserver"]["ports"] == ["8080:8080"]
+
+
+def test_init_migrates_and_creates_the_ui_user(compose: dict):
+    init = compose["services"]["airflow-init"]
+    assert "healthcheck" not in init
+    assert init["environment"]["_AIRFLOW_DB_MIGRATE"] == "true"
+    assert init["environment"]["_AIRFLOW_WWW_USER_CREATE"] == "true"
+    assert init["environment"]["_AIRFLOW_WWW_USER_PASSWORD"] == "${_AIRFLOW_WWW_USER_PASSWORD:-airflow}"
+    assert "airflow-init" not in init["depends_on"]
+
+
+def test_airflow_configuration(common_env: dict):
+    assert common_env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert common_env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "false"
+    assert common_env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "true"
+    # deferrable EMR sensors wait in the triggerer
+    assert common_env["AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE"] == "true"
+    assert common_env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
+    assert common_env["AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK"] == "true"
+    assert common_env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
+
+
+def test_aws_connection_holds_the_region_and_no_credentials(common_env: dict):
+    connection = json.loads(common_env["AIRFLOW_CONN_AWS_DEFAULT"])
+    assert connection == {"conn_type": "aws", "extra": {"region_name": "eu-west-3"}}
+    assert common_env["AWS_DEFAULT_REGION"].startswith("eu-")
+
+
+def test_aws_credentials_are_only_passed_through(compose: dict, common_env: dict):
+    for name in ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        assert name in common_env, name
+        value = common_env[name]
+        assert value is None or PASSTHROUGH.match(value), f"{name} must come from the host, not the file"
+    text = COMPOSE.read_text()
+    assert not re.search(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b", text), "an access key id is in the file"
+    assert "~/.aws:/home/airflow/.aws:ro" in compose["x-airflow-common"]["volumes"]
+
+
+def test_project_folders_are_mounted_where_the_dags_look(compose: dict, common_env: dict):
+    mounts = mounts_of(compose["x-airflow-common"])
+    for source, (target, variable) in MOUNTS.items():
+        assert mounts.get(source) == target, f"{source} is not mounted at {target}"
+        if variable:
+            assert common_env[variable] == target
+        if source != "./out":
+            assert (PROJECT_ROOT / source).is_dir(), f"{source} does not exist in the work tree"
+    assert common_env["FRUITS_LOCAL_INPUT"] == "/opt/airflow/data/sample"
+    assert common_env["FRUITS_LOCAL_OUTPUT"].startswith(MOUNTS["./out"][0] + "/")
+
+
+# --- Dockerfile ------------------------------------------------------------------------------------------
+
+
+def project_pins() -> dict[str, str]:
+    """name -> version for pyproject's runtime dependencies, then constraints.txt for the rest."""
+    pins: dict[str, str] = {}
+    for line in CONSTRAINTS.read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.strip().split("==")
+            pins[canonicalize_name(name)] = version
+    for dependency in tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]:
+        requirement = Requirement(dependency)
+        (specifier,) = requirement.specifier
+        pins[canonicalize_name(requirement.name)] = specifier.version
+    return pins
+
+
+def dockerfile_pins() -> dict[str, str]:
+    found = re.findall(r"([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s\"'\\]+)", DOCKERFILE.read_text())
+    return {canonicalize_name(name): version for name, version in found}
+
+
+def test_dockerfile_builds_on_the_pinned_airflow_image():
+    froms = re.findall(r"^FROM\s+(\S+)", DOCKERFILE.read_text(), re.MULTILINE)
+    assert froms == [AIRFLOW_BASE_IMAGE]
+
+
+def test_dockerfile_pins_match_the_project():
+    expected = project_pins()
+    pins = dockerfile_pins()
+    assert pins, "the Dockerfile pins nothing"
+    wrong = {
+        name: (version, expected.get(name)) for name, version in pins.items() if expected.get(name) != version
+    }
+    assert not wrong, f"Dockerfile vs pyproject/constraints (docker, project): {wrong}"
+
+
+def test_dockerfile_installs_every_runtime_dependency_of_pyproject():
+    runtime = {
+        canonicalize_name(Requirement(d).name)
+        for d in tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]
+    }
+    missing = runtime - set(dockerfile_pins())
+    assert not missing, f"not installed in the image: {sorted(missing)}"
+
+
+def test_dockerfile_has_java_for_local_spark():
+    text = DOCKERFILE.read_text()
+    assert "openjdk-17-jre-headless" in text
+    assert re.search(r"^ENV JAVA_HOME=\S+", text, re.MULTILINE)
+    assert re.search(r"^USER airflow$", text, re.MULTILINE), "pip must run as the airflow user"
+
+
+# --- Docker Compose itself, when this machine has it ------------------------------------------------------
+
+
+def compose_command() -> list[str] | None:
+    candidates = [["docker", "compose"]] if shutil.which("docker") else []
+    if shutil.which("docker-compose"):
+        candidates.append(["docker-compose"])
+    for command in candidates:
+        probe = subprocess.run([*command, "version"], capture_output=True, text=True, check=False)
+        if probe.returncode == 0:
+            return command
+    return None
+
+
+def test_docker_compose_accepts_the_file():
+    command = compose_command()
+    if command is None:
+        pytest.skip("neither `docker compose` nor `docker-compose` is installed on this machine")
+    result = subprocess.run(
+        [*command, "-f", str(COMPOSE), "config", "-q"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr

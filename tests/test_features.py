@@ -1,0 +1,81 @@
+"""Feature extraction on Spark equals a plain single-process Keras computation with the same weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fruits_spark import images, model
+from fruits_spark.features import FeatureParams, transform
+
+
+@pytest.fixture(scope="module")
+def real_images(shared_images):
+    return [
+        path
+        for label in ("apple", "lemon", "mango", "raspberry")
+        for path in sorted((shared_images / label).glob("*.jpg"))[:2]
+    ]
+
+
+@pytest.fixture(scope="module")
+def keras_reference(real_images, shared_weights):
+    """Features computed the textbook way: PIL, Keras preprocess_input, model.predict."""
+    from keras.applications.mobilenet_v2 import MobileNetV2, preprocess_input
+
+    backbone = MobileNetV2(input_shape=(224, 224, 3), include_top=False, pooling="avg", weights=None)
+    backbone.load_weights(str(shared_weights))
+    batch = np.stack(
+        [
+            np.asarray(
+                Image.open(p).convert("RGB").resize((224, 224), Image.Resampling.BILINEAR), dtype=np.float32
+            )
+            for p in real_images
+        ]
+    )
+    return backbone.predict(preprocess_input(batch), verbose=0), backbone.get_weights()
+
+
+def test_spark_features_equal_keras_and_the_model_is_built_once_per_worker(
+    spark, real_images, keras_reference
+):
+    expected, weights = keras_reference
+    rows = [
+        (
+            str(p),
+            p.parent.name,
+            images.content_hash(p.read_bytes()),
+            bytearray(images.inspect_image(p.read_bytes()).content),
+        )
+        for p in real_images
+    ]
+    rows.append(("broken.png", "apple", "0" * 64, bytearray(b"not a png at all")))
+    partitions = 6
+    curated = spark.createDataFrame(rows, "path string, label string, content_hash string, content binary")
+    params = FeatureParams(
+        spark.sparkContext.broadcast(weights),
+        model.weights_digest(weights),
+        batch_size=3,
+        model_builds=spark.sparkContext.accumulator(0),
+        rows_inferred=spark.sparkContext.accumulator(0),
+    )
+    result = {r["path"]: r for r in transform(curated.repartition(partitions), params).collect()}
+
+    for i, path in enumerate(real_images):
+        row = result[str(path)]
+        assert row["error"] is None
+        actual = np.asarray(row["features"], dtype=np.float64)
+        assert actual.shape == (model.FEATURE_DIM,)
+        cosine = actual @ expected[i] / (np.linalg.norm(actual) * np.linalg.norm(expected[i]))
+        assert cosine >= 0.999, (path, cosine)
+    assert result["broken.png"]["features"] is None
+    assert "UnidentifiedImageError" in result["broken.png"]["error"]
+    # two cores -> at most two Python workers, each building the model once for its many tasks
+    assert 1 <= params.model_builds.value <= 2 < partitions
+    assert params.rows_inferred.value == len(rows)
+
+
+def test_missing_weights_file_gives_a_clear_error(tmp_path):
+    with pytest.raises(model.WeightsUnavailable, match="cannot load weights from"):
+        model.load_weights(str(tmp_path / "absent.weights.h5"), 224)

@@ -1,0 +1,232 @@
+"""The one-time AWS stack: cfn-lint clean, and the security properties infra/README.md promises."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cfnlint.decode import decode_str
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE = PROJECT_ROOT / "infra" / "fruits-infra.yaml"
+
+# Regions in EU member states; eu-west-2 (London) and eu-central-2 (Zurich) are not
+EU_MEMBER_STATE_REGIONS = {"eu-central-1", "eu-north-1", "eu-south-1", "eu-south-2", "eu-west-1", "eu-west-3"}
+BUCKET_ARN = {"Fn::GetAtt": ["DataBucket", "Arn"]}
+AIRFLOW_EMR_ACTIONS = {
+    "elasticmapreduce:RunJobFlow",
+    "elasticmapreduce:DescribeCluster",
+    "elasticmapreduce:ListClusters",
+    "elasticmapreduce:AddJobFlowSteps",
+    "elasticmapreduce:DescribeStep",
+    "elasticmapreduce:ListSteps",
+    "elasticmapreduce:TerminateJobFlows",
+    "elasticmapreduce:AddTags",
+    "elasticmapreduce:PutAutoTerminationPolicy",
+}
+
+
+@pytest.fixture(scope="module")
+def template() -> dict:
+    decoded, errors = decode_str(TEMPLATE.read_text())
+    assert not errors, [str(error) for error in errors]
+    return decoded
+
+
+def resources_of_type(template: dict, resource_type: str) -> dict[str, dict]:
+    return {name: r for name, r in template["Resources"].items() if r["Type"] == resource_type}
+
+
+def properties(template: dict, logical_id: str) -> dict:
+    return template["Resources"][logical_id]["Properties"]
+
+
+def as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def statements_of(document: dict) -> list[dict]:
+    return as_list(document["Statement"])
+
+
+def parameter_default(template: dict, value):
+    """A literal, or the default of the parameter it refers to."""
+    if isinstance(value, dict) and set(value) == {"Ref"}:
+        return template["Parameters"][value["Ref"]]["Default"]
+    return value
+
+
+def is_bucket_or_its_objects(resource) -> bool:
+    if resource == BUCKET_ARN:
+        return True
+    return isinstance(resource, dict) and resource.get("Fn::Sub") == "${DataBucket.Arn}/*"
+
+
+def node_role_statements(template: dict) -> list[dict]:
+    return [
+        statement
+        for policy in properties(template, "EmrNodeRole")["Policies"]
+        for statement in statements_of(policy["PolicyDocument"])
+    ]
+
+
+def airflow_statements(template: dict) -> list[dict]:
+    return statements_of(properties(template, "AirflowPolicy")["PolicyDocument"])
+
+
+def cfn_lint_binary() -> str | None:
+    beside_python = Path(sys.executable).parent / "cfn-lint"
+    return str(beside_python) if beside_python.exists() else shutil.which("cfn-lint")
+
+
+def test_cfn_lint_reports_nothing():
+    binary = cfn_lint_binary()
+    if binary is None:
+        pytest.skip("cfn-lint is not installed (the dev extra provides it)")
+    # exit 0 only when there is no error, no warning and no informational finding
+    result = subprocess.run(
+        [binary, "--regions", "eu-west-3", "--", str(TEMPLATE)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_template_holds_no_account_id_or_fixed_partition():
+    text = TEMPLATE.read_text()
+    assert not re.search(r"\b\d{12}\b", text), "use ${AWS::AccountId}"
+    assert "arn:aws:" not in text, "use arn:${AWS::Partition}:"
+
+
+def test_only_regions_in_eu_member_states_are_accepted(template: dict):
+    allowed = None
+    for rule in template["Rules"].values():
+        for assertion in rule["Assertions"]:
+            contains = assertion["Assert"].get("Fn::Contains")
+            if contains and contains[1] == {"Ref": "AWS::Region"}:
+                allowed = set(contains[0])
+    assert allowed is not None, "no Rules assertion checks AWS::Region"
+    assert "eu-west-3" in allowed
+    assert allowed <= EU_MEMBER_STATE_REGIONS, f"outside the EU: {sorted(allowed - EU_MEMBER_STATE_REGIONS)}"
+
+
+def test_bucket_is_encrypted_private_and_owner_enforced(template: dict):
+    bucket = properties(template, "DataBucket")
+    (encryption,) = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    algorithm = encryption["ServerSideEncryptionByDefault"]["SSEAlgorithm"]
+    assert algorithm in {"AES256", "aws:kms", "aws:kms:dsse"}
+    assert encryption["BucketKeyEnabled"] is True
+    block = bucket["PublicAccessBlockConfiguration"]
+    for setting in ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"):
+        assert block[setting] is True, setting
+    assert bucket["OwnershipControls"]["Rules"] == [{"ObjectOwnership": "BucketOwnerEnforced"}]
+
+
+def test_bucket_policy_refuses_plain_http(template: dict):
+    (policy,) = resources_of_type(template, "AWS::S3::BucketPolicy").values()
+    assert policy["Properties"]["Bucket"] == {"Ref": "DataBucket"}
+    denials = [
+        s
+        for s in statements_of(policy["Properties"]["PolicyDocument"])
+        if s["Effect"] == "Deny" and s["Condition"].get("Bool", {}).get("aws:SecureTransport") == "false"
+    ]
+    assert denials, "no statement denies requests without TLS"
+    resources = as_list(denials[0]["Resource"])
+    assert BUCKET_ARN in resources
+    assert {"Fn::Sub": "${DataBucket.Arn}/*"} in resources
+
+
+def test_lifecycle_expires_logs_and_old_artifact_versions(template: dict):
+    rules = properties(template, "DataBucket")["LifecycleConfiguration"]["Rules"]
+    by_prefix = {rule.get("Prefix"): rule for rule in rules if rule["Status"] == "Enabled"}
+    logs = by_prefix["emr-logs/"]
+    assert 0 < parameter_default(template, logs["ExpirationInDays"]) <= 30
+    artifacts = by_prefix["artifacts/"]
+    assert parameter_default(template, artifacts["NoncurrentVersionExpiration"]["NoncurrentDays"]) > 0
+    assert properties(template, "DataBucket")["VersioningConfiguration"]["Status"] == "Enabled"
+
+
+def test_node_role_reaches_the_bucket_and_nothing_else(template: dict):
+    statements = node_role_statements(template)
+    assert statements
+    granted = set()
+    for statement in statements:
+        actions = as_list(statement["Action"])
+        assert all(action.startswith("s3:") and "*" not in action for action in actions), actions
+        for resource in as_list(statement["Resource"]):
+            assert is_bucket_or_its_objects(resource), f"{actions} on {resource}"
+        granted.update(actions)
+    assert {"s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket"} <= granted
+
+
+def test_instance_profile_wraps_the_node_role(template: dict):
+    (profile,) = resources_of_type(template, "AWS::IAM::InstanceProfile").values()
+    assert profile["Properties"]["Roles"] == [{"Ref": "EmrNodeRole"}]
+    trust = statements_of(properties(template, "EmrNodeRole")["AssumeRolePolicyDocument"])
+    assert [s["Principal"] for s in trust] == [{"Service": "ec2.amazonaws.com"}]
+
+
+def test_service_role_is_emr_v2_and_may_pass_only_the_node_role(template: dict):
+    role = properties(template, "EmrServiceRole")
+    trust = statements_of(role["AssumeRolePolicyDocument"])
+    assert [s["Principal"] for s in trust] == [{"Service": "elasticmapreduce.amazonaws.com"}]
+    assert "aws:SourceAccount" in trust[0]["Condition"]["StringEquals"]
+    assert any(
+        "AmazonEMRServicePolicy_v2" in str(arn.get("Fn::Sub", arn)) for arn in role["ManagedPolicyArns"]
+    )
+    pass_role = [
+        s
+        for p in role["Policies"]
+        for s in statements_of(p["PolicyDocument"])
+        if "iam:PassRole" in as_list(s["Action"])
+    ]
+    assert [s["Resource"] for s in pass_role] == [{"Fn::GetAtt": ["EmrNodeRole", "Arn"]}]
+
+
+def test_airflow_policy_covers_the_emr_dag(template: dict):
+    statements = airflow_statements(template)
+    actions = {action for s in statements if s["Effect"] == "Allow" for action in as_list(s["Action"])}
+    assert actions >= AIRFLOW_EMR_ACTIONS
+    # the DAG's pre-flight checks read the bucket's Region and default encryption, and the subnet
+    assert {"ec2:DescribeSubnets", "s3:GetBucketLocation", "s3:GetEncryptionConfiguration"} <= actions
+    assert {"s3:ListBucket", "s3:GetObject", "s3:PutObject"} <= actions
+    assert not [a for a in actions if a.endswith("*")], "no wildcard actions"
+
+
+def test_airflow_policy_passes_only_the_two_emr_roles(template: dict):
+    passed = [
+        resource
+        for s in airflow_statements(template)
+        if "iam:PassRole" in as_list(s["Action"])
+        for resource in as_list(s["Resource"])
+    ]
+    assert sorted(r["Fn::GetAtt"][0] for r in passed) == ["EmrNodeRole", "EmrServiceRole"]
+
+
+def test_airflow_policy_limits_s3_to_the_bucket(template: dict):
+    for statement in airflow_statements(template):
+        actions = as_list(statement["Action"])
+        if any(action.startswith("s3:") for action in actions):
+            assert all(action.startswith("s3:") for action in actions)
+            for resource in as_list(statement["Resource"]):
+                assert is_bucket_or_its_objects(resource), f"{actions} on {resource}"
+
+
+def test_run_job_flow_requires_the_emr_managed_policies_tag(template: dict):
+    (run_job_flow,) = [
+        s for s in airflow_statements(template) if "elasticmapreduce:RunJobFlow" in as_list(s["Action"])
+    ]
+    condition = run_job_flow["Condition"]["StringEquals"]
+    assert condition == {"aws:RequestTag/for-use-with-amazon-emr-managed-policies": "true"}
+
+
+def test_outputs_name_what_the_dag_needs(template: dict):
+    assert set(template["Outputs"]) >= {
+        "BucketName",
+        "EmrServiceRoleName",
+        "EmrInstanceProfileName",
+        "EmrNodeRoleName",
+        "AirflowPolicyArn",
+    }

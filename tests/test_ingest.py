@@ -1,0 +1,72 @@
+"""Ingestion's transform on small inline DataFrames: labels, statuses, reasons, duplicates."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from fruits_spark.ingest import BINARY_FILE_SCHEMA, IngestParams, label_column, transform
+from tests.corpus import awkward_files
+
+ROOT = "file:/data/in"
+
+
+def binary_files(spark, files: dict[str, bytes]):
+    moment = dt.datetime(2026, 11, 23, 8, 0)
+    rows = [(f"{ROOT}/{name}", moment, len(data), bytearray(data)) for name, data in files.items()]
+    return spark.createDataFrame(rows, BINARY_FILE_SCHEMA)
+
+
+def test_label_is_the_parent_folder_and_root_files_are_unlabelled(spark):
+    paths = spark.createDataFrame(
+        [(f"{ROOT}/apple/a.jpg",), (f"{ROOT}/uploads/dt=2026-11-23/mango/b.png",), (f"{ROOT}/c.jpg",)],
+        "path string",
+    )
+    actual = paths.select("path", label_column(F.col("path"), ROOT + "/").alias("label"))
+    expected = spark.createDataFrame(
+        [
+            (f"{ROOT}/apple/a.jpg", "apple"),
+            (f"{ROOT}/uploads/dt=2026-11-23/mango/b.png", "mango"),
+            (f"{ROOT}/c.jpg", "unlabelled"),
+        ],
+        "path string, label string",
+    )
+    assertDataFrameEqual(actual, expected)
+
+
+def test_every_file_gets_a_status_and_a_reason(spark):
+    corpus = {
+        name: data for name, (data, _) in awkward_files().items() if not name.split("/")[-1].startswith(".")
+    }
+    corpus.pop("raspberry/_tmp/partial.jpg")  # Spark's own reader never lists hidden files
+    corpus["raspberry/copy.jpg"] = corpus["lemon/grey.jpg"]
+    corpus["apple/huge.jpg"] = b"\xff" * 200_000
+    classified = transform(binary_files(spark, corpus), IngestParams(ROOT, max_file_bytes=100_000))
+
+    outcomes = {name: outcome for name, (_, outcome) in awkward_files().items()}
+    expected_rows = []
+    for name in corpus:
+        status_reason = {
+            "raspberry/copy.jpg": ("duplicate", "duplicate"),
+            "apple/huge.jpg": ("rejected", "too_large"),
+            "raspberry/notes.txt": ("ignored", "not_an_image_name"),
+        }.get(name)
+        if status_reason is None:
+            outcome = outcomes[name]
+            status_reason = ("ok", None) if outcome == "ok" else ("rejected", outcome)
+        expected_rows.append((f"{ROOT}/{name}", name.split("/")[0], *status_reason))
+    expected = spark.createDataFrame(expected_rows, "path string, label string, status string, reason string")
+    assertDataFrameEqual(classified.select("path", "label", "status", "reason"), expected)
+
+
+def test_duplicates_keep_the_first_path_and_name_it(spark):
+    data = awkward_files()["lemon/grey.jpg"][0]
+    classified = transform(binary_files(spark, {"b/2.jpg": data, "a/1.jpg": data}), IngestParams(ROOT))
+    rows = {r["path"]: r for r in classified.collect()}
+    assert rows[f"{ROOT}/a/1.jpg"]["status"] == "ok"
+    assert rows[f"{ROOT}/b/2.jpg"]["status"] == "duplicate"
+    assert rows[f"{ROOT}/b/2.jpg"]["detail"] == f"same content as {ROOT}/a/1.jpg"
+    assert rows[f"{ROOT}/a/1.jpg"]["content_hash"] == rows[f"{ROOT}/b/2.jpg"]["content_hash"]
+    assert rows[f"{ROOT}/a/1.jpg"]["content"].startswith(b"\x89PNG")

@@ -1,0 +1,195 @@
+"""`fruits run-local` end to end on real images mixed with broken ones: the output contract and reruns."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.corpus import write_mixed_folder
+
+FRUITS = str(Path(sys.executable).parent / "fruits")
+DAY_ONE, DAY_TWO = "2026-11-21", "2026-11-22"
+
+
+def run_fruits(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [FRUITS, "run-local", "--master", "local[2]", *args],
+        capture_output=True,
+        text=True,
+        env=env or os.environ.copy(),
+        timeout=1200,
+        check=False,
+    )
+
+
+def read_table(folder: Path):
+    return pq.read_table(folder).to_pylist()
+
+
+@pytest.fixture(scope="module")
+def mixed_run(tmp_path_factory, shared_images, shared_weights):
+    real = [
+        p
+        for label in ("apple", "lemon", "mango", "raspberry")
+        for p in sorted((shared_images / label).glob("*.jpg"))[:3]
+    ]
+    root = tmp_path_factory.mktemp("mixed")
+    expected = write_mixed_folder(root / "in", real)
+    output = root / "out"
+    completed = run_fruits(
+        "--input",
+        str(root / "in"),
+        "--output",
+        str(output),
+        "--dt",
+        DAY_ONE,
+        "--weights",
+        str(shared_weights),
+        "--k",
+        "5",
+    )
+    assert completed.returncode == 0, completed.stderr + completed.stdout
+    return expected, root, output, completed
+
+
+def test_every_input_is_featurised_rejected_or_ignored(mixed_run):
+    expected, root, output, _ = mixed_run
+    prefix = "file:" + str(root / "in") + "/"
+    features = {r["path"].removeprefix(prefix): r for r in read_table(output / "features" / f"dt={DAY_ONE}")}
+    rejected = {r["path"].removeprefix(prefix): r for r in read_table(output / "rejected" / f"dt={DAY_ONE}")}
+    ignored = {r["path"].removeprefix(prefix) for r in read_table(output / "ignored" / f"dt={DAY_ONE}")}
+    for name, outcome in expected.items():
+        if outcome == "ok":
+            assert name in features, name
+            assert len(features[name]["features"]) == 1280
+        elif outcome == "ignored":
+            assert name in ignored, name
+        else:
+            assert rejected[name]["reason"] == outcome, name
+    assert len(features) + len(rejected) + len(ignored) == len(expected)
+
+
+def test_report_reconciles_with_the_outputs(mixed_run):
+    expected, _, output, completed = mixed_run
+    report = json.loads((output / "report.json").read_text())
+    counts = report["counts"]
+    outcomes = list(expected.values())
+    assert counts == {
+        "files_seen": len(expected),
+        "ok": outcomes.count("ok"),
+        "rejected": len(outcomes)
+        - outcomes.count("ok")
+        - outcomes.count("ignored")
+        - outcomes.count("duplicate"),
+        "duplicates": outcomes.count("duplicate"),
+        "ignored": outcomes.count("ignored"),
+    }
+    assert report["reconciled"] is True
+    assert report["k"] == 5
+    assert len(report["explained_variance"]) == 5
+    assert report["cumulative_explained_variance"][-1] == pytest.approx(sum(report["explained_variance"]))
+    assert set(report["spark_submit_seconds"]) == {"ingest", "features", "pca"}
+    assert f"{counts['ok']} images featurised" in completed.stdout
+    for name in (
+        "report.html",
+        "report_explained_variance.png",
+        "report_pca_scatter.png",
+        "report_step_seconds.png",
+    ):
+        assert (output / name).stat().st_size > 1000, name
+        assert (output / "reports" / f"dt={DAY_ONE}" / name).exists()
+    html = (output / "report.html").read_text()
+    assert f"<tr><th>ok</th><td>{counts['ok']}</td></tr>" in html
+
+
+def test_csv_matrix_has_a_row_per_featurised_image(mixed_run):
+    expected, _, output, _ = mixed_run
+    [csv_file] = (output / "pca_csv" / f"dt={DAY_ONE}").glob("part-*.csv")
+    with csv_file.open() as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["path", "label"] + [f"pc_{i}" for i in range(1, 6)]
+    assert len(rows) - 1 == list(expected.values()).count("ok")
+    assert len(read_table(output / "pca" / f"dt={DAY_ONE}")) == len(rows) - 1
+
+
+def test_curated_images_carry_no_exif(mixed_run):
+    _, _, output, _ = mixed_run
+    curated = read_table(output / "images" / f"dt={DAY_ONE}")
+    assert curated
+    assert set(curated[0]) == {"path", "label", "content_hash", "width", "height", "content"}
+    assert all(b"FruitPhone" not in row["content"] and b"Exif" not in row["content"] for row in curated)
+
+
+def test_rerun_replaces_its_date_only_and_applies_the_current_model(mixed_run, shared_images, shared_weights):
+    _, root, output, _ = mixed_run
+    first_report = json.loads((output / "report.json").read_text())
+    day_two_input = root / "day_two"
+    for label in ("apple", "mango"):
+        (day_two_input / label).mkdir(parents=True)
+        for source in sorted((shared_images / label).glob("*.jpg"))[10:12]:
+            (day_two_input / label / source.name).write_bytes(source.read_bytes())
+    second = run_fruits(
+        "--input",
+        str(day_two_input),
+        "--output",
+        str(output),
+        "--dt",
+        DAY_TWO,
+        "--weights",
+        str(shared_weights),
+        "--k",
+        "5",
+    )
+    assert second.returncode == 0, second.stderr
+    rerun = run_fruits(
+        "--input",
+        str(root / "in"),
+        "--output",
+        str(output),
+        "--dt",
+        DAY_ONE,
+        "--weights",
+        str(shared_weights),
+        "--k",
+        "5",
+    )
+    assert rerun.returncode == 0, rerun.stderr
+
+    by_day = {day: len(read_table(output / "features" / f"dt={day}")) for day in (DAY_ONE, DAY_TWO)}
+    assert by_day == {DAY_ONE: first_report["counts"]["ok"], DAY_TWO: 4}
+    assert len(read_table(output / "features")) == sum(by_day.values())  # no duplicate rows after the rerun
+    rerun_report = json.loads((output / "report.json").read_text())
+    assert rerun_report["pca_model"] == "applied"
+    assert rerun_report["pca_model_version"] == first_report["pca_model_version"]
+
+
+def test_without_imagenet_access_the_error_names_the_way_out(tmp_path, sample_dir):
+    env = dict(
+        os.environ,
+        KERAS_HOME=str(tmp_path / "keras"),
+        HTTPS_PROXY="http://127.0.0.1:9",
+        HTTP_PROXY="http://127.0.0.1:9",
+    )
+    env.pop("FRUITS_WEIGHTS", None)
+    completed = run_fruits(
+        "--input",
+        str(sample_dir / "apple"),
+        "--output",
+        str(tmp_path / "out"),
+        "--weights",
+        "imagenet",
+        env=env,
+    )
+    assert completed.returncode == 1
+    message = completed.stderr.strip().splitlines()[-1]
+    assert "step features failed" in message
+    assert "cannot download the ImageNet weights" in message
+    assert "--weights" in message
+    assert "FRUITS_WEIGHTS" in message

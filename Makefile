@@ -32,6 +32,11 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# figures for docs/BENCHMARKS.md; BENCH_ARGS="--images 2000" or "--images 20000 --skip notebook" for scaling
+BENCH_ARGS ?= --images 600
+bench: setup
+	$(BIN)/fruits bench $(BENCH_ARGS)
+
 clean:
 	rm -rf out test-artifacts .pytest_cache .ruff_cache
 

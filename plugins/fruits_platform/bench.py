@@ -1,0 +1,320 @@
+"""``fruits bench``: throughput and memory of feature extraction, against bare TensorFlow and the notebook.
+
+One run, same images, same weights file:
+(a) bare TensorFlow: one process, no Spark, same preprocessing, batched ``tf.function`` inference;
+(b) the project's features step, and the whole ``fruits run-local`` (ingest + features + PCA);
+(c) the notebook approach (``notebook_reference.py``).
+It prints img/s, the ratios (b)/(a) and (b)/(c), and the peak RSS of the Spark Python workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from fruits_platform.artifacts import PROJECT_ROOT
+from fruits_platform.local_run import LOCAL_SPARK_CONF, run_local, spark_submit_binary
+from fruits_platform.steps import PipelineParams
+
+SHARED_IMAGES = PROJECT_ROOT.parent / "shared" / "data" / "fruits-360-sample"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def default_source() -> Path:
+    return SHARED_IMAGES if SHARED_IMAGES.is_dir() else PROJECT_ROOT / "data" / "sample"
+
+
+def prepare_images(source: Path, count: int, destination: Path) -> list[Path]:
+    """``count`` distinct image files: the source's, then copies made unique by bytes after the JPEG end."""
+    originals = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not originals:
+        raise SystemExit(f"bench: no images under {source}")
+    marker = destination / ".prepared.json"
+    wanted = {"source": str(source), "count": count}
+    if marker.exists() and json.loads(marker.read_text()) == wanted:
+        return sorted(p for p in destination.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    shutil.rmtree(destination, ignore_errors=True)
+    prepared = []
+    for i in range(count):
+        original = originals[i % len(originals)]
+        copy_number = i // len(originals)
+        target = destination / original.parent.name / f"{copy_number:03d}_{original.name}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        data = original.read_bytes()
+        # decoders stop at the end-of-image marker: trailing bytes change the hash, not the pixels
+        target.write_bytes(data + f"copy-{copy_number}".encode() if copy_number else data)
+        prepared.append(target)
+    marker.write_text(json.dumps(wanted))
+    return prepared
+
+
+class WorkerMemory:
+    """Samples the RSS of Spark's Python workers (pyspark.daemon and its forks) while a step runs."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval, self.peak_mb, self._stop = interval, 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            for process in psutil.process_iter(["cmdline", "memory_info"]):
+                cmdline = " ".join(process.info["cmdline"] or [])
+                if "pyspark.daemon" in cmdline or "pyspark.worker" in cmdline:
+                    rss = process.info["memory_info"].rss / 2**20 if process.info["memory_info"] else 0
+                    self.peak_mb = max(self.peak_mb, rss)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> WorkerMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def bare_tensorflow(paths: list[str], weights: str, input_size: int, batch_size: int = 64) -> dict:
+    """(a): runs inside its own process so that its memory and threads are its own."""
+    started = time.monotonic()
+    import numpy as np
+    import tensorflow as tf
+    from PIL import Image
+
+    from fruits_spark import images
+    from fruits_spark.model import build_backbone
+
+    model = build_backbone(input_size)
+    model.load_weights(weights)
+    infer = tf.function(
+        lambda batch: model(batch, training=False),
+        input_signature=[tf.TensorSpec([None, input_size, input_size, 3], tf.float32)],
+    )
+    ready = time.monotonic()
+    for start in range(0, len(paths), batch_size):
+        batch = []
+        for path in paths[start : start + batch_size]:
+            image = (
+                Image.open(path).convert("RGB").resize((input_size, input_size), Image.Resampling.BILINEAR)
+            )
+            batch.append(images.preprocess(np.asarray(image, dtype=np.float32)))
+        infer(tf.constant(np.stack(batch))).numpy()
+    finished = time.monotonic()
+    return {
+        "images": len(paths),
+        "seconds_total": round(finished - started, 2),
+        "seconds_inference": round(finished - ready, 2),
+    }
+
+
+def run_bare(paths: list[Path], weights: str, input_size: int, work: Path) -> dict:
+    listing = work / "bare_paths.json"
+    listing.write_text(json.dumps([str(p) for p in paths]))
+    started = time.monotonic()
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fruits_platform.bench",
+            "--bare-worker",
+            str(listing),
+            weights,
+            str(input_size),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    result["seconds_process"] = round(time.monotonic() - started, 2)
+    return result
+
+
+def run_notebook(input_dir: Path, weights: str, work: Path) -> dict:
+    command = [spark_submit_binary(), "--master", "local[*]"]
+    for key, value in sorted(LOCAL_SPARK_CONF.items()):
+        command += ["--conf", f"{key}={value}"]
+    command += [str(Path(__file__).with_name("notebook_reference.py")), "--input", str(input_dir)]
+    command += ["--output", str(work / "notebook"), "--weights", weights]
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
+    started = time.monotonic()
+    with WorkerMemory() as memory, (work / "notebook.log").open("w") as log:
+        subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, check=True)
+    return {"seconds": round(time.monotonic() - started, 2), "peak_worker_rss_mb": round(memory.peak_mb)}
+
+
+def run_pipeline(input_dir: Path, weights: str, input_size: int, work: Path) -> dict:
+    output = work / f"pipeline_{input_size}"
+    shutil.rmtree(output, ignore_errors=True)
+    params = PipelineParams(str(input_dir), str(output), "2026-01-01", weights, 100, input_size)
+    with WorkerMemory() as memory:
+        report = run_local(params, echo=lambda _: None)
+    return {
+        "ok": report["counts"]["ok"],
+        "features_seconds_in_job": report["step_seconds"]["features"],
+        "spark_submit_seconds": report["spark_submit_seconds"],
+        "whole_seconds": round(sum(report["spark_submit_seconds"].values()), 2),
+        "peak_worker_rss_mb": round(memory.peak_mb),
+        "model_builds": report["model_builds"],
+        "output": str(output),
+    }
+
+
+def nearest_centroid_accuracy(pca_folder: str) -> float:
+    """Share of held-out images (a fixed 30% by path hash) whose nearest class centroid is their label."""
+    import hashlib
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(pca_folder).to_pylist()
+    held_out = [int(hashlib.sha256(r["path"].encode()).hexdigest(), 16) % 10 < 3 for r in rows]
+    train = [r for r, test in zip(rows, held_out, strict=True) if not test]
+    test = [r for r, held in zip(rows, held_out, strict=True) if held]
+    labels = sorted({r["label"] for r in train})
+    centroids = np.stack([np.mean([r["pca"] for r in train if r["label"] == lab], axis=0) for lab in labels])
+    hits = sum(
+        labels[int(np.argmin(np.linalg.norm(centroids - np.asarray(r["pca"]), axis=1)))] == r["label"]
+        for r in test
+    )
+    return hits / len(test)
+
+
+def _rate(images: int, seconds: float) -> float:
+    return round(images / seconds, 1) if seconds else 0.0
+
+
+def bench(args: argparse.Namespace) -> int:
+    work = Path(args.work_dir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    weights = str(Path(args.weights).resolve()) if Path(args.weights).exists() else args.weights
+    if weights == "imagenet":
+        print(
+            "bench: needs a weights file (--weights or FRUITS_WEIGHTS): every variant must use the same one"
+        )
+        return 2
+    input_dir = work / f"images_{args.images}"
+    paths = prepare_images(Path(args.source), args.images, input_dir)
+    figures: dict = {"images": len(paths), "source": str(args.source), "cpus": os.cpu_count()}
+    print(f"bench: {len(paths)} images from {args.source}, {os.cpu_count()} cores")
+
+    sizes = (96, 128, 160, 192, 224) if args.sizes else (args.input_size,)
+    for size in sizes:
+        pipeline = run_pipeline(input_dir, weights, size, work)
+        pipeline["features_img_per_s"] = _rate(pipeline["ok"], pipeline["features_seconds_in_job"])
+        pipeline["features_wall_img_per_s"] = _rate(
+            pipeline["ok"], pipeline["spark_submit_seconds"]["features"]
+        )
+        pipeline["whole_img_per_s"] = _rate(pipeline["ok"], pipeline["whole_seconds"])
+        if args.sizes:
+            pipeline["nearest_centroid_accuracy"] = round(
+                nearest_centroid_accuracy(pipeline["output"] + "/pca"), 4
+            )
+        figures[f"pipeline_{size}"] = pipeline
+        print(
+            f"(b) pipeline, input {size}: features {pipeline['features_img_per_s']} img/s "
+            f"(spark-submit wall {pipeline['features_wall_img_per_s']}), whole run-local "
+            f"{pipeline['whole_img_per_s']} img/s, peak Python worker RSS {pipeline['peak_worker_rss_mb']} MB"
+            + (
+                f", nearest-centroid accuracy {pipeline['nearest_centroid_accuracy']:.1%}"
+                if args.sizes
+                else ""
+            )
+        )
+    main_pipeline = figures[f"pipeline_{args.input_size}"]
+
+    if "bare" not in args.skip:
+        bare = run_bare(paths, weights, args.input_size, work)
+        bare["img_per_s_process"] = _rate(bare["images"], bare["seconds_process"])
+        bare["img_per_s_inference"] = _rate(bare["images"], bare["seconds_inference"])
+        figures["bare_tensorflow"] = bare
+        figures["ratio_features_vs_bare"] = round(
+            main_pipeline["features_img_per_s"] / bare["img_per_s_process"], 2
+        )
+        print(
+            f"(a) bare TensorFlow: {bare['img_per_s_process']} img/s whole process, "
+            f"{bare['img_per_s_inference']} img/s decode+inference only"
+        )
+        print(f"    ratio (b) features / (a) bare: {figures['ratio_features_vs_bare']}")
+    if "notebook" not in args.skip:
+        notebook = run_notebook(input_dir, weights, work)
+        notebook["img_per_s"] = _rate(len(paths), notebook["seconds"])
+        figures["notebook"] = notebook
+        figures["ratio_whole_vs_notebook"] = round(
+            main_pipeline["whole_img_per_s"] / notebook["img_per_s"], 2
+        )
+        print(
+            f"(c) notebook approach: {notebook['img_per_s']} img/s end to end, "
+            f"peak Python worker RSS {notebook['peak_worker_rss_mb']} MB"
+        )
+        print(f"    ratio (b) whole run-local / (c) notebook: {figures['ratio_whole_vs_notebook']}")
+    if args.pca_rows:
+        figures["pca_fit"] = pca_fit_time(args.pca_rows, work)
+        print(f"PCA fit on {args.pca_rows} x 1280 features, k=100: {figures['pca_fit']['seconds']} s")
+    result_file = work / f"bench_{args.images}.json"
+    result_file.write_text(json.dumps(figures, indent=2))
+    print(f"figures: {result_file}")
+    return 0
+
+
+def pca_fit_time(rows: int, work: Path) -> dict:
+    """Fit time of Spark ML PCA (k=100) on ``rows`` synthetic 1280-d features (low rank + noise)."""
+    import numpy as np
+    import pandas as pd
+    from pyspark.sql import SparkSession
+
+    from fruits_spark.pca import PcaParams, fit
+
+    spark = (
+        SparkSession.builder.master("local[*]")
+        .config("spark.driver.memory", "6g")
+        .config("spark.ui.enabled", "false")
+        .getOrCreate()
+    )
+
+    def synthesize(batches):
+        for batch in batches:
+            rng = np.random.default_rng(int(batch["id"].iloc[0]))
+            latent = rng.normal(size=(len(batch), 32)) @ rng.normal(size=(32, 1280))
+            values = (latent + rng.normal(scale=0.1, size=latent.shape)).astype(np.float32)
+            yield pd.DataFrame({"path": batch["id"].astype(str), "label": "x", "features": list(values)})
+
+    folder = work / f"synthetic_features_{rows}"
+    if not folder.exists():
+        spark.range(rows, numPartitions=16).mapInPandas(
+            synthesize, "path string, label string, features array<float>"
+        ).write.parquet(str(folder))
+    features = spark.read.parquet(str(folder))
+    started = time.monotonic()
+    fit(features, PcaParams(100))
+    seconds = round(time.monotonic() - started, 1)
+    spark.stop()
+    return {"rows": rows, "seconds": seconds}
+
+
+def register(commands) -> None:
+    parser = commands.add_parser("bench", help="benchmark feature extraction (prints img/s and memory)")
+    parser.add_argument(
+        "--images", type=int, default=600, help="number of images (replicated past the source)"
+    )
+    parser.add_argument("--source", default=str(default_source()), help="folder of labelled images")
+    parser.add_argument("--weights", default=os.environ.get("FRUITS_WEIGHTS", "imagenet"))
+    parser.add_argument("--input-size", type=int, default=224, choices=(96, 128, 160, 192, 224))
+    parser.add_argument("--sizes", action="store_true", help="also measure every input size and its accuracy")
+    parser.add_argument("--skip", action="append", default=[], choices=["bare", "notebook"])
+    parser.add_argument("--pca-rows", type=int, default=0, help="also time a PCA fit on this many rows")
+    parser.add_argument("--work-dir", default=str(PROJECT_ROOT / "out" / "bench"))
+    parser.set_defaults(handler=bench)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--bare-worker"]:
+    listing, weights_file, size = sys.argv[2:5]
+    print(json.dumps(bare_tensorflow(json.loads(Path(listing).read_text()), weights_file, int(size))))

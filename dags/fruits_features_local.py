@@ -137,7 +137,16 @@ with DAG(
         output = Path(context["params"]["output_path"])
         report = json.loads((output / "report.json").read_text())
         print(f"outputs: {output}; report: {output / 'report.html'}; counts: {report['counts']}")
-        return report
+        cumulative = report["cumulative_explained_variance"]
+        return {
+            "dt": report["dt"],
+            "counts": report["counts"],
+            "reconciled": report["reconciled"],
+            "k": report["k"],
+            "explained_variance_at_k": cumulative[-1] if cumulative else None,
+            "pca_model_version": report["pca_model_version"],
+            "report": str(output / "report.html"),
+        }
 
     artifacts = stage_artifacts()
     steps = [spark_step(name)(artifacts) for name in STEP_NAMES]

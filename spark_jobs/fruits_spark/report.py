@@ -81,8 +81,10 @@ def plot_explained_variance(summary: dict) -> bytes:
         twin.annotate(
             f"k={k}: {cumulative[-1]:.1%}", (k, cumulative[-1]), textcoords="offset points", xytext=(-90, -20)
         )
-    figure.legend(loc="upper center", ncols=2)
-    axes.set_title("PCA explained variance", pad=22)
+    bars, bar_labels = axes.get_legend_handles_labels()
+    lines, line_labels = twin.get_legend_handles_labels()
+    axes.legend(bars + lines, bar_labels + line_labels, loc="center right")
+    axes.set_title("PCA explained variance")
     return _png(figure)
 
 

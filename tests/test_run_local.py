@@ -29,6 +29,12 @@ def run_fruits(*args: str, env: dict | None = None) -> subprocess.CompletedProce
     )
 
 
+def run_day(input_dir: Path, output: Path, day: str, weights: Path) -> subprocess.CompletedProcess:
+    return run_fruits(
+        "--input", str(input_dir), "--output", str(output), "--dt", day, "--weights", str(weights), "--k", "5"
+    )
+
+
 def read_table(folder: Path):
     return pq.read_table(folder).to_pylist()
 
@@ -43,18 +49,7 @@ def mixed_run(tmp_path_factory, shared_images, shared_weights):
     root = tmp_path_factory.mktemp("mixed")
     expected = write_mixed_folder(root / "in", real)
     output = root / "out"
-    completed = run_fruits(
-        "--input",
-        str(root / "in"),
-        "--output",
-        str(output),
-        "--dt",
-        DAY_ONE,
-        "--weights",
-        str(shared_weights),
-        "--k",
-        "5",
-    )
+    completed = run_day(root / "in", output, DAY_ONE, shared_weights)
     assert completed.returncode == 0, completed.stderr + completed.stdout
     return expected, root, output, completed
 
@@ -135,31 +130,9 @@ def test_rerun_replaces_its_date_only_and_applies_the_current_model(mixed_run, s
         (day_two_input / label).mkdir(parents=True)
         for source in sorted((shared_images / label).glob("*.jpg"))[10:12]:
             (day_two_input / label / source.name).write_bytes(source.read_bytes())
-    second = run_fruits(
-        "--input",
-        str(day_two_input),
-        "--output",
-        str(output),
-        "--dt",
-        DAY_TWO,
-        "--weights",
-        str(shared_weights),
-        "--k",
-        "5",
-    )
+    second = run_day(day_two_input, output, DAY_TWO, shared_weights)
     assert second.returncode == 0, second.stderr
-    rerun = run_fruits(
-        "--input",
-        str(root / "in"),
-        "--output",
-        str(output),
-        "--dt",
-        DAY_ONE,
-        "--weights",
-        str(shared_weights),
-        "--k",
-        "5",
-    )
+    rerun = run_day(root / "in", output, DAY_ONE, shared_weights)
     assert rerun.returncode == 0, rerun.stderr
 
     by_day = {day: len(read_table(output / "features" / f"dt={day}")) for day in (DAY_ONE, DAY_TWO)}

@@ -1,0 +1,315 @@
+"""The EMR side of the pipeline: the job flow (cluster) definition, the EMR steps, and two thin operator
+subclasses (an idempotent cluster creation, a step sensor whose failure names the step and its log).
+
+The steps are not defined here: they are ``steps.pipeline_steps`` turned into ``command-runner.jar``
+``spark-submit`` calls by ``steps.spark_submit_args``, exactly what ``fruits run-local`` submits.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import gzip
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from airflow.providers.amazon.aws.operators.emr import EmrCreateJobFlowOperator
+from airflow.providers.amazon.aws.sensors.emr import EmrStepSensor
+from airflow.sdk.exceptions import AirflowFailException
+
+from fruits_platform.local_run import failure_reason
+from fruits_platform.steps import STEP_NAMES, PipelineParams, pipeline_steps, spark_submit_args
+
+AWS_CONN_ID = "aws_default"
+# Spark 3.5.x like the pinned pyspark, on Amazon Linux 2023; bump it here only, after a run on the new release
+RELEASE_LABEL = "emr-7.10.0"
+# Auto-termination after this long without a running step: the safety net if Airflow never runs the
+# teardown (worker lost, scheduler down). Steps are added right after creation, so the cluster is never
+# idle before or between steps; 15 min leaves room to re-add a step by hand while debugging.
+IDLE_TIMEOUT_SECONDS = 900
+JOB_FLOW_ROLE = "EMR_EC2_DefaultRole"
+SERVICE_ROLE = "EMR_DefaultRole"
+CLUSTER_NAME_PREFIX = "fruits-features"
+LOG_PREFIX = "emr-logs/"
+VENV_PYTHON = "/opt/fruits-venv/bin/python"
+# states in which a cluster still costs money and can still run this run's steps
+ACTIVE_CLUSTER_STATES = ("STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING")
+STEP_FAILED_STATES = ("CANCELLED", "FAILED", "INTERRUPTED")
+# spark-submit --conf of every EMR step (the cluster's spark-defaults provide the rest)
+EMR_SPARK_CONF: dict[str, str] = {"spark.python.worker.reuse": "true"}
+# used when bootstrap/spark-env.json is absent: the executors' Python is the bootstrap's venv
+DEFAULT_SPARK_ENV: list[dict[str, Any]] = [
+    {
+        "Classification": "spark-env",
+        "Configurations": [
+            {
+                "Classification": "export",
+                "Properties": {"PYSPARK_PYTHON": VENV_PYTHON, "PYSPARK_DRIVER_PYTHON": VENV_PYTHON},
+            }
+        ],
+        "Properties": {},
+    }
+]
+# EMRFS writes every object (the Spark outputs) with SSE-S3, whatever the bucket's default
+EMRFS_SSE: dict[str, Any] = {
+    "Classification": "emrfs-site",
+    "Properties": {"fs.s3.enableServerSideEncryption": "true"},
+}
+
+
+def emr_steps(params: PipelineParams, artifacts_uri: str) -> list[dict[str, Any]]:
+    """The pipeline's steps as EMR steps: ``spark-submit --deploy-mode client`` through command-runner."""
+    steps = []
+    for step in pipeline_steps(params):
+        submit = spark_submit_args(step, artifacts_uri, EMR_SPARK_CONF)
+        steps.append(
+            {
+                "Name": step.name,
+                # a failed step ends the cluster at once; the DAG's teardown terminates it in every other case
+                "ActionOnFailure": "TERMINATE_CLUSTER",
+                "HadoopJarStep": {
+                    "Jar": "command-runner.jar",
+                    "Args": [submit[0], "--deploy-mode", "client", *submit[1:]],
+                },
+            }
+        )
+    return steps
+
+
+def emr_configurations(spark_env: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
+    """bootstrap/spark-env.json's Configurations (or the default) plus EMRFS server-side encryption."""
+    configurations = copy.deepcopy(list(spark_env) if spark_env else DEFAULT_SPARK_ENV)
+    for configuration in configurations:
+        if configuration.get("Classification") == EMRFS_SSE["Classification"]:
+            configuration.setdefault("Properties", {}).update(EMRFS_SSE["Properties"])
+            break
+    else:
+        configurations.append(copy.deepcopy(EMRFS_SSE))
+    return configurations
+
+
+# AmazonEMRServicePolicy_v2 only manages EC2 resources carrying this tag; infra/'s Airflow policy refuses a
+# RunJobFlow without it (see infra/README.md)
+EMR_MANAGED_POLICY_TAG = {"for-use-with-amazon-emr-managed-policies": "true"}
+
+
+def cluster_tags(dag_id: str, run_id: str, upload_day: str) -> dict[str, str]:
+    """Tags of the run's cluster: cost allocation, and how a retried create task finds it (run_id)."""
+    return {
+        "project": "fruits",
+        "dag_id": dag_id,
+        "run_id": run_id,
+        "dt": upload_day,
+        **EMR_MANAGED_POLICY_TAG,
+    }
+
+
+def job_flow_overrides(
+    *,
+    bucket: str,
+    upload_day: str,
+    instance_type: str,
+    core_nodes: int,
+    use_spot: bool,
+    bootstrap_script_uri: str,
+    requirements_uri: str,
+    configurations: list[dict[str, Any]],
+    tags: Mapping[str, str],
+    job_flow_role: str = JOB_FLOW_ROLE,
+    service_role: str = SERVICE_ROLE,
+    subnet_id: str | None = None,
+    security_configuration: str | None = None,
+    release_label: str = RELEASE_LABEL,
+    idle_timeout_seconds: int = IDLE_TIMEOUT_SECONDS,
+) -> dict[str, Any]:
+    """``run_job_flow`` arguments of the run's transient cluster."""
+    groups = [
+        {
+            "Name": "primary",
+            "Market": "ON_DEMAND",  # losing the primary node loses the cluster: never Spot
+            "InstanceRole": "MASTER",
+            "InstanceType": instance_type,
+            "InstanceCount": 1,
+        }
+    ]
+    if core_nodes:
+        groups.append(
+            {
+                "Name": "core",
+                "Market": "SPOT" if use_spot else "ON_DEMAND",
+                "InstanceRole": "CORE",
+                "InstanceType": instance_type,
+                "InstanceCount": core_nodes,
+            }
+        )
+    instances: dict[str, Any] = {
+        "InstanceGroups": groups,
+        # steps are added after creation: the cluster must wait for them (auto-termination ends it)
+        "KeepJobFlowAliveWhenNoSteps": True,
+        "TerminationProtected": False,
+    }
+    if subnet_id:
+        instances["Ec2SubnetId"] = subnet_id
+    overrides: dict[str, Any] = {
+        "Name": f"{CLUSTER_NAME_PREFIX} dt={upload_day}",
+        "ReleaseLabel": release_label,
+        "Applications": [{"Name": "Spark"}],
+        "LogUri": f"s3://{bucket}/{LOG_PREFIX}",
+        "Instances": instances,
+        "AutoTerminationPolicy": {"IdleTimeout": idle_timeout_seconds},
+        "BootstrapActions": [
+            {
+                "Name": "install-python-deps",
+                "ScriptBootstrapAction": {"Path": bootstrap_script_uri, "Args": [requirements_uri]},
+            }
+        ],
+        "Configurations": configurations,
+        "JobFlowRole": job_flow_role,
+        "ServiceRole": service_role,
+        "VisibleToAllUsers": True,
+        "Tags": [{"Key": key, "Value": value} for key, value in tags.items()],
+    }
+    if security_configuration:
+        overrides["SecurityConfiguration"] = security_configuration
+    return overrides
+
+
+def normalise_log_uri(log_uri: str | None) -> str | None:
+    """EMR reports its LogUri as ``s3n://...``: the same objects as ``s3://...``."""
+    if not log_uri:
+        return None
+    uri = "s3://" + log_uri.split("://", 1)[1] if "://" in log_uri else log_uri
+    return uri if uri.endswith("/") else uri + "/"
+
+
+def step_log_uri(log_uri: str | None, cluster_id: str, step_id: str) -> str:
+    base = normalise_log_uri(log_uri) or "(no LogUri) "
+    return f"{base}{cluster_id}/steps/{step_id}/stderr.gz"
+
+
+def find_run_cluster(emr, dag_id: str, run_id: str) -> str | None:
+    """The still-active cluster an earlier try of this run created, found by its dag_id/run_id tags."""
+    for page in emr.get_paginator("list_clusters").paginate(ClusterStates=list(ACTIVE_CLUSTER_STATES)):
+        for summary in page.get("Clusters", []):
+            if not summary.get("Name", "").startswith(CLUSTER_NAME_PREFIX):
+                continue
+            cluster = emr.describe_cluster(ClusterId=summary["Id"])["Cluster"]
+            tags = {tag["Key"]: tag["Value"] for tag in cluster.get("Tags", [])}
+            if tags.get("dag_id") == dag_id and tags.get("run_id") == run_id:
+                return summary["Id"]
+    return None
+
+
+class FruitsCreateJobFlowOperator(EmrCreateJobFlowOperator):
+    """``EmrCreateJobFlowOperator`` that never leaves two clusters for one run.
+
+    EMR's RunJobFlow has no idempotency token: a retried create task (worker lost after the call, a
+    failure after creation) would start a second cluster. Before creating, this looks for an active
+    cluster tagged with this DAG run's id and adopts it.
+    """
+
+    def execute(self, context) -> str | None:
+        run_id = context["run_id"]
+        existing = find_run_cluster(self.hook.conn, self.dag_id, run_id)
+        if existing:
+            self.log.warning("Adopting cluster %s, created for run %s by an earlier try", existing, run_id)
+            self._job_flow_id = existing
+            return existing
+        return super().execute(context)
+
+
+class FruitsStepSensor(EmrStepSensor):
+    """``EmrStepSensor`` for one named step of the run, with a timeout sized at run time.
+
+    ``step_ids`` is ``EmrAddStepsOperator``'s XCom (one id per name in ``STEP_NAMES``);
+    ``timeout_seconds`` comes from the cost guard (sized from the image count). A failed step fails the
+    task without retry, with one line naming the step, the reason and the step's log in S3; the same
+    facts go to the XCom key ``failure`` for the run summary.
+    """
+
+    template_fields: Sequence[str] = (*EmrStepSensor.template_fields, "step_ids", "timeout_seconds")
+
+    def __init__(
+        self,
+        *,
+        step_name: str,
+        step_ids: Any,
+        timeout_seconds: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(step_id="", **kwargs)
+        if step_name not in STEP_NAMES:
+            raise ValueError(f"unknown step {step_name!r}; steps are {STEP_NAMES}")
+        self.step_name = step_name
+        self.step_ids = step_ids
+        self.timeout_seconds = timeout_seconds
+
+    def _resolve_step(self) -> None:
+        ids = ast.literal_eval(self.step_ids) if isinstance(self.step_ids, str) else list(self.step_ids)
+        self.step_id = ids[STEP_NAMES.index(self.step_name)]
+        if self.timeout_seconds not in (None, ""):
+            self.timeout = float(self.timeout_seconds)
+            self.max_attempts = max(1, math.ceil(self.timeout / self.poke_interval))
+
+    def execute(self, context) -> None:
+        self._resolve_step()
+        self.log.info("Watching step %s (%s), timeout %.0f s", self.step_name, self.step_id, self.timeout)
+        return super().execute(context)
+
+    def poke(self, context) -> bool:
+        response = self.get_emr_response(context=context)
+        state = response["Step"]["Status"]["State"]
+        self.log.info("Step %s (%s) is %s", self.step_name, self.step_id, state)
+        if state in self.target_states:
+            return True
+        if state in self.failed_states:
+            self._fail(context, response)
+        return False
+
+    def execute_complete(self, context, event: dict[str, Any] | None = None) -> None:
+        self._resolve_step()
+        if event and event.get("status") == "success":
+            self.log.info("Step %s completed", self.step_name)
+            return
+        self._fail(context, self.hook.conn.describe_step(ClusterId=self.job_flow_id, StepId=self.step_id))
+
+    def _fail(self, context, response: dict[str, Any]) -> None:
+        failure = self.describe_failure(response)
+        context["ti"].xcom_push(key="failure", value=failure)
+        raise AirflowFailException(failure["message"])
+
+    def describe_failure(self, response: dict[str, Any]) -> dict[str, str]:
+        status = response["Step"]["Status"]
+        state = status["State"]
+        cluster = self.hook.conn.describe_cluster(ClusterId=self.job_flow_id)["Cluster"]
+        details = status.get("FailureDetails") or {}
+        log = details.get("LogFile") or step_log_uri(cluster.get("LogUri"), self.job_flow_id, self.step_id)
+        if log.startswith("s3n://"):
+            log = "s3://" + log.removeprefix("s3n://")
+        reason = details.get("Message") or details.get("Reason") or self._reason_from_log(log)
+        if state == "CANCELLED" or not reason:
+            cluster_status = cluster.get("Status", {})
+            change = cluster_status.get("StateChangeReason", {})
+            cluster_reason = " ".join(filter(None, [change.get("Code"), change.get("Message")]))
+            reason = reason or f"cluster {cluster_status.get('State')}" + (
+                f" ({cluster_reason})" if cluster_reason else ""
+            )
+        if state == "CANCELLED":
+            # the step never ran: the cluster's own logs (bootstrap, nodes) say why
+            log = f"{normalise_log_uri(cluster.get('LogUri'))}{self.job_flow_id}/"
+        message = f"step {self.step_name} {state} on cluster {self.job_flow_id}: {reason}; log: {log}"
+        return {"step": self.step_name, "state": state, "reason": reason, "log": log, "message": message}
+
+    def _reason_from_log(self, log: str) -> str | None:
+        """The explaining line of the step's stderr, when EMR has pushed it to S3 already (best effort)."""
+        try:
+            bucket, _, key = log.removeprefix("s3://").partition("/")
+            s3 = self.hook.get_session(region_name=self.hook.conn_region_name).client("s3")
+            text = gzip.decompress(s3.get_object(Bucket=bucket, Key=key)["Body"].read()).decode(
+                errors="replace"
+            )
+        except Exception as error:  # logs reach S3 a few minutes late: the location is enough then
+            self.log.info("Step log not readable yet (%s)", error)
+            return None
+        return failure_reason(self.step_name, text)

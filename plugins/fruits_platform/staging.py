@@ -1,0 +1,186 @@
+"""S3 staging: what the EMR steps read (code, bootstrap, model weights), uploaded once, encrypted.
+
+Code and bootstrap files go to ``s3://<bucket>/artifacts/<content hash>/`` (the hash of the built folder,
+so a changed job gets a new prefix and a rerun uploads nothing); the weights to
+``s3://<bucket>/artifacts/weights/<key>/mobilenet_v2.weights.h5``. Every object is written with
+ServerSideEncryption and a sha256 in its metadata; an object already there with the same size and sha256
+is skipped (``head_object``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from botocore.exceptions import ClientError
+
+from fruits_platform.artifacts import build_artifacts, content_hash
+
+ARTIFACTS_PREFIX = "artifacts/"
+WEIGHTS_NAME = "mobilenet_v2.weights.h5"
+SSE_ALGORITHM = "AES256"
+SHA256_METADATA = "sha256"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+# the cluster cannot run without these (bootstrap/ in the repository, staged with the code)
+BOOTSTRAP_SCRIPT = "install-python-deps.sh"
+BOOTSTRAP_REQUIREMENTS = "requirements-emr.txt"
+SPARK_ENV_FILE = "spark-env.json"
+
+
+class StagingError(RuntimeError):
+    """Staging cannot proceed; ``str()`` is a one-line reason."""
+
+
+def s3_uri(bucket: str, key: str) -> str:
+    return f"s3://{bucket}/{key}"
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    if not uri.startswith("s3://"):
+        raise ValueError(f"not an s3:// URI: {uri}")
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return bucket, key
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def head(s3, bucket: str, key: str) -> dict | None:
+    """``head_object`` or None when the object does not exist."""
+    try:
+        return s3.head_object(Bucket=bucket, Key=key)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise
+
+
+def same_object(s3, bucket: str, key: str, size: int, sha256: str) -> bool:
+    found = head(s3, bucket, key)
+    return bool(
+        found
+        and found.get("ContentLength") == size
+        and found.get("Metadata", {}).get(SHA256_METADATA) == sha256
+    )
+
+
+def put_file(s3, bucket: str, key: str, path: Path, sha256: str | None = None) -> None:
+    with path.open("rb") as body:
+        s3.put_object(
+            Bucket=bucket,
+            Key=key,
+            Body=body,
+            ServerSideEncryption=SSE_ALGORITHM,
+            Metadata={SHA256_METADATA: sha256 or sha256_file(path)},
+        )
+
+
+def upload_if_changed(s3, bucket: str, key: str, path: Path) -> bool:
+    """Uploads ``path`` unless the object is already there with the same size and sha256; True if uploaded."""
+    sha256 = sha256_file(path)
+    if same_object(s3, bucket, key, path.stat().st_size, sha256):
+        return False
+    put_file(s3, bucket, key, path, sha256)
+    return True
+
+
+def count_images(s3, bucket: str, prefix: str) -> tuple[int, int]:
+    """(objects, images) under ``prefix``: what the run will read, and what it will featurise."""
+    objects = images = 0
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            objects += 1
+            images += item["Key"].lower().endswith(IMAGE_SUFFIXES)
+    return objects, images
+
+
+def imagenet_weights_file(input_size: int, destination: Path) -> Path:
+    """Downloads the ImageNet backbone once, here, and saves it: the executors never download anything."""
+    from keras.applications import MobileNetV2
+
+    model = MobileNetV2(
+        input_shape=(input_size, input_size, 3), include_top=False, pooling="avg", weights="imagenet"
+    )
+    path = destination / WEIGHTS_NAME
+    model.save_weights(path)
+    return path
+
+
+def stage_weights(s3, bucket: str, weights: str, input_size: int, scratch: Path) -> tuple[str, bool]:
+    """(the weights URI the features step reads, whether something was uploaded)."""
+    if weights.startswith("s3://"):
+        weights_bucket, key = split_s3_uri(weights)
+        try:
+            found = head(s3, weights_bucket, key)
+        except ClientError as error:
+            raise StagingError(f"cannot read weights {weights}: {error}") from None
+        if not found:
+            raise StagingError(f"weights {weights} not found")
+        return weights, False
+    if weights == "imagenet":
+        # ImageNet weights differ per input size; they never change, so one staged copy per size is enough
+        key = f"{ARTIFACTS_PREFIX}weights/imagenet-{input_size}/{WEIGHTS_NAME}"
+        if head(s3, bucket, key):
+            return s3_uri(bucket, key), False
+        try:
+            path = imagenet_weights_file(input_size, scratch)
+        except Exception as error:
+            raise StagingError(
+                f"cannot download the ImageNet weights ({type(error).__name__}: {error}); "
+                "pass weights = an s3:// URI or a .weights.h5 path on the worker"
+            ) from None
+        put_file(s3, bucket, key, path)
+        return s3_uri(bucket, key), True
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise StagingError(f"weights file {weights} not found on the Airflow worker")
+    key = f"{ARTIFACTS_PREFIX}weights/{sha256_file(path)[:16]}/{WEIGHTS_NAME}"
+    return s3_uri(bucket, key), upload_if_changed(s3, bucket, key, path)
+
+
+@dataclass
+class StagedArtifacts:
+    artifacts_uri: str
+    weights_uri: str
+    uploaded: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    spark_env: list[dict] | None = None
+
+    @property
+    def bootstrap_script_uri(self) -> str:
+        return self.artifacts_uri + BOOTSTRAP_SCRIPT
+
+    @property
+    def requirements_uri(self) -> str:
+        return self.artifacts_uri + BOOTSTRAP_REQUIREMENTS
+
+
+def stage_artifacts(s3, bucket: str, weights: str, input_size: int, scratch: Path) -> StagedArtifacts:
+    """Builds the artifacts into ``scratch`` and stages them, with the weights, in ``bucket``."""
+    built = build_artifacts(scratch / "artifacts")
+    missing = [name for name in (BOOTSTRAP_SCRIPT, BOOTSTRAP_REQUIREMENTS) if not (built / name).is_file()]
+    if missing:
+        raise StagingError(
+            f"bootstrap file(s) {', '.join(missing)} missing: the cluster could not install "
+            "its Python dependencies"
+        )
+    prefix = f"{ARTIFACTS_PREFIX}{content_hash(built)}/"
+    staged = StagedArtifacts(s3_uri(bucket, prefix), "")
+    for path in sorted(p for p in built.rglob("*") if p.is_file()):
+        key = prefix + path.relative_to(built).as_posix()
+        (staged.uploaded if upload_if_changed(s3, bucket, key, path) else staged.skipped).append(key)
+    spark_env = built / SPARK_ENV_FILE
+    if spark_env.is_file():
+        staged.spark_env = json.loads(spark_env.read_text())
+    weights_dir = scratch / "weights"
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    staged.weights_uri, uploaded = stage_weights(s3, bucket, weights, input_size, weights_dir)
+    (staged.uploaded if uploaded else staged.skipped).append(staged.weights_uri)
+    return staged

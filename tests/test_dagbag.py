@@ -1,0 +1,167 @@
+"""Every DAG file imports cleanly, and the two DAGs have the shape the docs describe."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DAG_FILES = sorted((PROJECT_ROOT / "dags").glob("*.py"))
+
+
+def load(path: Path):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(path))
+    return bag
+
+
+def validated(dag, conf: dict) -> dict:
+    """The run's params as a trigger with ``conf`` gets them (raises ParamValidationError)."""
+    params = copy.deepcopy(dag.params)
+    params.update(conf)
+    return params.validate()
+
+
+def downstream(dag, task_id: str) -> set[str]:
+    return set(dag.get_task(task_id).downstream_task_ids)
+
+
+@pytest.fixture(scope="module")
+def local_dag():
+    return load(PROJECT_ROOT / "dags" / "fruits_features_local.py").dags["fruits_features_local"]
+
+
+@pytest.fixture(scope="module")
+def emr_dag():
+    return load(PROJECT_ROOT / "dags" / "fruits_features_emr.py").dags["fruits_features_emr"]
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=[p.name for p in DAG_FILES])
+def test_dag_file_imports_without_errors(path):
+    bag = load(path)
+    assert bag.import_errors == {}
+    assert bag.dags, f"{path.name} defines no DAG"
+    for dag in bag.dags.values():
+        assert dag.doc_md, f"{dag.dag_id} has no doc_md"
+
+
+def test_local_dag_is_a_straight_line(local_dag):
+    order = ["stage_artifacts", "ingest", "features", "pca", "summarize"]
+    assert set(local_dag.task_ids) == set(order)
+    for upstream, task_id in itertools.pairwise(order):
+        assert task_id in downstream(local_dag, upstream), f"{upstream} -> {task_id}"
+    assert downstream(local_dag, "summarize") == set()
+
+
+def test_emr_dag_edges(emr_dag):
+    chain = [
+        "check_gdpr",
+        "check_budget",
+        "stage_artifacts",
+        "create_cluster",
+        "add_steps",
+        "watch_ingest",
+        "watch_features",
+        "watch_pca",
+        "terminate_cluster",
+        "report_cost",
+    ]
+    assert set(emr_dag.task_ids) == set(chain)
+    for upstream, task_id in itertools.pairwise(chain):
+        assert task_id in downstream(emr_dag, upstream), f"{upstream} -> {task_id}"
+    # nothing is created or staged before both guards passed
+    assert {"check_gdpr", "check_budget"} <= emr_dag.get_task("stage_artifacts").upstream_task_ids
+    assert emr_dag.get_task("check_gdpr").upstream_task_ids == set()
+
+
+def test_terminate_is_the_teardown_of_create(emr_dag):
+    create = emr_dag.get_task("create_cluster")
+    terminate = emr_dag.get_task("terminate_cluster")
+    report = emr_dag.get_task("report_cost")
+    assert create.is_setup
+    assert not create.is_teardown
+    assert terminate.is_teardown
+    assert report.is_teardown
+    assert "create_cluster" in terminate.upstream_task_ids
+    assert "create_cluster" in report.upstream_task_ids
+    assert terminate.trigger_rule == "all_done_setup_success"
+    assert not any(task.is_teardown for task in emr_dag.tasks if task.task_id.startswith("watch_"))
+
+
+def test_run_state_follows_the_steps_and_the_cost_report(emr_dag):
+    """The scheduler decides the run's state from these tasks: a failed step must fail the run, and so must
+    report_cost (it fails when the cluster is left running). A teardown with on_failure_fail_dagrun right
+    after the sensors would be the only one, and a failed step would end in a successful run."""
+    from dataclasses import dataclass
+
+    from airflow.models.dagrun import DagRun
+
+    @dataclass(frozen=True)
+    class Ti:
+        task_id: str
+        state: str | None = None
+
+    tis = [Ti(task_id) for task_id in emr_dag.task_ids]
+    leaves = DagRun._tis_for_dagrun_state(None, dag=emr_dag, tis=tis)
+    assert {ti.task_id for ti in leaves} == {"watch_pca", "report_cost"}
+
+
+def test_emr_dag_schedule_and_operators(emr_dag):
+    from airflow.providers.amazon.aws.operators.emr import (
+        EmrAddStepsOperator,
+        EmrCreateJobFlowOperator,
+        EmrTerminateJobFlowOperator,
+    )
+    from airflow.providers.amazon.aws.sensors.emr import EmrStepSensor
+
+    assert type(emr_dag.timetable).__name__ == "CronDataIntervalTimetable"
+    assert (emr_dag.timetable.expression, str(emr_dag.timetable.timezone)) == ("0 2 * * *", "UTC")
+    assert emr_dag.max_active_runs == 1
+    assert emr_dag.catchup is False
+    assert isinstance(emr_dag.get_task("create_cluster"), EmrCreateJobFlowOperator)
+    assert isinstance(emr_dag.get_task("add_steps"), EmrAddStepsOperator)
+    assert isinstance(emr_dag.get_task("terminate_cluster"), EmrTerminateJobFlowOperator)
+    for name in ("ingest", "features", "pca"):
+        sensor = emr_dag.get_task(f"watch_{name}")
+        assert isinstance(sensor, EmrStepSensor)
+        assert sensor.step_name == name
+    assert emr_dag.get_task("create_cluster").aws_conn_id == "aws_default"
+
+
+@pytest.mark.parametrize("k", [0, 1281, -5])
+def test_params_reject_k_out_of_range(emr_dag, k):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError, match="k"):
+        validated(emr_dag, {"k": k})
+
+
+@pytest.mark.parametrize(
+    "conf",
+    [
+        {"instance_type": "p5.48xlarge"},
+        {"instance_type": "m7g.xlarge"},  # arm64: the bootstrap's wheels are x86_64 only
+        {"core_nodes": 21},
+        {"input_size": 200},
+        {"bucket": "Not_A_Bucket"},
+        {"output_prefix": "no-trailing-slash"},
+        {"use_spot": "yes"},
+    ],
+)
+def test_params_reject_bad_values(emr_dag, conf):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError):
+        validated(emr_dag, conf)
+
+
+def test_params_defaults_and_limits_validate(emr_dag):
+    defaults = emr_dag.params.validate()
+    assert defaults["bucket"] == ""  # deliberately empty: the guard says "param bucket is required"
+    assert (defaults["k"], defaults["region"], defaults["instance_type"]) == (100, "eu-west-3", "m5.xlarge")
+    for k in (1, 1280):
+        assert validated(emr_dag, {"k": k, "bucket": "fruits-data"})["k"] == k

@@ -49,6 +49,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from botocore.exceptions import BotoCoreError, ClientError
 
 from fruits_platform import emr, guards, pricing, staging
+from fruits_platform.run_report import add_cost_to_report
 from fruits_platform.steps import K_RANGE, STEP_NAMES, PipelineParams
 
 DAG_ID = "fruits_features_emr"
@@ -335,8 +336,10 @@ with DAG(
         reports = f"{settings['output_prefix']}reports/dt={settings['dt']}/"
         try:
             if not failures:
-                report = s3.get_object(Bucket=settings["bucket"], Key=reports + "report.json")
-                summary["counts"] = json.loads(report["Body"].read()).get("counts")
+                # the latest-run copy and the dated copy both get the cost
+                for folder in (settings["output_prefix"], reports):
+                    report = add_cost_to_report(s3, settings["bucket"], folder, summary["cost"])
+                summary["counts"] = report.get("counts")
             s3.put_object(
                 Bucket=settings["bucket"],
                 Key=reports + "cost.json",

@@ -175,6 +175,11 @@ def test_success_runs_three_steps_and_terminates(emr_dag, aws, uploaded, runner,
         aws.get_object(Bucket=BUCKET, Key=f"features/reports/dt={UPLOAD_DAY}/cost.json")["Body"].read()
     )
     assert cost["cost"] == summary["cost"]
+    for folder in ("features/", f"features/reports/dt={UPLOAD_DAY}/"):
+        report = json.loads(aws.get_object(Bucket=BUCKET, Key=folder + "report.json")["Body"].read())
+        assert report["cost"] == summary["cost"]
+        html = aws.get_object(Bucket=BUCKET, Key=folder + "report.html")["Body"].read().decode()
+        assert f"&quot;estimated_cost_eur&quot;: {summary['cost']['estimated_cost_eur']}" in html
 
 
 # -- a failing step ---------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -27,6 +28,8 @@ os.environ.update(
     PYSPARK_PYTHON=sys.executable,
     PYSPARK_DRIVER_PYTHON=sys.executable,
 )
+# py4j logs at INFO while the interpreter shuts down, after pytest closed the streams it writes to
+logging.getLogger("py4j").setLevel(logging.WARNING)
 # a test never reaches AWS, whatever the developer's shell holds
 for _name in ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
     os.environ.pop(_name, None)

@@ -19,6 +19,9 @@ from fruits_spark.session import base_parser, spark_session
 
 # 50 MB: far above any phone photo; bigger files are refused before their bytes are read
 MAX_FILE_BYTES = 50 * 1024 * 1024
+# Spark counts 4 MB per file when packing partitions, so 2,000 photos of 5-50 KB make 60+ tiny tasks;
+# at 256 KB per file they pack into a few tasks per core, and a cluster still gets one task per core.
+FILE_OPEN_COST_BYTES = 256 * 1024
 
 BINARY_FILE_SCHEMA = T.StructType(
     [
@@ -206,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     started = time.monotonic()
     spark = spark_session("fruits-ingest")
+    spark.conf.set("spark.sql.files.openCostInBytes", str(FILE_OPEN_COST_BYTES))
     layout = Layout(args.output, args.dt)
     files, unlisted, files_seen = extract(spark, args.input)
     params = IngestParams(storage.qualify(spark, args.input), args.max_file_bytes)

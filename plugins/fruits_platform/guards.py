@@ -20,10 +20,12 @@ EU_REGIONS: frozenset[str] = frozenset(
 )
 BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
-# Throughput of the whole pipeline (ingest + features + pca) in images per second per vCPU of the
-# executors. PLACEHOLDER: 12 img/s/vCPU until the lead fills in the figure measured by the benchmark.
-IMAGES_PER_SECOND_PER_VCPU = 12.0
-THROUGHPUT_SOURCE = "placeholder (12 img/s per vCPU), to be replaced by the benchmark's measured figure"
+# Throughput of the whole pipeline (ingest + features + pca) in images per second per executor vCPU.
+# Measured (docs/BENCHMARKS.md): `fruits run-local` on 2,000 images, 2 cores, 15.5 img/s end to end,
+# fixed costs included = 7.7 img/s per core. An m5 vCPU is half a physical core (hyperthread): 5 per vCPU
+# keeps the worst case on the safe side.
+IMAGES_PER_SECOND_PER_VCPU = 5.0
+THROUGHPUT_SOURCE = "measured 2026-11-23: 7.7 img/s per core end to end (2,000 images), 5 per EMR vCPU"
 # EMR provisioning + bootstrap (pip install of TensorFlow into /opt/fruits-venv) before the first step runs
 CLUSTER_STARTUP_SECONDS = 900
 # spark-submit, YARN application start and weights broadcast, per step

@@ -479,6 +479,20 @@ def test_a_cluster_left_running_fails_the_run(emr_dag, aws, uploaded, shared_wei
     assert f"cluster {cluster['Id']} is still {state} after terminate_cluster" in task_output(capfd)
 
 
+def test_a_timed_out_sensor_still_terminates_the_cluster(emr_dag, aws, uploaded, shared_weights, monkeypatch):
+    """No step runner: the steps stay PENDING, the sensor's (shrunk) timeout expires, teardown still runs."""
+    from fruits_platform import guards
+
+    monkeypatch.setattr(guards, "sensor_timeout_seconds", lambda images, vcpus: 3)
+    dagrun, states = run_dag(emr_dag, base_conf(shared_weights), dt.datetime(2026, 11, 6, 19, tzinfo=dt.UTC))
+
+    assert states["watch_ingest"] == "failed"
+    assert states["terminate_cluster"] == "success"
+    assert dagrun.state == "failed"
+    (cluster,) = clusters()
+    assert cluster["Status"]["State"] == "TERMINATED"
+
+
 # -- unit level: staging and the sensor's failure report --------------------------------------------------
 def test_staging_uploads_once_and_checks_weights(aws, tmp_path, shared_weights):
     from fruits_platform import staging

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fruits_platform.guards import BUCKET_NAME, EU_REGIONS, bucket_region, uploads_prefix
-from fruits_platform.staging import IMAGE_SUFFIXES, put_file, same_object, sha256_file
+from fruits_platform.staging import IMAGE_SUFFIXES, upload_if_changed
 
 UNLABELLED = "unlabelled"
 DEFAULT_REGION = "eu-west-3"
@@ -68,15 +68,6 @@ def check_destination(s3, bucket: str, region: str) -> None:
         raise UploadRefused(f"bucket {bucket} is in {location}, not in {region}")
 
 
-def upload_one(s3, bucket: str, path: Path, key: str) -> bool:
-    """True if uploaded, False if the same content was already there."""
-    sha256 = sha256_file(path)
-    if same_object(s3, bucket, key, path.stat().st_size, sha256):
-        return False
-    put_file(s3, bucket, key, path, sha256)
-    return True
-
-
 class Progress:
     """``[#####.....] 12/40 uploaded 10 skipped 2 failed 0`` on one stderr line."""
 
@@ -108,7 +99,7 @@ def upload_folder(
     planned, ignored = plan_upload(source, prefix)
     result = UploadResult(ignored=ignored)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = {pool.submit(upload_one, s3, bucket, path, key): key for path, key in planned}
+        futures = {pool.submit(upload_if_changed, s3, bucket, key, path): key for path, key in planned}
         # results are counted here, in the calling thread: no lock needed
         for future in as_completed(futures):
             try:

@@ -273,6 +273,8 @@ def pca_fit_time(rows: int, work: Path) -> dict:
 
     from fruits_spark.pca import PcaParams, fit
 
+    # in-process Spark starts its Python workers with PYSPARK_PYTHON, not with this interpreter
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     spark = (
         SparkSession.builder.master("local[*]")
         .config("spark.driver.memory", "6g")
@@ -288,10 +290,10 @@ def pca_fit_time(rows: int, work: Path) -> dict:
             yield pd.DataFrame({"path": batch["id"].astype(str), "label": "x", "features": list(values)})
 
     folder = work / f"synthetic_features_{rows}"
-    if not folder.exists():
+    if not (folder / "_SUCCESS").exists():
         spark.range(rows, numPartitions=16).mapInPandas(
             synthesize, "path string, label string, features array<float>"
-        ).write.parquet(str(folder))
+        ).write.mode("overwrite").parquet(str(folder))
     features = spark.read.parquet(str(folder))
     started = time.monotonic()
     fit(features, PcaParams(100))

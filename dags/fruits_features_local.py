@@ -25,14 +25,13 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 from airflow.sdk import DAG, Param, chain, get_current_context, task
 
 from fruits_platform.artifacts import PROJECT_ROOT, build_artifacts, content_hash
-from fruits_platform.local_run import run_step
+from fruits_platform.local_run import run_step, spark_env
 from fruits_platform.steps import STEP_NAMES, PipelineParams, pipeline_steps
 
 DAG_ID = "fruits_features_local"
@@ -121,7 +120,7 @@ with DAG(
             step = next(s for s in pipeline_steps(pipeline) if s.name == name)
             logs = Path(pipeline.output_uri) / "_logs" / f"dt={pipeline.dt}"
             logs.mkdir(parents=True, exist_ok=True)
-            env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
+            env = spark_env()
             print(f"running {name}; Spark log: {logs / (name + '.log')}")
             seconds = run_step(step, Path(artifacts), logs, SPARK_MASTER, env)
             return {"step": name, "seconds": round(seconds, 2), "log": str(logs / f"{name}.log")}

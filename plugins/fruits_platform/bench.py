@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from fruits_platform.artifacts import PROJECT_ROOT
-from fruits_platform.local_run import LOCAL_SPARK_CONF, run_local, spark_submit_binary
+from fruits_platform.local_run import LOCAL_SPARK_CONF, run_local, spark_env, spark_submit_binary
 from fruits_platform.steps import PipelineParams
 
 SHARED_IMAGES = PROJECT_ROOT.parent / "shared" / "data" / "fruits-360-sample"
@@ -144,7 +144,7 @@ def run_notebook(input_dir: Path, weights: str, work: Path) -> dict:
         command += ["--conf", f"{key}={value}"]
     command += [str(Path(__file__).with_name("notebook_reference.py")), "--input", str(input_dir)]
     command += ["--output", str(work / "notebook"), "--weights", weights]
-    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
+    env = spark_env()
     started = time.monotonic()
     with WorkerMemory() as memory, (work / "notebook.log").open("w") as log:
         subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, check=True)

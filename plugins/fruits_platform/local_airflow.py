@@ -37,6 +37,8 @@ from pathlib import Path
 
 import psutil
 
+from fruits_platform.demo import airflow_env
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 BIN_DIR = Path(sys.executable).parent  # the venv's bin/: the airflow command, spark-submit
 DEFAULT_HOME = PROJECT_ROOT / ".airflow"
@@ -81,15 +83,8 @@ class LocalAirflow:
 
         Other inherited ``AIRFLOW__*`` settings pass through; FRUITS_WEIGHTS too (the DAG's default).
         """
-        env = dict(os.environ)
-        env["PATH"] = os.pathsep.join(
-            [str(BIN_DIR), *[p for p in env.get("PATH", "").split(os.pathsep) if p]]
-        )
+        env = airflow_env(self.home)
         env.update(
-            AIRFLOW_HOME=str(self.home),
-            AIRFLOW__CORE__DAGS_FOLDER=str(PROJECT_ROOT / "dags"),
-            AIRFLOW__CORE__PLUGINS_FOLDER=str(PROJECT_ROOT / "plugins"),
-            AIRFLOW__CORE__LOAD_EXAMPLES="False",
             AIRFLOW__CORE__UNIT_TEST_MODE="False",
             AIRFLOW__CORE__EXECUTOR="LocalExecutor",
             AIRFLOW__CORE__PARALLELISM=str(self.parallelism),

@@ -38,6 +38,11 @@ def spark_submit_binary() -> str:
     return found
 
 
+def spark_env() -> dict[str, str]:
+    """This environment, with Spark's driver and Python workers on this interpreter (the project's venv)."""
+    return dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
+
+
 def failure_reason(step: str, log_text: str) -> str:
     """The line that explains a failure: the job's own one-line message, else the last exception."""
     lines = [line.strip() for line in log_text.splitlines() if line.strip()]
@@ -67,7 +72,7 @@ def run_local(params: PipelineParams, master: str = "local[*]", echo=print) -> d
     output = Path(params.output_uri)
     logs = output / "_logs" / f"dt={params.dt}"
     logs.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
+    env = spark_env()
     wall = {}
     with tempfile.TemporaryDirectory(prefix="fruits-artifacts-") as folder:
         artifacts = build_artifacts(Path(folder))

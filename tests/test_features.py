@@ -34,13 +34,14 @@ def keras_reference(real_images, shared_weights):
             for p in real_images
         ]
     )
-    return backbone.predict(preprocess_input(batch), verbose=0), backbone.get_weights()
+    return backbone.predict(preprocess_input(batch), verbose=0), backbone
 
 
 def test_spark_features_equal_keras_and_the_model_is_built_once_per_worker(
-    spark, real_images, keras_reference
+    spark, real_images, keras_reference, shared_weights
 ):
-    expected, weights = keras_reference
+    expected, _ = keras_reference
+    weights = model.read_weights(str(shared_weights), 224)
     rows = [
         (
             str(p),
@@ -55,7 +56,7 @@ def test_spark_features_equal_keras_and_the_model_is_built_once_per_worker(
     curated = spark.createDataFrame(rows, "path string, label string, content_hash string, content binary")
     params = FeatureParams(
         spark.sparkContext.broadcast(weights),
-        model.weights_digest(weights),
+        weights.digest,
         batch_size=3,
         model_builds=spark.sparkContext.accumulator(0),
         rows_inferred=spark.sparkContext.accumulator(0),
@@ -78,4 +79,34 @@ def test_spark_features_equal_keras_and_the_model_is_built_once_per_worker(
 
 def test_missing_weights_file_gives_a_clear_error(tmp_path):
     with pytest.raises(model.WeightsUnavailable, match="cannot load weights from"):
-        model.load_weights(str(tmp_path / "absent.weights.h5"), 224)
+        model.read_weights(str(tmp_path / "absent.weights.h5"), 224)
+
+
+def test_the_parameter_check_matches_the_keras_backbone(keras_reference, shared_weights):
+    _, backbone = keras_reference
+    assert backbone.count_params() == model.BACKBONE_PARAMETERS
+    assert model.count_parameters(str(shared_weights)) == backbone.count_params()
+
+
+def test_weights_of_another_network_are_refused_on_the_driver(tmp_path):
+    import h5py
+
+    other = tmp_path / "resnet.weights.h5"
+    with h5py.File(other, "w") as weights_file:
+        weights_file["layers/dense/vars/0"] = np.zeros((1280, 10), dtype=np.float32)
+    with pytest.raises(model.WeightsUnavailable, match="12,800 parameters, MobileNetV2's backbone has"):
+        model.read_weights(str(other), 224)
+
+
+@pytest.mark.parametrize(
+    ("name", "suffix"),
+    [
+        ("s3://bucket/artifacts/abc/mobilenet_v2.weights.h5", ".weights.h5"),
+        ("/home/me/.keras/models/mobilenet_v2_no_top.h5", ".h5"),
+        ("weights.hdf5", ".hdf5"),
+    ],
+)
+def test_a_weights_file_keeps_the_suffix_keras_reads_its_format_from(tmp_path, shared_weights, name, suffix):
+    copy = tmp_path / "copy"
+    copy.write_bytes(shared_weights.read_bytes())
+    assert model.read_weights(name, 224, local_path=str(copy)).suffix == suffix

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pyspark.sql import functions as F
 
 from fruits_spark.layout import Layout
 from fruits_spark.pca import PcaParams, as_csv_matrix, fit, fit_or_load, transform
@@ -50,15 +51,46 @@ def test_csv_matrix_has_one_column_per_component(features_df):
 
 def test_model_is_versioned_applied_then_refitted(spark, features_df, tmp_path):
     layout = Layout(str(tmp_path), "2026-11-23")
-    features_df.write.parquet(layout.dataset("features"))
-    first, version, why = fit_or_load(spark, layout, PcaParams(4), refit=False)
+    features_df.withColumn("embedding", F.lit("w1-s224")).write.parquet(layout.dataset("features"))
+    first, version, why = fit_or_load(spark, layout, PcaParams(4), False, "w1-s224")
     assert why == "first_fit"
-    again, same_version, why_again = fit_or_load(spark, layout, PcaParams(4), refit=False)
+    again, same_version, why_again = fit_or_load(spark, layout, PcaParams(4), False, "w1-s224")
     assert (same_version, why_again) == (version, "applied")
     np.testing.assert_allclose(again.pc.toArray(), first.pc.toArray())
-    _, k_version, why_k = fit_or_load(spark, layout, PcaParams(5), refit=False)
+    _, k_version, why_k = fit_or_load(spark, layout, PcaParams(5), False, "w1-s224")
     assert why_k == "k_changed_from_4"
     assert k_version != version
-    _, refit_version, why_refit = fit_or_load(spark, layout, PcaParams(5), refit=True)
+    _, refit_version, why_refit = fit_or_load(spark, layout, PcaParams(5), True, "w1-s224")
     assert why_refit == "refit"
     assert refit_version not in (version, k_version)
+
+
+def test_another_embedding_gets_its_own_model_fitted_on_its_own_features(spark, features_df, tmp_path):
+    """Features of another input size or weights live in another space: never mix them in one PCA."""
+    old_day, new_day = Layout(str(tmp_path), "2026-11-22"), Layout(str(tmp_path), "2026-11-23")
+    # a day written before features carried their embedding
+    features_df.write.parquet(old_day.dataset("features"))
+    features_df.withColumn("embedding", F.lit("w1-s224")).write.parquet(new_day.dataset("features"))
+    _, v224, _ = fit_or_load(spark, new_day, PcaParams(3), False, "w1-s224")
+    rng = np.random.default_rng(11)
+    other = (rng.normal(size=(60, 2)) * [5, 1]) @ rng.normal(size=(2, DIM))
+    other_df = spark.createDataFrame(
+        [(f"other{i}.jpg", "lemon", row.tolist()) for i, row in enumerate(other.astype(np.float32))],
+        "path string, label string, features array<float>",
+    )
+    other_df.withColumn("embedding", F.lit("w1-s96")).write.mode("overwrite").parquet(
+        new_day.dataset("features")
+    )
+
+    model96, v96, why = fit_or_load(spark, new_day, PcaParams(3), False, "w1-s96")
+
+    assert why == "first_fit"
+    assert v96 != v224
+    assert v96.endswith("-k3-w1-s96")
+    # fitted on the w1-s96 rows alone: neither the old day nor the w1-s224 rows took part
+    alone = fit(other_df, PcaParams(3))
+    np.testing.assert_allclose(
+        model96.explainedVariance.toArray(), alone.explainedVariance.toArray(), atol=1e-6
+    )
+    _, again224, why224 = fit_or_load(spark, new_day, PcaParams(3), False, "w1-s224")
+    assert (again224, why224) == (v224, "applied")

@@ -19,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 
+from fruits_platform import quality
 from fruits_platform.artifacts import PROJECT_ROOT
 from fruits_platform.local_run import LOCAL_SPARK_CONF, run_local, spark_env, spark_submit_binary
 from fruits_platform.steps import PipelineParams
@@ -168,24 +169,22 @@ def run_pipeline(input_dir: Path, weights: str, input_size: int, work: Path) -> 
     }
 
 
-def nearest_centroid_accuracy(pca_folder: str) -> float:
-    """Share of held-out images (a fixed 30% by path hash) whose nearest class centroid is their label."""
-    import hashlib
-
-    import numpy as np
-    import pyarrow.parquet as pq
-
-    rows = pq.read_table(pca_folder).to_pylist()
-    held_out = [int(hashlib.sha256(r["path"].encode()).hexdigest(), 16) % 10 < 3 for r in rows]
-    train = [r for r, test in zip(rows, held_out, strict=True) if not test]
-    test = [r for r, held in zip(rows, held_out, strict=True) if held]
-    labels = sorted({r["label"] for r in train})
-    centroids = np.stack([np.mean([r["pca"] for r in train if r["label"] == lab], axis=0) for lab in labels])
-    hits = sum(
-        labels[int(np.argmin(np.linalg.norm(centroids - np.asarray(r["pca"]), axis=1)))] == r["label"]
-        for r in test
-    )
-    return hits / len(test)
+def embedding_quality(outputs: dict[int, str]) -> dict[int, dict]:
+    """Per input size: accuracy of the PCA output, and agreement of the features with the 224 ones."""
+    reference = quality.read_vectors(outputs[224] + "/features", "features") if 224 in outputs else None
+    figures = {}
+    for size, output in outputs.items():
+        paths, labels, reduced = quality.read_vectors(output + "/pca", "pca")
+        figures[size] = {
+            "nearest_centroid_accuracy": round(quality.nearest_centroid_accuracy(paths, labels, reduced), 4),
+            "one_shot_accuracy": round(quality.one_shot_accuracy(labels, reduced), 4),
+        }
+        if reference:
+            feature_paths, _, features = quality.read_vectors(output + "/features", "features")
+            figures[size]["cosine_to_224"] = round(
+                quality.mean_cosine(feature_paths, features, reference[0], reference[2]), 4
+            )
+    return figures
 
 
 def _rate(images: int, seconds: float) -> float:
@@ -214,21 +213,21 @@ def bench(args: argparse.Namespace) -> int:
             pipeline["ok"], pipeline["spark_submit_seconds"]["features"]
         )
         pipeline["whole_img_per_s"] = _rate(pipeline["ok"], pipeline["whole_seconds"])
-        if args.sizes:
-            pipeline["nearest_centroid_accuracy"] = round(
-                nearest_centroid_accuracy(pipeline["output"] + "/pca"), 4
-            )
         figures[f"pipeline_{size}"] = pipeline
         print(
             f"(b) pipeline, input {size}: features {pipeline['features_img_per_s']} img/s "
             f"(spark-submit wall {pipeline['features_wall_img_per_s']}), whole run-local "
             f"{pipeline['whole_img_per_s']} img/s, peak Python worker RSS {pipeline['peak_worker_rss_mb']} MB"
-            + (
-                f", nearest-centroid accuracy {pipeline['nearest_centroid_accuracy']:.1%}"
-                if args.sizes
-                else ""
-            )
         )
+    if args.sizes:
+        outputs = {size: figures[f"pipeline_{size}"]["output"] for size in sizes}
+        for size, measured in embedding_quality(outputs).items():
+            figures[f"pipeline_{size}"].update(measured)
+            print(
+                f"    input {size}: nearest-centroid accuracy {measured['nearest_centroid_accuracy']:.1%}, "
+                f"one-shot accuracy {measured['one_shot_accuracy']:.1%}, "
+                f"mean cosine to the 224 features {measured.get('cosine_to_224', float('nan')):.3f}"
+            )
     main_pipeline = figures[f"pipeline_{args.input_size}"]
 
     if "bare" not in args.skip:

@@ -1,7 +1,7 @@
 """Step 2, features: MobileNetV2 embeddings (1280 floats) of every curated image.
 
-The driver loads the weights once and broadcasts them; each Python worker rebuilds the model once from the
-broadcast value and reuses it for every batch of every task it runs (iterator pandas UDF).
+The driver reads and checks the weights file once and broadcasts it; each Python worker rebuilds the model
+once from the broadcast value and reuses it for every batch of every task it runs (iterator pandas UDF).
 """
 
 from __future__ import annotations
@@ -43,6 +43,10 @@ class FeatureParams:
     threads: int = 1
     model_builds: Accumulator | None = None
     rows_inferred: Accumulator | None = None
+
+    @property
+    def embedding(self) -> str:
+        return model.embedding_id(self.weights_digest, self.input_size)
 
 
 def featurize_batch(contents: pd.Series, infer, input_size: int, batch_size: int) -> pd.DataFrame:
@@ -94,12 +98,12 @@ def transform(curated: DataFrame, params: FeatureParams) -> DataFrame:
     ).select("path", "label", "content_hash", "r.features", "r.error")
 
 
-def load(featurized: DataFrame, layout: Layout) -> dict:
+def load(featurized: DataFrame, layout: Layout, embedding: str) -> dict:
     # persisted so that the UDF runs once although two outputs are written
     featurized.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         featurized.filter(F.col("error").isNull()).select(
-            "path", "label", "content_hash", "features"
+            "path", "label", "content_hash", "features", F.lit(embedding).alias("embedding")
         ).write.mode("overwrite").parquet(layout.dataset("features"))
         failed = featurized.filter(F.col("error").isNotNull()).select(
             "path", F.lit("featurization_failed").alias("reason"), F.col("error").alias("detail")
@@ -114,8 +118,8 @@ def load(featurized: DataFrame, layout: Layout) -> dict:
 
 def broadcast_weights(spark: SparkSession, weights: str, input_size: int) -> tuple[Broadcast, str]:
     local = None if weights == "imagenet" else storage.fetch_to_local(spark, weights)
-    arrays = model.load_weights(weights, input_size, local)
-    return spark.sparkContext.broadcast(arrays), model.weights_digest(arrays)
+    weights_file = model.read_weights(weights, input_size, local)
+    return spark.sparkContext.broadcast(weights_file), weights_file.digest
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -142,12 +146,13 @@ def main(argv: list[str] | None = None) -> None:
         rows_inferred=spark.sparkContext.accumulator(0),
     )
     curated = extract(spark, layout.dataset("images"))
-    stats = load(transform(curated, params), layout)
+    stats = load(transform(curated, params), layout, params.embedding)
     stats.update(
         step="features",
         weights=args.weights,
         weights_digest=digest,
         input_size=args.input_size,
+        embedding=params.embedding,
         partitions=curated.rdd.getNumPartitions(),
         model_builds=params.model_builds.value,
         rows_inferred=params.rows_inferred.value,

@@ -1,19 +1,47 @@
-"""MobileNetV2 backbone: weights loaded once on the driver, model rebuilt once per Python worker."""
+"""MobileNetV2 backbone: the weights file read once on the driver, the model rebuilt once per Python worker.
+
+The driver never imports TensorFlow for a weights file: it checks the file's shape with h5py and broadcasts
+its bytes. TensorFlow's import and the model build (~10 s here) then happen only in the Python workers,
+which need them anyway.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 FEATURE_DIM = 1280
 WEIGHTS_ENV = "FRUITS_WEIGHTS"
+# MobileNetV2(include_top=False, alpha=1.0): every kernel, bias and batch-norm statistic, whatever the
+# input size. A file with another count is not this backbone's weights.
+BACKBONE_PARAMETERS = 2_257_984
 
 
 class WeightsUnavailable(RuntimeError):
     """Raised with a one-line, actionable message when the weights cannot be obtained."""
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """A weights file's bytes, and the suffix Keras needs to pick its format (.weights.h5 or legacy .h5)."""
+
+    data: bytes
+    suffix: str
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()[:16]
+
+
+def embedding_id(weights_digest: str, input_size: int) -> str:
+    """Names the feature space: features of other weights or another input size are not comparable."""
+    return f"{weights_digest}-s{input_size}"
 
 
 def build_backbone(input_size: int):
@@ -24,41 +52,73 @@ def build_backbone(input_size: int):
     )
 
 
-def load_weights(weights: str, input_size: int, local_path: str | None = None) -> list[np.ndarray]:
-    """The backbone's weights as numpy arrays: ``imagenet`` (Keras download) or a local .weights.h5."""
-    if weights == "imagenet":
-        from keras.applications import MobileNetV2
+def count_parameters(path: str) -> int:
+    import h5py
 
-        try:
-            model = MobileNetV2(
-                input_shape=(input_size, input_size, 3), include_top=False, pooling="avg", weights="imagenet"
-            )
-        except Exception as error:
-            raise WeightsUnavailable(
-                f"cannot download the ImageNet weights ({type(error).__name__}); "
-                f"pass --weights PATH_OR_URI to a .weights.h5 file or set {WEIGHTS_ENV}"
-            ) from error
-        return model.get_weights()
-    model = build_backbone(input_size)
+    total = 0
+
+    def add(_name: str, node) -> None:
+        nonlocal total
+        if isinstance(node, h5py.Dataset):
+            total += node.size
+
+    with h5py.File(path, "r") as weights_file:
+        weights_file.visititems(add)
+    return total
+
+
+def _suffix(name: str) -> str:
+    return ".weights.h5" if name.endswith(".weights.h5") else (Path(name).suffix or ".h5")
+
+
+def read_weights(weights: str, input_size: int, local_path: str | None = None) -> WeightsFile:
+    """The backbone's weights: ``imagenet`` (Keras download) or a .weights.h5 file, checked, as bytes."""
+    if weights == "imagenet":
+        return _imagenet_weights(input_size)
+    path = local_path or weights
     try:
-        model.load_weights(local_path or weights)
+        parameters = count_parameters(path)
     except Exception as error:
         raise WeightsUnavailable(f"cannot load weights from {weights}: {error}") from error
-    return model.get_weights()
+    if parameters != BACKBONE_PARAMETERS:
+        raise WeightsUnavailable(
+            f"cannot load weights from {weights}: {parameters:,} parameters, "
+            f"MobileNetV2's backbone has {BACKBONE_PARAMETERS:,}"
+        )
+    return WeightsFile(Path(path).read_bytes(), _suffix(weights))
 
 
-def weights_digest(arrays: list[np.ndarray]) -> str:
-    digest = hashlib.sha256()
-    for array in arrays:
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()[:16]
+def _imagenet_weights(input_size: int) -> WeightsFile:
+    from keras.applications import MobileNetV2
+
+    try:
+        model = MobileNetV2(
+            input_shape=(input_size, input_size, 3), include_top=False, pooling="avg", weights="imagenet"
+        )
+    except Exception as error:
+        raise WeightsUnavailable(
+            f"cannot download the ImageNet weights ({type(error).__name__}); "
+            f"pass --weights PATH_OR_URI to a .weights.h5 file or set {WEIGHTS_ENV}"
+        ) from error
+    with tempfile.TemporaryDirectory() as folder:
+        saved = Path(folder) / "imagenet.weights.h5"
+        model.save_weights(saved)
+        return WeightsFile(saved.read_bytes(), ".weights.h5")
+
+
+def load_into(backbone, weights: WeightsFile) -> None:
+    # Keras reads weights only from a named file
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"backbone{weights.suffix}"
+        path.write_bytes(weights.data)
+        backbone.load_weights(str(path))
 
 
 # Lives as long as the Python worker; Spark reuses workers across tasks (spark.python.worker.reuse).
 _WORKER_MODELS: dict[tuple[str, int], Callable[[np.ndarray], np.ndarray]] = {}
 
 
-def worker_model(key: tuple[str, int], get_weights: Callable[[], list[np.ndarray]], threads: int):
+def worker_model(key: tuple[str, int], get_weights: Callable[[], WeightsFile], threads: int):
     """The compiled inference function for ``key``, built at most once in this process.
 
     Returns (function, built_now).
@@ -75,7 +135,7 @@ def worker_model(key: tuple[str, int], get_weights: Callable[[], list[np.ndarray
         pass  # the runtime was already initialised by an earlier model in this process
     _, input_size = key
     model = build_backbone(input_size)
-    model.set_weights(get_weights())
+    load_into(model, get_weights())
 
     @tf.function(input_signature=[tf.TensorSpec([None, input_size, input_size, 3], tf.float32)])
     def infer(batch):

@@ -1,7 +1,8 @@
 """Step 3, PCA: 1280 features -> k components with Spark ML, a versioned model, Parquet + CSV outputs.
 
 Scheduled runs apply the current model so that components stay comparable from day to day; ``--refit``
-(or a first run, or a different k) fits a new version on all features seen so far.
+(or a first run, or a different k) fits a new version on all features seen so far. Models and refits are
+per embedding (weights and input size): features of another embedding live in another space.
 """
 
 from __future__ import annotations
@@ -47,26 +48,43 @@ def as_csv_matrix(projected: DataFrame, k: int) -> DataFrame:
     return projected.select("path", "label", *[F.col("pca")[i].alias(f"pc_{i + 1}") for i in range(k)])
 
 
-def current_model_version(spark: SparkSession, models_uri: str) -> str | None:
-    versions = [name for name in storage.list_dirs(spark, models_uri) if name.startswith("v=")]
+def embedding_of(features: DataFrame) -> str:
+    return features.select("embedding").first()["embedding"]
+
+
+def current_model_version(spark: SparkSession, models_uri: str, embedding: str) -> str | None:
+    versions = [
+        name
+        for name in storage.list_dirs(spark, models_uri)
+        if name.startswith("v=") and name.endswith(f"-{embedding}")
+    ]
     return max(versions) if versions else None
 
 
+def features_seen(spark: SparkSession, layout: Layout, embedding: str) -> DataFrame:
+    # days written before features carried their embedding have none and are left out
+    every_day = spark.read.option("mergeSchema", "true").parquet(layout.root("features"))
+    return every_day.filter(F.col("embedding") == embedding).select("path", "label", "features")
+
+
 def fit_or_load(
-    spark: SparkSession, layout: Layout, params: PcaParams, refit: bool
+    spark: SparkSession, layout: Layout, params: PcaParams, refit: bool, embedding: str
 ) -> tuple[PCAModel, str, str]:
     """(model, version, why) where why says whether it was fitted now or reused."""
-    version = current_model_version(spark, layout.pca_models)
+    version = current_model_version(spark, layout.pca_models, embedding)
     if version and not refit:
         existing = PCAModel.load(f"{layout.pca_models}/{version}")
         if existing.getK() == params.k:
             return existing, version, "applied"
         why = f"k_changed_from_{existing.getK()}"
+    elif refit:
+        why = "refit"
     else:
-        why = "refit" if refit else "first_fit"
+        why = "first_fit"
     # a refit learns from every day seen so far, not only from this run's uploads
-    fitted = fit(extract(spark, layout.root("features")), params)
-    version = "v=" + dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f") + f"-k{params.k}"
+    fitted = fit(features_seen(spark, layout, embedding), params)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
+    version = f"v={stamp}-k{params.k}-{embedding}"
     fitted.write().overwrite().save(f"{layout.pca_models}/{version}")
     return fitted, version, why
 
@@ -97,13 +115,15 @@ def main(argv: list[str] | None = None) -> None:
         stats = {"ok": 0, "k": args.k, "model_version": None, "model": "none: no features this run"}
         projected = None
     else:
-        pca_model, version, why = fit_or_load(spark, layout, params, args.refit)
+        embedding = embedding_of(spark.read.parquet(layout.dataset("features")))
+        pca_model, version, why = fit_or_load(spark, layout, params, args.refit, embedding)
         n_projected = load(transform(features, pca_model), layout, args.k)
         stats = {
             "ok": n_projected,
             "k": args.k,
             "model_version": version,
             "model": why,
+            "embedding": embedding,
             "explained_variance": [float(v) for v in pca_model.explainedVariance.toArray()],
         }
         projected = spark.read.parquet(layout.dataset("pca"))

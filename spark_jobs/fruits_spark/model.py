@@ -1,8 +1,8 @@
 """MobileNetV2 backbone: the weights file read once on the driver, the model rebuilt once per Python worker.
 
 The driver never imports TensorFlow for a weights file: it checks the file's shape with h5py and broadcasts
-its bytes. TensorFlow's import and the model build (~10 s here) then happen only in the Python workers,
-which need them anyway.
+its bytes. TensorFlow's import and the model build then happen only in the Python workers, which need them
+anyway (measured: 7 s less per features step here, docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -29,14 +29,12 @@ class WeightsUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class WeightsFile:
-    """A weights file's bytes, and the suffix Keras needs to pick its format (.weights.h5 or legacy .h5)."""
+    """A weights file's bytes, the suffix Keras picks its format from (.weights.h5 or legacy .h5), and a
+    digest of the weights that names the feature space."""
 
     data: bytes
     suffix: str
-
-    @property
-    def digest(self) -> str:
-        return hashlib.sha256(self.data).hexdigest()[:16]
+    digest: str
 
 
 def embedding_id(weights_digest: str, input_size: int) -> str:
@@ -85,7 +83,8 @@ def read_weights(weights: str, input_size: int, local_path: str | None = None) -
             f"cannot load weights from {weights}: {parameters:,} parameters, "
             f"MobileNetV2's backbone has {BACKBONE_PARAMETERS:,}"
         )
-    return WeightsFile(Path(path).read_bytes(), _suffix(weights))
+    data = Path(path).read_bytes()
+    return WeightsFile(data, _suffix(weights), hashlib.sha256(data).hexdigest()[:16])
 
 
 def _imagenet_weights(input_size: int) -> WeightsFile:
@@ -100,10 +99,14 @@ def _imagenet_weights(input_size: int) -> WeightsFile:
             f"cannot download the ImageNet weights ({type(error).__name__}); "
             f"pass --weights PATH_OR_URI to a .weights.h5 file or set {WEIGHTS_ENV}"
         ) from error
+    # digest of the values, not of the saved file: the same weights must name the same space every day
+    digest = hashlib.sha256()
+    for array in model.get_weights():
+        digest.update(np.ascontiguousarray(array).tobytes())
     with tempfile.TemporaryDirectory() as folder:
         saved = Path(folder) / "imagenet.weights.h5"
         model.save_weights(saved)
-        return WeightsFile(saved.read_bytes(), ".weights.h5")
+        return WeightsFile(saved.read_bytes(), ".weights.h5", digest.hexdigest()[:16])
 
 
 def load_into(backbone, weights: WeightsFile) -> None:

@@ -1,5 +1,6 @@
 # Airflow image for docker-compose.yaml: the official image plus what the DAGs' tasks run in-process.
-# dags/, plugins/, spark_jobs/, bootstrap/ and data/ are mounted at run time: a code change needs no rebuild.
+# The package (src/, spark_jobs/fruits_spark/) is installed in the image; dags/, plugins/, spark_jobs/,
+# bootstrap/ and data/ are mounted at run time.
 FROM apache/airflow:3.3.2-python3.11
 
 USER root
@@ -18,18 +19,11 @@ RUN mkdir -p /usr/share/man/man1 \
 ENV JAVA_HOME=/usr/lib/jvm/fruits-java
 
 USER airflow
-# The pins of pyproject.toml. apache-airflow is pinned as well, as the Airflow image docs require, so that
-# pip cannot move the Airflow the image was built with while resolving the rest.
-RUN pip install --no-cache-dir \
-    "apache-airflow==3.3.2" \
-    "apache-airflow-providers-amazon==9.39.0" \
-    "boto3==1.44.5" \
-    "pyspark==3.5.9" \
-    "tensorflow-cpu==2.21.0" \
-    "keras==3.15.1" \
-    "ml-dtypes==0.5.1" \
-    "pillow==13.0.0" \
-    "numpy==1.26.4" \
-    "pandas==2.2.3" \
-    "pyarrow==18.1.0" \
-    "matplotlib==3.11.2"
+# The project itself, as `make setup` installs it: the fruits_platform and fruits_spark packages and every
+# runtime dependency, resolved against constraints.txt (the same pins as the dev venv and the tests, the
+# Airflow of the base image included). The DAGs then import fruits_platform like any library, as on any
+# Airflow; a change under src/ needs `docker compose build`, a change under dags/ or spark_jobs/ does not.
+COPY --chown=airflow:0 pyproject.toml constraints.txt README.md /opt/fruits/
+COPY --chown=airflow:0 src/ /opt/fruits/src/
+COPY --chown=airflow:0 spark_jobs/fruits_spark/ /opt/fruits/spark_jobs/fruits_spark/
+RUN pip install --no-cache-dir -c /opt/fruits/constraints.txt /opt/fruits

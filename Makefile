@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 demo: setup
-	$(BIN)/python -m fruits_platform.demo --input data/sample --output $(DEMO_OUTPUT)
+	$(BIN)/python -m fruits_platform.local.demo --input data/sample --output $(DEMO_OUTPUT)
 
 test: setup
 	$(BIN)/pytest
@@ -43,7 +43,7 @@ clean:
 # Local Airflow 3 (api-server, scheduler, dag-processor, triggerer; LocalExecutor on SQLite) on
 # http://127.0.0.1:$(AIRFLOW_PORT), home .airflow/, login admin / admin. Ctrl-C or `make airflow-stop` stops it.
 AIRFLOW_PORT ?= 8080
-LOCAL_AIRFLOW := $(BIN)/python -m fruits_platform.local_airflow
+LOCAL_AIRFLOW := $(BIN)/python -m fruits_platform.local.airflow_server
 .PHONY: airflow airflow-stop test-browser
 
 airflow: setup

@@ -2,7 +2,7 @@
 ### fruits_features_emr: the feature pipeline on a transient EMR cluster
 
 The same three Spark steps as `fruits_features_local` (**ingest** → **features** → **pca**, defined once in
-`fruits_platform.steps`), submitted as EMR steps to a cluster created for this run and terminated after it.
+`fruits_platform.pipeline`), submitted as EMR steps to a cluster created for this run and terminated after it.
 
 Runs daily at 02:00 UTC; each run processes the uploads of its data interval, `uploads/dt=YYYY-MM-DD/`
 (`fruits upload` puts them there). A manual run without a logical date processes the day it was triggered.
@@ -48,9 +48,9 @@ from airflow.sdk import (
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from botocore.exceptions import BotoCoreError, ClientError
 
-from fruits_platform import emr, guards, pricing, staging
-from fruits_platform.run_report import add_cost_to_report
-from fruits_platform.steps import K_RANGE, STEP_NAMES, PipelineParams
+from fruits_platform.aws import emr, guards, pricing, staging
+from fruits_platform.aws.cost_report import add_cost_to_report
+from fruits_platform.pipeline import K_RANGE, STEP_NAMES, PipelineParams
 
 DAG_ID = "fruits_features_emr"
 AWS_CONN_ID: str = emr.AWS_CONN_ID

@@ -31,8 +31,8 @@ from pathlib import Path
 from airflow.sdk import DAG, Param, chain, get_current_context, task
 
 from fruits_platform.artifacts import PROJECT_ROOT, build_artifacts, content_hash
-from fruits_platform.local_run import run_step, spark_env
-from fruits_platform.steps import STEP_NAMES, PipelineParams, pipeline_steps
+from fruits_platform.local.runner import run_step, spark_env
+from fruits_platform.pipeline import STEP_NAMES, PipelineParams, pipeline_steps
 
 DAG_ID = "fruits_features_local"
 DEFAULT_INPUT: str = os.environ.get("FRUITS_LOCAL_INPUT", str(PROJECT_ROOT / "data" / "sample"))

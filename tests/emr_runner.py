@@ -32,8 +32,8 @@ import boto3
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.emr.models import emr_backends
 
-from fruits_platform.emr import normalise_log_uri
-from fruits_platform.local_run import spark_submit_binary
+from fruits_platform.aws.emr import normalise_log_uri
+from fruits_platform.local.runner import spark_submit_binary
 
 ACTIVE_STATES = ("STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING")
 # small, so that several test runs fit on a 2-core machine next to each other

@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from fruits_platform import quality
-from fruits_platform.bench import prepare_images
+from fruits_platform.tools import quality
+from fruits_platform.tools.bench import prepare_images
 from fruits_spark.images import content_hash
 
 

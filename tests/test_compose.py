@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -160,23 +162,92 @@ def test_dockerfile_builds_on_the_pinned_airflow_image():
     assert froms == [AIRFLOW_BASE_IMAGE]
 
 
-def test_dockerfile_pins_match_the_project():
-    expected = project_pins()
-    pins = dockerfile_pins()
-    assert pins, "the Dockerfile pins nothing"
-    wrong = {
-        name: (version, expected.get(name)) for name, version in pins.items() if expected.get(name) != version
-    }
-    assert not wrong, f"Dockerfile vs pyproject/constraints (docker, project): {wrong}"
+# What the Dockerfile copies into the image before `pip install /opt/fruits`
+IMAGE_COPIES = ("pyproject.toml", "constraints.txt", "README.md", "src", "spark_jobs/fruits_spark")
+# Loaded in every task process: none of these may come with the plugins folder
+HEAVY_MODULES = ("pyspark", "pandas", "pyarrow", "tensorflow", "keras")
 
 
-def test_dockerfile_installs_every_runtime_dependency_of_pyproject():
-    runtime = {
-        canonicalize_name(Requirement(d).name)
-        for d in tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]
+def test_dockerfile_copies_what_the_package_build_needs():
+    copies = re.findall(r"^COPY\s+(?:--\S+\s+)*(.+?)\s+\S+$", DOCKERFILE.read_text(), re.MULTILINE)
+    copied = {source.rstrip("/") for line in copies for source in line.split()}
+    assert copied == set(IMAGE_COPIES)
+    assert re.search(
+        r"^RUN pip install .*-c /opt/fruits/constraints.txt /opt/fruits$", DOCKERFILE.read_text(), re.M
+    )
+
+
+@pytest.fixture(scope="module")
+def image_site(tmp_path_factory) -> Path:
+    """The project installed as the image installs it: built from the Dockerfile's copies only."""
+    source = tmp_path_factory.mktemp("image-src")
+    for name in IMAGE_COPIES:
+        if (PROJECT_ROOT / name).is_dir():
+            shutil.copytree(PROJECT_ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copyfile(PROJECT_ROOT / name, source / name)
+    site = tmp_path_factory.mktemp("image-site")
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(source)]
+    subprocess.run(pip, check=True, capture_output=True)
+    return site
+
+
+def image_python(site: Path, script: str, tmp_path: Path) -> dict:
+    """Runs ``script`` like a task process of the compose image: the image's packages (this venv's, without
+    the editable install of the work tree), the project as installed in the image, and the mounted folders
+    (compose mounts dags/, plugins/, spark_jobs/ and bootstrap/ where Airflow and the DAGs look)."""
+    packages = next(Path(sys.prefix).glob("lib/python3*/site-packages"))
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "AIRFLOW_HOME": str(tmp_path / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "FRUITS_SPARK_JOBS_DIR": str(PROJECT_ROOT / "spark_jobs"),
+        "FRUITS_BOOTSTRAP_DIR": str(PROJECT_ROOT / "bootstrap"),
+        # -S skips site-packages' .pth files, among them the editable install that maps src/
+        "PYTHONPATH": os.pathsep.join([str(site), str(packages)]),
     }
-    missing = runtime - set(dockerfile_pins())
-    assert not missing, f"not installed in the image: {sorted(missing)}"
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_both_dags_import_as_in_the_compose_image(image_site, tmp_path):
+    script = """
+import json
+from airflow.dag_processing.dagbag import DagBag
+import fruits_platform, fruits_spark
+bag = DagBag()
+print(json.dumps({"errors": {k: str(v)[-500:] for k, v in bag.import_errors.items()},
+    "dags": sorted(bag.dag_ids), "modules": [fruits_platform.__file__, fruits_spark.__file__]}))
+"""
+    found = image_python(image_site, script, tmp_path)
+    assert found["errors"] == {}
+    assert found["dags"] == ["fruits_features_emr", "fruits_features_local"]
+    assert all(module.startswith(str(image_site)) for module in found["modules"]), found["modules"]
+
+
+def test_loading_plugins_imports_no_heavy_library(image_site, tmp_path):
+    """Airflow's plugin loader runs in every task process: it must not drag Spark, pandas or TF in."""
+    script = f"""
+import json, sys
+from airflow import plugins_manager
+before = set(sys.modules)
+plugins_manager.ensure_plugins_loaded()
+loaded = {{m.split(".")[0] for m in set(sys.modules) - before}}
+print(json.dumps({{"heavy": sorted(loaded & set({HEAVY_MODULES!r}))}}))
+"""
+    found = image_python(image_site, script, tmp_path)
+    assert found["heavy"] == []
 
 
 def test_dockerfile_has_java_for_local_spark():

@@ -322,7 +322,7 @@ def test_retried_create_adopts_the_cluster_of_its_run(emr_dag, aws, uploaded, sh
     from airflow.models.dagrun import DagRun
     from airflow.utils.types import DagRunType
 
-    from fruits_platform import emr
+    from fruits_platform.aws import emr
 
     run_after = dt.datetime(2026, 11, 6, 5, tzinfo=dt.UTC)
     run_id = DagRun.generate_run_id(
@@ -362,9 +362,9 @@ def test_retried_create_adopts_the_cluster_of_its_run(emr_dag, aws, uploaded, sh
 
 # -- unit level: what the DAG hands to EMR ----------------------------------------------------------------
 def test_emr_steps_are_the_local_steps_over_s3():
-    from fruits_platform.emr import emr_steps
-    from fruits_platform.local_run import LOCAL_SPARK_CONF
-    from fruits_platform.steps import PipelineParams, pipeline_steps, spark_submit_args
+    from fruits_platform.aws.emr import emr_steps
+    from fruits_platform.local.runner import LOCAL_SPARK_CONF
+    from fruits_platform.pipeline import PipelineParams, pipeline_steps, spark_submit_args
 
     params = PipelineParams(
         "s3://b/uploads/dt=2026-11-05/",
@@ -394,7 +394,7 @@ def test_emr_steps_are_the_local_steps_over_s3():
 
 
 def test_job_flow_overrides_safety_nets():
-    from fruits_platform.emr import IDLE_TIMEOUT_SECONDS, emr_configurations, job_flow_overrides
+    from fruits_platform.aws.emr import IDLE_TIMEOUT_SECONDS, emr_configurations, job_flow_overrides
 
     overrides = job_flow_overrides(
         bucket="b",
@@ -424,7 +424,7 @@ def test_job_flow_overrides_safety_nets():
 
 
 def test_spark_env_json_is_used_and_encryption_added():
-    from fruits_platform.emr import emr_configurations
+    from fruits_platform.aws.emr import emr_configurations
 
     spark_env_file = PROJECT_ROOT / "bootstrap" / "spark-env.json"
     if not spark_env_file.exists():
@@ -481,7 +481,7 @@ def test_a_cluster_left_running_fails_the_run(emr_dag, aws, uploaded, shared_wei
 
 def test_a_timed_out_sensor_still_terminates_the_cluster(emr_dag, aws, uploaded, shared_weights, monkeypatch):
     """No step runner: the steps stay PENDING, the sensor's (shrunk) timeout expires, teardown still runs."""
-    from fruits_platform import guards
+    from fruits_platform.aws import guards
 
     monkeypatch.setattr(guards, "sensor_timeout_seconds", lambda images, vcpus: 3)
     dagrun, states = run_dag(emr_dag, base_conf(shared_weights), dt.datetime(2026, 11, 6, 19, tzinfo=dt.UTC))
@@ -495,7 +495,7 @@ def test_a_timed_out_sensor_still_terminates_the_cluster(emr_dag, aws, uploaded,
 
 # -- unit level: staging and the sensor's failure report --------------------------------------------------
 def test_staging_uploads_once_and_checks_weights(aws, tmp_path, shared_weights):
-    from fruits_platform import staging
+    from fruits_platform.aws import staging
 
     first = staging.stage_artifacts(aws, BUCKET, str(shared_weights), 224, tmp_path / "one")
     again = staging.stage_artifacts(aws, BUCKET, str(shared_weights), 224, tmp_path / "two")
@@ -514,7 +514,7 @@ def test_staging_uploads_once_and_checks_weights(aws, tmp_path, shared_weights):
 
 
 def test_imagenet_weights_are_downloaded_once_per_input_size(aws, tmp_path, monkeypatch, shared_weights):
-    from fruits_platform import staging
+    from fruits_platform.aws import staging
 
     downloads = []
 
@@ -541,7 +541,7 @@ def test_sensor_failure_after_deferral_names_step_and_log(aws, monkeypatch):
     """The deferrable path (docker-compose): the trigger reports a failure, execute_complete explains it."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from fruits_platform.emr import FruitsStepSensor
+    from fruits_platform.aws.emr import FruitsStepSensor
 
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({"conn_type": "aws"}))
     emr = boto3.client("emr", region_name=REGION)

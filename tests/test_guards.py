@@ -6,8 +6,8 @@ import datetime as dt
 
 import pytest
 
-from fruits_platform import guards, pricing
-from fruits_platform.guards import GuardRefused
+from fruits_platform.aws import guards, pricing
+from fruits_platform.aws.guards import GuardRefused
 
 UTC = dt.UTC
 

@@ -10,8 +10,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from fruits_platform.aws.upload import Progress, UploadResult, plan_upload, upload_folder
 from fruits_platform.cli import main
-from fruits_platform.upload import Progress, UploadResult, plan_upload, upload_folder
 
 REGION = "eu-west-3"
 BUCKET = "fruits-uploads-test"

@@ -1,7 +1,7 @@
 """The local Airflow stack, driven like a person would: log in, unpause, trigger with the form, wait.
 
-Starts `python -m fruits_platform.local_airflow` (what `make airflow` runs) on a free loopback port with
-a fresh AIRFLOW_HOME, opens the UI in headless Chromium (Debian's /usr/bin/chromium through Playwright),
+Starts `python -m fruits_platform.local.airflow_server` (what `make airflow` runs) on a free
+loopback port with a fresh AIRFLOW_HOME, opens the UI in headless Chromium (Debian's /usr/bin/chromium through Playwright),
 triggers `fruits_features_local` on a copy of 8 sample images, waits for the run page to say Success,
 then checks the outputs on disk. Screenshots go to test-artifacts/browser/, the stack's logs too.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fruits_platform.local_airflow import LocalAirflow, free_ports, stop_processes, wait_healthy
+from fruits_platform.local.airflow_server import LocalAirflow, free_ports, stop_processes, wait_healthy
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -85,7 +85,7 @@ def stack(tmp_path_factory, artifacts: Path, shared_weights: Path):
     command = [
         sys.executable,
         "-m",
-        "fruits_platform.local_airflow",
+        "fruits_platform.local.airflow_server",
         "start",
         "--home",
         str(home),
@@ -110,7 +110,7 @@ def stack(tmp_path_factory, artifacts: Path, shared_weights: Path):
         yield local
     finally:
         subprocess.run(
-            [sys.executable, "-m", "fruits_platform.local_airflow", "stop", "--home", str(home)],
+            [sys.executable, "-m", "fruits_platform.local.airflow_server", "stop", "--home", str(home)],
             env=env,
             timeout=300,
             check=False,

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from fruits_platform.artifacts import build_artifacts
-from fruits_platform.steps import PipelineParams, SparkStep, pipeline_steps, spark_submit_args
+from fruits_platform.pipeline import PipelineParams, SparkStep, pipeline_steps, spark_submit_args
 
 LOCAL_SPARK_CONF = {
     "spark.driver.memory": "4g",

@@ -18,8 +18,8 @@ from airflow.providers.amazon.aws.operators.emr import EmrCreateJobFlowOperator
 from airflow.providers.amazon.aws.sensors.emr import EmrStepSensor
 from airflow.sdk.exceptions import AirflowFailException
 
-from fruits_platform.local_run import failure_reason
-from fruits_platform.steps import STEP_NAMES, PipelineParams, pipeline_steps, spark_submit_args
+from fruits_platform.local.runner import failure_reason
+from fruits_platform.pipeline import STEP_NAMES, PipelineParams, pipeline_steps, spark_submit_args
 
 AWS_CONN_ID = "aws_default"
 # Spark 3.5.x like the pinned pyspark, on Amazon Linux 2023; bump it here only, after a run on the new release

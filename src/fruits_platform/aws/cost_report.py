@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from fruits_platform.staging import SSE_ALGORITHM
+from fruits_platform.aws.staging import SSE_ALGORITHM
 from fruits_spark.report import PLOTS, render_html
 
 

@@ -15,20 +15,9 @@ import sys
 from pathlib import Path
 
 from fruits_platform.artifacts import PROJECT_ROOT
+from fruits_platform.local.airflow_server import airflow_env
 
 DAG_ID = "fruits_features_local"
-
-
-def airflow_env(home: Path) -> dict[str, str]:
-    """The environment every project-local Airflow command runs with."""
-    return dict(
-        os.environ,
-        AIRFLOW_HOME=str(home),
-        AIRFLOW__CORE__DAGS_FOLDER=str(PROJECT_ROOT / "dags"),
-        AIRFLOW__CORE__PLUGINS_FOLDER=str(PROJECT_ROOT / "plugins"),
-        AIRFLOW__CORE__LOAD_EXAMPLES="False",
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    )
 
 
 def airflow(*args: str, env: dict[str, str], log: Path | None = None) -> subprocess.CompletedProcess:

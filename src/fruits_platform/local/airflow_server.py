@@ -1,4 +1,5 @@
-"""A local Airflow 3 on loopback, started by one command: ``python -m fruits_platform.local_airflow start``.
+"""A local Airflow 3 on loopback, started by one command (`make airflow`):
+``python -m fruits_platform.local.airflow_server start``.
 
 Four components (api-server, scheduler, dag-processor, triggerer), each in its own process group, with
 the LocalExecutor on a SQLite metadata DB in ``--home`` (default ``<repo>/.airflow``). Airflow 3 has no
@@ -37,9 +38,8 @@ from pathlib import Path
 
 import psutil
 
-from fruits_platform.demo import airflow_env
+from fruits_platform.artifacts import PROJECT_ROOT
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 BIN_DIR = Path(sys.executable).parent  # the venv's bin/: the airflow command, spark-submit
 DEFAULT_HOME = PROJECT_ROOT / ".airflow"
 HOST = "127.0.0.1"
@@ -53,6 +53,18 @@ HEALTH_KEYS = ("metadatabase", "scheduler", "triggerer", "dag_processor")
 
 class StackError(RuntimeError):
     pass
+
+
+def airflow_env(home: Path) -> dict[str, str]:
+    """The environment every project-local Airflow command runs with."""
+    return dict(
+        os.environ,
+        AIRFLOW_HOME=str(home),
+        AIRFLOW__CORE__DAGS_FOLDER=str(PROJECT_ROOT / "dags"),
+        AIRFLOW__CORE__PLUGINS_FOLDER=str(PROJECT_ROOT / "plugins"),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    )
 
 
 @dataclass(frozen=True)
@@ -353,7 +365,7 @@ def stop(home: Path, timeout: float = 90) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m fruits_platform.local_airflow",
+        prog="python -m fruits_platform.local.airflow_server",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -19,10 +19,10 @@ import threading
 import time
 from pathlib import Path
 
-from fruits_platform import quality
 from fruits_platform.artifacts import PROJECT_ROOT
-from fruits_platform.local_run import LOCAL_SPARK_CONF, run_local, spark_env, spark_submit_binary
-from fruits_platform.steps import PipelineParams
+from fruits_platform.local.runner import LOCAL_SPARK_CONF, run_local, spark_env, spark_submit_binary
+from fruits_platform.pipeline import PipelineParams
+from fruits_platform.tools import quality
 
 SHARED_IMAGES = PROJECT_ROOT.parent / "shared" / "data" / "fruits-360-sample"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -124,7 +124,7 @@ def run_bare(paths: list[Path], weights: str, input_size: int, work: Path) -> di
         [
             sys.executable,
             "-m",
-            "fruits_platform.bench",
+            "fruits_platform.tools.bench",
             "--bare-worker",
             str(listing),
             weights,

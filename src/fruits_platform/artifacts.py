@@ -8,7 +8,7 @@ import shutil
 import zipfile
 from pathlib import Path
 
-from fruits_platform.steps import PY_FILES_ZIP, STEP_NAMES
+from fruits_platform.pipeline import PY_FILES_ZIP, STEP_NAMES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # a fixed timestamp keeps the zip, hence the artifacts' content hash, identical across builds

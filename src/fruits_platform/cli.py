@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from fruits_platform.steps import PipelineParams
+from fruits_platform.pipeline import PipelineParams
 
 WEIGHTS_ENV = "FRUITS_WEIGHTS"
 
@@ -25,7 +25,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_local(args: argparse.Namespace) -> int:
-    from fruits_platform.local_run import StepFailed, run_local
+    from fruits_platform.local.runner import StepFailed, run_local
 
     output = Path(args.output).resolve()
     weights = (
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _register_run_local(commands)
     # each further sub-command lives in its own module, with a register(commands) function
-    for module in ("fruits_platform.upload", "fruits_platform.bench"):
+    for module in ("fruits_platform.aws.upload", "fruits_platform.tools.bench"):
         try:
             importlib.import_module(module).register(commands)
         except ModuleNotFoundError as error:

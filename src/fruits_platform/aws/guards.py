@@ -11,7 +11,7 @@ import math
 import re
 from dataclasses import asdict, dataclass
 
-from fruits_platform.pricing import instance_prices
+from fruits_platform.aws.pricing import instance_prices
 
 # Regions in EU member states (GDPR): the bucket, the cluster and the outputs must all be in one.
 # London (eu-west-2) and Zurich (eu-central-2) are outside the EU: refused, as infra/ refuses them.

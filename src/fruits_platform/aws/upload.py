@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fruits_platform.guards import BUCKET_NAME, EU_REGIONS, bucket_region, uploads_prefix
-from fruits_platform.staging import IMAGE_SUFFIXES, upload_if_changed
+from fruits_platform.aws.guards import BUCKET_NAME, EU_REGIONS, bucket_region, uploads_prefix
+from fruits_platform.aws.staging import IMAGE_SUFFIXES, upload_if_changed
 
 UNLABELLED = "unlabelled"
 DEFAULT_REGION = "eu-west-3"

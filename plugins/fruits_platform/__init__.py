@@ -1,1 +1,0 @@
-"""Fruits! platform code shared by the DAGs and the ``fruits`` command (Airflow adds plugins/ to sys.path)."""

@@ -1,0 +1,4 @@
+"""The AWS side: the EMR cluster and its steps, S3 staging, the GDPR and cost guards, prices, the cost report.
+
+Imported by ``dags/fruits_features_emr.py`` in Airflow's task processes; never by the Spark jobs.
+"""

@@ -1,9 +1,9 @@
 """The local Airflow stack, driven like a person would: log in, unpause, trigger with the form, wait.
 
-Starts `python -m fruits_platform.local.airflow_server` (what `make airflow` runs) on a free
-loopback port with a fresh AIRFLOW_HOME, opens the UI in headless Chromium (Debian's /usr/bin/chromium through Playwright),
-triggers `fruits_features_local` on a copy of 8 sample images, waits for the run page to say Success,
-then checks the outputs on disk. Screenshots go to test-artifacts/browser/, the stack's logs too.
+Starts `python -m fruits_platform.local.airflow_server` (what `make airflow` runs) on a free loopback port
+with a fresh AIRFLOW_HOME, opens the UI in headless Chromium (Debian's /usr/bin/chromium through
+Playwright), triggers `fruits_features_local` on a copy of 8 sample images, waits for the run page to say
+Success, then checks the outputs on disk. Screenshots go to test-artifacts/browser/, the stack's logs too.
 """
 
 from __future__ import annotations

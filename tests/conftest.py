@@ -62,6 +62,23 @@ def shared_weights() -> Path:
 
 
 @pytest.fixture(scope="session")
+def random_weights(tmp_path_factory) -> Path:
+    """A MobileNetV2 backbone with random weights, saved by Keras: the real load path, on any machine.
+
+    For every test that needs a working model but not pretrained semantics (DAG runs, staging, ingest,
+    PCA, idempotence); only comparisons with pretrained Keras features need ``shared_weights``.
+    """
+    import keras
+    from keras.applications import MobileNetV2
+
+    keras.utils.set_random_seed(7)
+    backbone = MobileNetV2(input_shape=(224, 224, 3), include_top=False, pooling="avg", weights=None)
+    path = tmp_path_factory.mktemp("weights") / "random_mobilenet_v2.weights.h5"
+    backbone.save_weights(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def shared_images() -> Path:
     if not SHARED_IMAGES.is_dir():
         pytest.skip(f"shared images not present at {SHARED_IMAGES} (../shared is absent here)")

@@ -63,11 +63,11 @@ def aws():
 
 
 @pytest.fixture
-def uploaded(aws, shared_images) -> int:
+def uploaded(aws, sample_dir) -> int:
     """A few real images of three labels under uploads/dt=UPLOAD_DAY/<label>/, as `fruits upload` lays out."""
     count = 0
     for label in LABELS:
-        for path in sorted((shared_images / label).glob("*.jpg"))[:IMAGES_PER_LABEL]:
+        for path in sorted((sample_dir / label).glob("*.jpg"))[:IMAGES_PER_LABEL]:
             aws.upload_file(str(path), BUCKET, f"uploads/dt={UPLOAD_DAY}/{label}/{path.name}")
             count += 1
     return count
@@ -128,8 +128,8 @@ def assert_refused_before_cluster(dagrun, states, task_id: str, reason: str, out
 
 
 # -- success ----------------------------------------------------------------------------------------------
-def test_success_runs_three_steps_and_terminates(emr_dag, aws, uploaded, runner, shared_weights):
-    dagrun, states = run_dag(emr_dag, base_conf(shared_weights), dt.datetime(2026, 11, 6, 3, tzinfo=dt.UTC))
+def test_success_runs_three_steps_and_terminates(emr_dag, aws, uploaded, runner, random_weights):
+    dagrun, states = run_dag(emr_dag, base_conf(random_weights), dt.datetime(2026, 11, 6, 3, tzinfo=dt.UTC))
 
     assert dagrun.state == "success", states
     assert [run.name for run in runner.runs] == ["ingest", "features", "pca"]
@@ -148,7 +148,7 @@ def test_success_runs_three_steps_and_terminates(emr_dag, aws, uploaded, runner,
     assert (
         aws.head_object(Bucket=BUCKET, Key=artifacts + "fruits_spark.zip")["ServerSideEncryption"] == "AES256"
     )
-    features_args = staged["steps"][1]["HadoopJarStep"]["Args"]
+    features_args = xcom(dagrun, "cluster_spec")["steps"][1]["HadoopJarStep"]["Args"]
     assert features_args[features_args.index("--weights") + 1] == staged["weights_uri"]
 
     (cluster,) = clusters()
@@ -223,21 +223,21 @@ def test_failing_features_step_fails_run_names_step_and_terminates(
     [
         ({"region": "us-east-1"}, "check_gdpr", "GDPR: region us-east-1 is not in the EU allow-list", 10),
         ({"budget_eur": 0.1}, "check_budget", "exceeds budget_eur 0.1", 11),
-        ({"bucket": ""}, "check_gdpr", "param bucket is required", 12),
+        ({"bucket": ""}, "resolve_run", "param bucket is required", 12),
     ],
     ids=["non-eu-region", "budget", "missing-bucket"],
 )
 def test_guards_refuse_before_any_cluster(
-    emr_dag, aws, uploaded, shared_weights, capfd, overrides, task_id, reason, hour
+    emr_dag, aws, uploaded, random_weights, capfd, overrides, task_id, reason, hour
 ):
-    conf = base_conf(shared_weights, **overrides)
+    conf = base_conf(random_weights, **overrides)
     dagrun, states = run_dag(emr_dag, conf, dt.datetime(2026, 11, 6, hour, tzinfo=dt.UTC))
 
     assert_refused_before_cluster(dagrun, states, task_id, reason, task_output(capfd))
     assert not keys(aws, "artifacts/")  # nothing staged either
 
 
-def test_bucket_in_another_eu_region_is_refused(emr_dag, aws, shared_weights, capfd):
+def test_bucket_in_another_eu_region_is_refused(emr_dag, aws, random_weights, capfd):
     other = boto3.client("s3", region_name="eu-central-1")
     other.create_bucket(
         Bucket="fruits-frankfurt", CreateBucketConfiguration={"LocationConstraint": "eu-central-1"}
@@ -245,7 +245,7 @@ def test_bucket_in_another_eu_region_is_refused(emr_dag, aws, shared_weights, ca
 
     dagrun, states = run_dag(
         emr_dag,
-        base_conf(shared_weights, bucket="fruits-frankfurt"),
+        base_conf(random_weights, bucket="fruits-frankfurt"),
         dt.datetime(2026, 11, 6, 14, tzinfo=dt.UTC),
     )
 
@@ -258,12 +258,12 @@ def test_bucket_in_another_eu_region_is_refused(emr_dag, aws, shared_weights, ca
     )
 
 
-def test_bucket_outside_eu_is_refused(emr_dag, aws, shared_weights, capfd):
+def test_bucket_outside_eu_is_refused(emr_dag, aws, random_weights, capfd):
     boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="fruits-virginia")
 
     dagrun, states = run_dag(
         emr_dag,
-        base_conf(shared_weights, bucket="fruits-virginia"),
+        base_conf(random_weights, bucket="fruits-virginia"),
         dt.datetime(2026, 11, 6, 15, tzinfo=dt.UTC),
     )
 
@@ -273,22 +273,22 @@ def test_bucket_outside_eu_is_refused(emr_dag, aws, shared_weights, capfd):
 
 
 def test_manual_run_without_logical_date_reads_its_trigger_day(
-    emr_dag, aws, shared_images, shared_weights, capfd
+    emr_dag, aws, sample_dir, random_weights, capfd
 ):
     """Airflow 3 manual runs may have no logical date (so no data interval): they read their run_after day."""
-    for path in sorted((shared_images / "lemon").glob("*.jpg"))[:4]:
+    for path in sorted((sample_dir / "lemon").glob("*.jpg"))[:4]:
         aws.upload_file(str(path), BUCKET, f"uploads/dt=2026-11-07/lemon/{path.name}")
     # stopped by the cost guard before any cluster: its message tells which images it counted
-    conf = base_conf(shared_weights, budget_eur=0.01)
+    conf = base_conf(random_weights, budget_eur=0.01)
     dagrun, states = run_dag(emr_dag, conf, dt.datetime(2026, 11, 7, 9, 30, tzinfo=dt.UTC), logical_date=None)
 
     assert dagrun.logical_date is None
-    assert xcom(dagrun, "check_gdpr")["input_prefix"] == "uploads/dt=2026-11-07/"
+    assert xcom(dagrun, "resolve_run")["input_prefix"] == "uploads/dt=2026-11-07/"
     assert_refused_before_cluster(dagrun, states, "check_budget", "for 4 images", task_output(capfd))
 
 
 @pytest.mark.parametrize("k", [0, 1281])
-def test_k_out_of_range_is_refused_at_trigger(emr_dag, aws, k, shared_weights):
+def test_k_out_of_range_is_refused_at_trigger(emr_dag, aws, k, random_weights):
     from airflow import settings
     from airflow.sdk.exceptions import ParamValidationError
 
@@ -297,7 +297,7 @@ def test_k_out_of_range_is_refused_at_trigger(emr_dag, aws, k, shared_weights):
             emr_dag.test(
                 run_after=dt.datetime(2026, 11, 6, 16, tzinfo=dt.UTC),
                 logical_date=LOGICAL_DATE,
-                run_conf=base_conf(shared_weights, k=k),
+                run_conf=base_conf(random_weights, k=k),
             )
     finally:
         # dag.test() leaves its session mid-transaction when it raises: it would lock SQLite for the next test
@@ -305,8 +305,8 @@ def test_k_out_of_range_is_refused_at_trigger(emr_dag, aws, k, shared_weights):
     assert clusters() == []
 
 
-def test_no_uploads_skips_the_run_without_a_cluster(emr_dag, aws, shared_weights):
-    dagrun, states = run_dag(emr_dag, base_conf(shared_weights), dt.datetime(2026, 11, 6, 17, tzinfo=dt.UTC))
+def test_no_uploads_skips_the_run_without_a_cluster(emr_dag, aws, random_weights):
+    dagrun, states = run_dag(emr_dag, base_conf(random_weights), dt.datetime(2026, 11, 6, 17, tzinfo=dt.UTC))
 
     assert dagrun.state == "success"
     assert states["check_budget"] == "skipped"
@@ -315,7 +315,7 @@ def test_no_uploads_skips_the_run_without_a_cluster(emr_dag, aws, shared_weights
 
 
 # -- retries never leave two clusters for one run ---------------------------------------------------------
-def test_retried_create_adopts_the_cluster_of_its_run(emr_dag, aws, uploaded, shared_weights):
+def test_retried_create_adopts_the_cluster_of_its_run(emr_dag, aws, uploaded, random_weights):
     """An earlier try created the run's cluster then died: the next try must adopt it, not start another.
 
     The steps' outcome is not the point here: the sensors are marked successful without waiting."""
@@ -345,7 +345,7 @@ def test_retried_create_adopts_the_cluster_of_its_run(emr_dag, aws, uploaded, sh
     dagrun = emr_dag.test(
         run_after=run_after,
         logical_date=LOGICAL_DATE,
-        run_conf=base_conf(shared_weights),
+        run_conf=base_conf(random_weights),
         mark_success_pattern=r"watch_.*",
     )
 
@@ -404,7 +404,9 @@ def test_job_flow_overrides_safety_nets():
         use_spot=True,
         bootstrap_script_uri="s3://b/artifacts/h/install-python-deps.sh",
         requirements_uri="s3://b/artifacts/h/requirements-emr.txt",
-        configurations=emr_configurations(None),
+        configurations=emr_configurations(
+            json.loads((PROJECT_ROOT / "bootstrap" / "spark-env.json").read_text())
+        ),
         tags={"run_id": "r"},
     )
 
@@ -427,8 +429,6 @@ def test_spark_env_json_is_used_and_encryption_added():
     from fruits_platform.aws.emr import emr_configurations
 
     spark_env_file = PROJECT_ROOT / "bootstrap" / "spark-env.json"
-    if not spark_env_file.exists():
-        pytest.skip("bootstrap/spark-env.json not present")
     spark_env = json.loads(spark_env_file.read_text())
     configurations = emr_configurations(spark_env)
     assert configurations[: len(spark_env)] == spark_env
@@ -461,12 +461,12 @@ def test_runner_maps_s3_and_drops_deploy_mode(tmp_path):
     shutil.rmtree(tmp_path, ignore_errors=True)
 
 
-def test_a_cluster_left_running_fails_the_run(emr_dag, aws, uploaded, shared_weights, capfd):
+def test_a_cluster_left_running_fails_the_run(emr_dag, aws, uploaded, random_weights, capfd):
     """terminate_cluster 'succeeds' without terminating (marked success): report_cost must fail the run."""
     dagrun = emr_dag.test(
         run_after=dt.datetime(2026, 11, 6, 18, tzinfo=dt.UTC),
         logical_date=LOGICAL_DATE,
-        run_conf=base_conf(shared_weights),
+        run_conf=base_conf(random_weights),
         mark_success_pattern=r"watch_.*|terminate_cluster",
     )
     states = {ti.task_id: ti.state for ti in dagrun.get_task_instances()}
@@ -479,12 +479,12 @@ def test_a_cluster_left_running_fails_the_run(emr_dag, aws, uploaded, shared_wei
     assert f"cluster {cluster['Id']} is still {state} after terminate_cluster" in task_output(capfd)
 
 
-def test_a_timed_out_sensor_still_terminates_the_cluster(emr_dag, aws, uploaded, shared_weights, monkeypatch):
+def test_a_timed_out_sensor_still_terminates_the_cluster(emr_dag, aws, uploaded, random_weights, monkeypatch):
     """No step runner: the steps stay PENDING, the sensor's (shrunk) timeout expires, teardown still runs."""
     from fruits_platform.aws import guards
 
     monkeypatch.setattr(guards, "sensor_timeout_seconds", lambda images, vcpus: 3)
-    dagrun, states = run_dag(emr_dag, base_conf(shared_weights), dt.datetime(2026, 11, 6, 19, tzinfo=dt.UTC))
+    dagrun, states = run_dag(emr_dag, base_conf(random_weights), dt.datetime(2026, 11, 6, 19, tzinfo=dt.UTC))
 
     assert states["watch_ingest"] == "failed"
     assert states["terminate_cluster"] == "success"
@@ -494,11 +494,11 @@ def test_a_timed_out_sensor_still_terminates_the_cluster(emr_dag, aws, uploaded,
 
 
 # -- unit level: staging and the sensor's failure report --------------------------------------------------
-def test_staging_uploads_once_and_checks_weights(aws, tmp_path, shared_weights):
+def test_staging_uploads_once_and_checks_weights(aws, tmp_path, random_weights):
     from fruits_platform.aws import staging
 
-    first = staging.stage_artifacts(aws, BUCKET, str(shared_weights), 224, tmp_path / "one")
-    again = staging.stage_artifacts(aws, BUCKET, str(shared_weights), 224, tmp_path / "two")
+    first = staging.stage_artifacts(aws, BUCKET, str(random_weights), 224, tmp_path / "one")
+    again = staging.stage_artifacts(aws, BUCKET, str(random_weights), 224, tmp_path / "two")
 
     assert first.artifacts_uri == again.artifacts_uri
     assert first.uploaded
@@ -513,14 +513,14 @@ def test_staging_uploads_once_and_checks_weights(aws, tmp_path, shared_weights):
         staging.stage_weights(aws, BUCKET, str(tmp_path / "missing.weights.h5"), 224, tmp_path)
 
 
-def test_imagenet_weights_are_downloaded_once_per_input_size(aws, tmp_path, monkeypatch, shared_weights):
+def test_imagenet_weights_are_downloaded_once_per_input_size(aws, tmp_path, monkeypatch, random_weights):
     from fruits_platform.aws import staging
 
     downloads = []
 
     def fake_download(input_size, destination):  # stands for the Keras download (no internet here)
         downloads.append(input_size)
-        return Path(shutil.copyfile(shared_weights, destination / staging.WEIGHTS_NAME))
+        return Path(shutil.copyfile(random_weights, destination / staging.WEIGHTS_NAME))
 
     monkeypatch.setattr(staging, "imagenet_weights_file", fake_download)
     uri, uploaded = staging.stage_weights(aws, BUCKET, "imagenet", 160, tmp_path)

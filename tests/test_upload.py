@@ -27,14 +27,14 @@ def s3():
 
 
 @pytest.fixture
-def source(tmp_path, shared_images) -> Path:
+def source(tmp_path, sample_dir) -> Path:
     """Two labels of two real images each, one unlabelled image, a hidden file and a note."""
     folder = tmp_path / "photos"
     for label in ("apple", "lemon"):
         (folder / label).mkdir(parents=True)
-        for path in sorted((shared_images / label).glob("*.jpg"))[:2]:
+        for path in sorted((sample_dir / label).glob("*.jpg"))[:2]:
             shutil.copyfile(path, folder / label / path.name)
-    shutil.copyfile(next((shared_images / "mango").glob("*.jpg")), folder / "loose.jpg")
+    shutil.copyfile(next((sample_dir / "mango").glob("*.jpg")), folder / "loose.jpg")
     (folder / "apple" / ".DS_Store").write_bytes(b"\0")
     (folder / "notes.txt").write_text("not an image")
     return folder

@@ -20,9 +20,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from fruits_spark import images, model, storage
-from fruits_spark.layout import Layout, write_stats
-from fruits_spark.session import base_parser, spark_session
+from fruits_spark import contract, images, model, storage
+from fruits_spark.layout import Layout
 
 RESULT_SCHEMA = T.StructType(
     [
@@ -123,13 +122,11 @@ def broadcast_weights(spark: SparkSession, weights: str, input_size: int) -> tup
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = base_parser("Extract MobileNetV2 features from curated images.")
-    parser.add_argument("--weights", default="imagenet", help="imagenet, or a .weights.h5 path/URI")
-    parser.add_argument("--input-size", type=int, default=224, choices=images.INPUT_SIZES)
+    parser = contract.step_parser("features", "Extract MobileNetV2 features from curated images.")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
     started = time.monotonic()
-    spark = spark_session("fruits-features")
+    spark = SparkSession.builder.appName("fruits-features").getOrCreate()
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(args.batch_size * 4))
     layout = Layout(args.output, args.dt)
     try:
@@ -158,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         rows_inferred=params.rows_inferred.value,
         seconds=round(time.monotonic() - started, 2),
     )
-    write_stats(spark, layout, "features", stats)
+    storage.write_stats(spark, layout, "features", stats)
     print(
         f"features: {stats['ok']} embedded, {stats['rejected']} failed, "
         f"{stats['model_builds']} model builds over {stats['partitions']} partitions"

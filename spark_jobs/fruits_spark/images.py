@@ -10,8 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-INPUT_SIZES = (96, 128, 160, 192, 224)
+from fruits_spark.contract import IMAGE_EXTENSIONS
 
 # A phone photo is ~12-50 MP; anything far above is a decompression bomb, refused from the header alone.
 MAX_PIXELS = 80_000_000

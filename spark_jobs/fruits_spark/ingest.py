@@ -5,6 +5,7 @@ extract (binaryFile, recursive) -> transform (validate, normalise, deduplicate) 
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 
@@ -13,9 +14,8 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from fruits_spark import images, storage
-from fruits_spark.layout import Layout, write_stats
-from fruits_spark.session import base_parser, spark_session
+from fruits_spark import contract, images, storage
+from fruits_spark.layout import Layout
 
 # 50 MB: far above any phone photo; bigger files are refused before their bytes are read
 MAX_FILE_BYTES = 50 * 1024 * 1024
@@ -40,7 +40,7 @@ INSPECTION_SCHEMA = T.StructType(
         T.StructField("content", T.BinaryType()),
     ]
 )
-IMAGE_NAME_REGEX = r"(?i)\.(jpe?g|png)$"
+IMAGE_NAME_REGEX = "(?i)(" + "|".join(re.escape(ext) for ext in contract.IMAGE_EXTENSIONS) + ")$"
 
 
 @dataclass(frozen=True)
@@ -203,12 +203,11 @@ def load(classified: DataFrame, layout: Layout) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = base_parser("Ingest fruit images into curated Parquet.")
-    parser.add_argument("--input", required=True, help="folder of labelled images (any Hadoop URI)")
+    parser = contract.step_parser("ingest", "Ingest fruit images into curated Parquet.")
     parser.add_argument("--max-file-bytes", type=int, default=MAX_FILE_BYTES)
     args = parser.parse_args(argv)
     started = time.monotonic()
-    spark = spark_session("fruits-ingest")
+    spark = SparkSession.builder.appName("fruits-ingest").getOrCreate()
     spark.conf.set("spark.sql.files.openCostInBytes", str(FILE_OPEN_COST_BYTES))
     layout = Layout(args.output, args.dt)
     files, unlisted, files_seen = extract(spark, args.input)
@@ -218,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     stats.update(
         step="ingest", input=args.input, files_seen=files_seen, seconds=round(time.monotonic() - started, 2)
     )
-    write_stats(spark, layout, "ingest", stats)
+    storage.write_stats(spark, layout, "ingest", stats)
     print(
         f"ingest: {stats['ok']} ok, {stats['rejected']} rejected, {stats['duplicates']} duplicates, "
         f"{stats['ignored']} ignored of {stats['files_seen']} files"

@@ -8,7 +8,6 @@ anyway (measured: 7 s less per features step here, docs/BENCHMARKS.md).
 from __future__ import annotations
 
 import hashlib
-import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-FEATURE_DIM = 1280
-WEIGHTS_ENV = "FRUITS_WEIGHTS"
+from fruits_spark.contract import WEIGHTS_ENV
+
 # MobileNetV2(include_top=False, alpha=1.0): every kernel, bias and batch-norm statistic, whatever the
 # input size. A file with another count is not this backbone's weights.
 BACKBONE_PARAMETERS = 2_257_984
@@ -147,7 +146,3 @@ def worker_model(key: tuple[str, int], get_weights: Callable[[], WeightsFile], t
     _WORKER_MODELS.clear()
     _WORKER_MODELS[key] = lambda batch: infer(tf.constant(batch)).numpy()
     return _WORKER_MODELS[key], True
-
-
-def default_threads() -> int:
-    return int(os.environ.get("FRUITS_TF_THREADS", "1"))

@@ -16,10 +16,8 @@ from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from fruits_spark import report, storage
-from fruits_spark.layout import Layout, read_stats, write_stats
-from fruits_spark.model import FEATURE_DIM
-from fruits_spark.session import base_parser, spark_session
+from fruits_spark import contract, report, storage
+from fruits_spark.layout import Layout
 
 
 @dataclass(frozen=True)
@@ -100,14 +98,10 @@ def load(projected: DataFrame, layout: Layout, k: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = base_parser("Reduce features with PCA (Spark ML) and write the run report.")
-    parser.add_argument("--k", type=int, default=100, help="number of components (1..1280)")
-    parser.add_argument("--refit", action="store_true", help="fit a new model version on all features")
+    parser = contract.step_parser("pca", "Reduce features with PCA (Spark ML) and write the run report.")
     args = parser.parse_args(argv)
-    if not 1 <= args.k <= FEATURE_DIM:
-        raise SystemExit(f"pca: --k must be within 1..{FEATURE_DIM}, got {args.k}")
     started = time.monotonic()
-    spark = spark_session("fruits-pca")
+    spark = SparkSession.builder.appName("fruits-pca").getOrCreate()
     layout = Layout(args.output, args.dt)
     params = PcaParams(args.k)
     features = extract(spark, layout.dataset("features"))
@@ -128,12 +122,9 @@ def main(argv: list[str] | None = None) -> None:
         }
         projected = spark.read.parquet(layout.dataset("pca"))
     stats.update(step="pca", seconds=round(time.monotonic() - started, 2))
-    write_stats(spark, layout, "pca", stats)
+    storage.write_stats(spark, layout, "pca", stats)
     summary = report.build_summary(
-        layout.dt, {step: read_stats(spark, layout, step) for step in ("ingest", "features", "pca")}
+        layout.dt, {step: storage.read_stats(spark, layout, step) for step in contract.STEP_NAMES}
     )
     report.write_report(spark, layout, summary, projected)
-    print(
-        f"pca: {stats['ok']} rows projected to k={args.k} ({stats['model']}); "
-        f"report at {layout.output}/report.json"
-    )
+    print(f"pca: {stats['ok']} rows projected to k={args.k} ({stats['model']}); report at {layout.report()}")

@@ -10,15 +10,15 @@ import json
 from pyspark.sql import DataFrame, SparkSession
 
 from fruits_spark import storage
-from fruits_spark.layout import Layout
+from fruits_spark.contract import STEP_NAMES
+from fruits_spark.layout import REPORT_HTML, REPORT_JSON, Layout
 
-STEPS = ("ingest", "features", "pca")
 PLOTS = ("explained_variance", "pca_scatter", "step_seconds")
 SCATTER_MAX_POINTS = 5000
 
 
 def build_summary(dt: str, stats: dict[str, dict]) -> dict:
-    ingest, features, pca = (stats.get(step, {}) for step in STEPS)
+    ingest, features, pca = (stats.get(step, {}) for step in STEP_NAMES)
     variance = pca.get("explained_variance", [])
     cumulative = []
     for value in variance:
@@ -48,7 +48,7 @@ def build_summary(dt: str, stats: dict[str, dict]) -> dict:
         "weights": features.get("weights"),
         "input_size": features.get("input_size"),
         "model_builds": features.get("model_builds"),
-        "step_seconds": {step: stats.get(step, {}).get("seconds") for step in STEPS},
+        "step_seconds": {step: stats.get(step, {}).get("seconds") for step in STEP_NAMES},
     }
 
 
@@ -168,12 +168,22 @@ def write_report(spark: SparkSession, layout: Layout, summary: dict, projected: 
         "pca_scatter": plot_scatter(points),
         "step_seconds": plot_step_seconds(summary),
     }
-    files = {
-        "report.json": json.dumps(summary, indent=2).encode(),
-        "report.html": render_html(summary, plots).encode(),
-    }
-    files.update({f"report_{name}.png": png for name, png in plots.items()})
+    files = report_files(summary, plots)
+    files.update({plot_file(name): png for name, png in plots.items()})
     # the top-level copy is the latest run's; reports/dt=... keeps every date's
-    for folder in (layout.output, f"{layout.output}/reports/dt={layout.dt}"):
+    for folder in layout.report_folders():
         for name, data in files.items():
             storage.write_bytes(spark, f"{folder}/{name}", data)
+
+
+def plot_file(name: str) -> str:
+    return f"report_{name}.png"
+
+
+def report_files(summary: dict, plots: dict[str, bytes]) -> dict[str, bytes]:
+    """report.json and report.html of ``summary``: the one rendering of a report, whoever writes it (the
+    pca step, or the EMR DAG once it knows the cluster's cost)."""
+    return {
+        REPORT_JSON: json.dumps(summary, indent=2).encode(),
+        REPORT_HTML: render_html(summary, plots).encode(),
+    }

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from dataclasses import dataclass
 
 from pyspark.sql import SparkSession
+
+from fruits_spark.layout import Layout
 
 
 @dataclass(frozen=True)
@@ -84,3 +87,13 @@ def fetch_to_local(spark: SparkSession, uri: str) -> str:
     local = os.path.join(tempfile.mkdtemp(prefix="fruits-weights-"), os.path.basename(uri))
     fs.copyToLocalFile(False, path, spark.sparkContext._jvm.org.apache.hadoop.fs.Path(local), True)
     return local
+
+
+def write_stats(spark: SparkSession, layout: Layout, step: str, stats: dict) -> None:
+    write_bytes(spark, layout.stats(step), json.dumps(stats, indent=2, sort_keys=True).encode())
+
+
+def read_stats(spark: SparkSession, layout: Layout, step: str) -> dict:
+    if not exists(spark, layout.stats(step)):
+        return {}
+    return json.loads(read_bytes(spark, layout.stats(step)))

@@ -8,7 +8,7 @@ import shutil
 import zipfile
 from pathlib import Path
 
-from fruits_platform.pipeline import PY_FILES_ZIP, STEP_NAMES
+from fruits_platform.pipeline import PY_FILES_ZIP
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # a fixed timestamp keeps the zip, hence the artifacts' content hash, identical across builds
@@ -36,8 +36,9 @@ def build_artifacts(destination: Path) -> Path:
     """Entry scripts + ``fruits_spark.zip`` (+ bootstrap files when present) in ``destination``."""
     destination.mkdir(parents=True, exist_ok=True)
     jobs = spark_jobs_dir()
-    for name in STEP_NAMES:
-        shutil.copyfile(jobs / f"{name}.py", destination / f"{name}.py")
+    # the steps' entry scripts, and local_app.py, which runs several of them in one application
+    for script in sorted(jobs.glob("*.py")):
+        shutil.copyfile(script, destination / script.name)
     build_zip(jobs / "fruits_spark", destination / PY_FILES_ZIP)
     if bootstrap_dir().is_dir():
         for source in sorted(bootstrap_dir().iterdir()):

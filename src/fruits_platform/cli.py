@@ -3,47 +3,32 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import importlib
 import os
 import sys
 from pathlib import Path
 
+from fruits_platform.aws import upload
 from fruits_platform.pipeline import PipelineParams
+from fruits_platform.tools import bench
+from fruits_spark.contract import DATASETS, RUN_PARAMS, WEIGHTS_ENV, today
+from fruits_spark.layout import REPORT_HTML, Layout
 
-WEIGHTS_ENV = "FRUITS_WEIGHTS"
 
-
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--weights",
-        default=os.environ.get(WEIGHTS_ENV, "imagenet"),
-        help=f"imagenet (download) or a .weights.h5 path/URI; default ${WEIGHTS_ENV} or imagenet",
-    )
-    parser.add_argument("--k", type=int, default=100, help="PCA components (1..1280)")
-    parser.add_argument("--input-size", type=int, default=224, choices=(96, 128, 160, 192, 224))
+def local_path(value: str) -> str:
+    """A local path made absolute (spark-submit runs elsewhere); URIs and ``imagenet`` as given."""
+    return value if value == "imagenet" or "://" in value else str(Path(value).resolve())
 
 
 def _run_local(args: argparse.Namespace) -> int:
     from fruits_platform.local.runner import StepFailed, run_local
 
-    output = Path(args.output).resolve()
-    weights = (
-        args.weights
-        if args.weights == "imagenet" or "://" in args.weights
-        else str(Path(args.weights).resolve())
+    values = {param.name: getattr(args, param.name) for param in RUN_PARAMS}
+    values.update(
+        input=local_path(args.input), output=local_path(args.output), weights=local_path(args.weights)
     )
     try:
-        params = PipelineParams(
-            str(Path(args.input).resolve()),
-            str(output),
-            args.dt,
-            weights,
-            args.k,
-            args.input_size,
-            args.refit,
-        )
-        report = run_local(params, master=args.master)
+        params = PipelineParams(**values)
+        report, _ = run_local(params, master=args.master)
     except (StepFailed, ValueError, FileNotFoundError) as error:
         print(f"fruits: {error}", file=sys.stderr)
         return 1
@@ -52,23 +37,24 @@ def _run_local(args: argparse.Namespace) -> int:
         f"done: {counts['ok']} images featurised, {counts['rejected']} rejected, "
         f"{counts['duplicates']} duplicates, {counts['ignored']} ignored (of {counts['files_seen']} files)"
     )
-    print(f"outputs: {output}/{{images,features,pca,pca_csv,rejected}}/dt={args.dt}/")
-    print(f"report:  {output}/report.json, {output}/report.html")
+    layout = Layout(params.output, params.dt)
+    print(f"outputs: {layout.output}/{{{','.join(DATASETS)}}}/dt={params.dt}/")
+    print(f"report:  {layout.report(REPORT_HTML)}")
     return 0
 
 
 def _register_run_local(commands) -> None:
     local = commands.add_parser("run-local", help="run ingest, features and pca with Spark in local mode")
-    local.add_argument("--input", required=True, help="folder of images, one sub-folder per label")
-    local.add_argument("--output", required=True, help="output folder")
-    local.add_argument(
-        "--dt",
-        default=dt.datetime.now(dt.UTC).date().isoformat(),
-        help="upload date of this batch (YYYY-MM-DD): the output partition",
-    )
-    local.add_argument("--refit", action="store_true", help="fit a new PCA model version")
-    local.add_argument("--master", default="local[*]")
-    add_run_arguments(local)
+    for param in RUN_PARAMS:
+        if param.name in ("input", "output"):
+            param.add_argument(local, required=True)
+        elif param.name == "dt":
+            param.add_argument(local, default=today())
+        elif param.name == "weights":
+            param.add_argument(local, default=os.environ.get(WEIGHTS_ENV, param.default))
+        else:
+            param.add_argument(local)
+    local.add_argument("--master", default="local[*]", help="Spark master (default: every local core)")
     local.set_defaults(handler=_run_local)
 
 
@@ -76,13 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fruits", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     _register_run_local(commands)
-    # each further sub-command lives in its own module, with a register(commands) function
-    for module in ("fruits_platform.aws.upload", "fruits_platform.tools.bench"):
-        try:
-            importlib.import_module(module).register(commands)
-        except ModuleNotFoundError as error:
-            if error.name != module:
-                raise
+    upload.register(commands)
+    bench.register(commands)
     return parser
 
 

@@ -1,28 +1,41 @@
-"""The pipeline's Spark steps: the one definition that both the EMR DAG and ``fruits run-local`` submit."""
+"""The pipeline's Spark steps: the one definition that ``fruits run-local``, the local DAG and the EMR DAG
+submit, built on the contract in ``fruits_spark.contract``."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 
-STEP_NAMES = ("ingest", "features", "pca")
+from fruits_spark.contract import PARAMS, STEP_NAMES, step_args
+
 PY_FILES_ZIP = "fruits_spark.zip"
-K_RANGE = (1, 1280)
 
 
 @dataclass(frozen=True)
 class PipelineParams:
-    input_uri: str
-    output_uri: str
+    """A run's parameters, each validated against the contract once, when the run is defined."""
+
+    input: str
+    output: str
     dt: str
-    weights_uri: str = "imagenet"
-    k: int = 100
-    input_size: int = 224
-    refit: bool = False
+    weights: str = PARAMS["weights"].default
+    input_size: int = PARAMS["input_size"].default
+    k: int = PARAMS["k"].default
+    refit: bool = PARAMS["refit"].default
 
     def __post_init__(self) -> None:
-        if not K_RANGE[0] <= self.k <= K_RANGE[1]:
-            raise ValueError(f"k must be within {K_RANGE[0]}..{K_RANGE[1]}, got {self.k}")
+        for field in fields(self):
+            object.__setattr__(self, field.name, PARAMS[field.name].validate(getattr(self, field.name)))
+
+    @classmethod
+    def from_mapping(cls, values: Mapping, **given) -> PipelineParams:
+        """From a DAG run's params (or any mapping), taking only the contract's names; ``given`` wins."""
+        names = {field.name for field in fields(cls)}
+        return cls(**{name: values[name] for name in names if name in values and name not in given}, **given)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -33,27 +46,37 @@ class SparkStep:
 
 
 def pipeline_steps(params: PipelineParams) -> list[SparkStep]:
-    run = ("--output", params.output_uri, "--dt", params.dt)
-    refit = ("--refit",) if params.refit else ()
-    return [
-        SparkStep("ingest", "ingest.py", ("--input", params.input_uri, *run)),
-        SparkStep(
-            "features",
-            "features.py",
-            ("--weights", params.weights_uri, "--input-size", str(params.input_size), *run),
-        ),
-        SparkStep("pca", "pca.py", ("--k", str(params.k), *refit, *run)),
-    ]
+    values = params.as_dict()
+    return [SparkStep(name, f"{name}.py", step_args(name, values)) for name in STEP_NAMES]
 
 
 def spark_submit_args(
-    step: SparkStep, artifacts_uri: str, conf: Mapping[str, str], master: str | None = None
+    step: SparkStep,
+    artifacts_uri: str,
+    conf: Mapping[str, str],
+    *,
+    binary: str = "spark-submit",
+    master: str | None = None,
+    deploy_mode: str | None = None,
 ) -> list[str]:
     """``spark-submit`` arguments for one step, with the code taken from ``artifacts_uri``."""
-    args = ["spark-submit"]
+    args = [binary]
     if master:
         args += ["--master", master]
+    if deploy_mode:
+        args += ["--deploy-mode", deploy_mode]
     for key, value in sorted(conf.items()):
         args += ["--conf", f"{key}={value}"]
     artifacts = artifacts_uri.rstrip("/")
     return [*args, "--py-files", f"{artifacts}/{PY_FILES_ZIP}", f"{artifacts}/{step.script}", *step.args]
+
+
+def failure_reason(step: str, log_text: str) -> str:
+    """The line of a step's log that explains its failure: the job's own one-line message (``<step>: ...``),
+    else the last exception. The same rule for a local log and an EMR step's stderr."""
+    lines = [line.strip() for line in log_text.splitlines() if line.strip()]
+    own = [line for line in lines if line.startswith(f"{step}: ")]
+    if own:
+        return own[-1]
+    errors = [line for line in lines if re.search(r"(Error|Exception)\b", line)]
+    return (errors or lines or ["no output"])[-1][:300]

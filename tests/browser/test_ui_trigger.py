@@ -74,14 +74,14 @@ def images(tmp_path_factory, sample_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, artifacts: Path, shared_weights: Path):
+def stack(tmp_path_factory, artifacts: Path, random_weights: Path):
     """The local stack in a fresh AIRFLOW_HOME on free ports; always stopped, whatever happened."""
     home = tmp_path_factory.mktemp("airflow-home")
     port, worker_log_port, trigger_log_port = free_ports(3)
     local = LocalAirflow(home, port, 2, worker_log_port, trigger_log_port)
     # nothing of this pytest's own Airflow settings (tests/conftest.py) leaks into the stack
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    env.update(AIRFLOW_HOME=str(home), FRUITS_WEIGHTS=str(shared_weights))
+    env.update(AIRFLOW_HOME=str(home), FRUITS_WEIGHTS=str(random_weights))
     command = [
         sys.executable,
         "-m",
@@ -184,10 +184,10 @@ def screenshot_on_failure(page, path: Path):
 
 
 def test_trigger_from_the_ui_runs_the_pipeline(
-    stack, page, images: Path, shared_weights: Path, tmp_path, artifacts: Path
+    stack, page, images: Path, random_weights: Path, tmp_path, artifacts: Path
 ):
     with screenshot_on_failure(page, artifacts / "zz-failure.png"):
-        trigger_and_wait(stack, page, images, shared_weights, tmp_path / "out", artifacts)
+        trigger_and_wait(stack, page, images, random_weights, tmp_path / "out", artifacts)
 
 
 def trigger_and_wait(stack, page, images: Path, weights: Path, output: Path, artifacts: Path) -> None:
@@ -202,8 +202,8 @@ def trigger_and_wait(stack, page, images: Path, weights: Path, output: Path, art
 
     page.get_by_test_id("trigger-dag-button").click()
     form = page.get_by_role("dialog")
-    form.locator("#element_input_path").fill(str(images))
-    form.locator("#element_output_path").fill(str(output))
+    form.locator("#element_input").fill(str(images))
+    form.locator("#element_output").fill(str(output))
     form.locator("#element_weights").fill(str(weights))
     components = form.get_by_role("spinbutton")  # k, the form's only number field
     components.fill("4")

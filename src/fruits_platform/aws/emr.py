@@ -12,14 +12,18 @@ import copy
 import gzip
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.providers.amazon.aws.operators.emr import EmrCreateJobFlowOperator
 from airflow.providers.amazon.aws.sensors.emr import EmrStepSensor
 from airflow.sdk.exceptions import AirflowFailException
 
-from fruits_platform.local.runner import failure_reason
-from fruits_platform.pipeline import STEP_NAMES, PipelineParams, pipeline_steps, spark_submit_args
+from fruits_platform.pipeline import PipelineParams, failure_reason, pipeline_steps, spark_submit_args
+from fruits_spark.contract import STEP_NAMES
+
+if TYPE_CHECKING:
+    from fruits_platform.aws.settings import RunSettings
+    from fruits_platform.aws.staging import StagedArtifacts
 
 AWS_CONN_ID = "aws_default"
 # Spark 3.5.x like the pinned pyspark, on Amazon Linux 2023; bump it here only, after a run on the new release
@@ -32,25 +36,11 @@ JOB_FLOW_ROLE = "EMR_EC2_DefaultRole"
 SERVICE_ROLE = "EMR_DefaultRole"
 CLUSTER_NAME_PREFIX = "fruits-features"
 LOG_PREFIX = "emr-logs/"
-VENV_PYTHON = "/opt/fruits-venv/bin/python"
 # states in which a cluster still costs money and can still run this run's steps
 ACTIVE_CLUSTER_STATES = ("STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING")
 STEP_FAILED_STATES = ("CANCELLED", "FAILED", "INTERRUPTED")
 # spark-submit --conf of every EMR step (the cluster's spark-defaults provide the rest)
 EMR_SPARK_CONF: dict[str, str] = {"spark.python.worker.reuse": "true"}
-# used when bootstrap/spark-env.json is absent: the executors' Python is the bootstrap's venv
-DEFAULT_SPARK_ENV: list[dict[str, Any]] = [
-    {
-        "Classification": "spark-env",
-        "Configurations": [
-            {
-                "Classification": "export",
-                "Properties": {"PYSPARK_PYTHON": VENV_PYTHON, "PYSPARK_DRIVER_PYTHON": VENV_PYTHON},
-            }
-        ],
-        "Properties": {},
-    }
-]
 # EMRFS writes every object (the Spark outputs) with SSE-S3, whatever the bucket's default
 EMRFS_SSE: dict[str, Any] = {
     "Classification": "emrfs-site",
@@ -62,7 +52,8 @@ def emr_steps(params: PipelineParams, artifacts_uri: str) -> list[dict[str, Any]
     """The pipeline's steps as EMR steps: ``spark-submit --deploy-mode client`` through command-runner."""
     steps = []
     for step in pipeline_steps(params):
-        submit = spark_submit_args(step, artifacts_uri, EMR_SPARK_CONF)
+        # client mode: the driver runs on the primary node, where the step's stdout/stderr are collected
+        submit = spark_submit_args(step, artifacts_uri, EMR_SPARK_CONF, deploy_mode="client")
         steps.append(
             {
                 "Name": step.name,
@@ -70,16 +61,16 @@ def emr_steps(params: PipelineParams, artifacts_uri: str) -> list[dict[str, Any]
                 "ActionOnFailure": "TERMINATE_CLUSTER",
                 "HadoopJarStep": {
                     "Jar": "command-runner.jar",
-                    "Args": [submit[0], "--deploy-mode", "client", *submit[1:]],
+                    "Args": submit,
                 },
             }
         )
     return steps
 
 
-def emr_configurations(spark_env: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
-    """bootstrap/spark-env.json's Configurations (or the default) plus EMRFS server-side encryption."""
-    configurations = copy.deepcopy(list(spark_env) if spark_env else DEFAULT_SPARK_ENV)
+def emr_configurations(spark_env: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """bootstrap/spark-env.json's Configurations plus EMRFS server-side encryption."""
+    configurations = copy.deepcopy(list(spark_env))
     for configuration in configurations:
         if configuration.get("Classification") == EMRFS_SSE["Classification"]:
             configuration.setdefault("Properties", {}).update(EMRFS_SSE["Properties"])
@@ -175,6 +166,25 @@ def job_flow_overrides(
     return overrides
 
 
+def cluster_definition(run: RunSettings, staged: StagedArtifacts, dag_id: str, run_id: str) -> dict[str, Any]:
+    """The run's cluster, from its settings and what staging put in S3."""
+    return job_flow_overrides(
+        bucket=run.bucket,
+        upload_day=run.dt,
+        instance_type=run.instance_type,
+        core_nodes=run.core_nodes,
+        use_spot=run.use_spot,
+        bootstrap_script_uri=staged.bootstrap_script_uri,
+        requirements_uri=staged.requirements_uri,
+        configurations=emr_configurations(staged.spark_env),
+        tags=cluster_tags(dag_id, run_id, run.dt),
+        job_flow_role=run.job_flow_role,
+        service_role=run.service_role,
+        subnet_id=run.subnet_id,
+        security_configuration=run.security_configuration,
+    )
+
+
 def normalise_log_uri(log_uri: str | None) -> str | None:
     """EMR reports its LogUri as ``s3n://...``: the same objects as ``s3://...``."""
     if not log_uri:
@@ -214,7 +224,6 @@ class FruitsCreateJobFlowOperator(EmrCreateJobFlowOperator):
         existing = find_run_cluster(self.hook.conn, self.dag_id, run_id)
         if existing:
             self.log.warning("Adopting cluster %s, created for run %s by an earlier try", existing, run_id)
-            self._job_flow_id = existing
             return existing
         return super().execute(context)
 

@@ -1,7 +1,7 @@
-"""GDPR and cost guards of the EMR run, and the run date -> uploads prefix mapping: pure functions.
+"""GDPR and cost guards of the EMR run, and the run date -> uploads prefix mapping.
 
-Nothing here talks to AWS or imports Airflow: the DAG's guard tasks fetch the facts (bucket location,
-image count, price table) and these functions decide, each refusal being a one-line ``GuardRefused``.
+Nothing here imports Airflow: the DAG's guard tasks pass boto3 clients or the facts they fetched (image
+count, price table) and these functions decide, each refusal being a one-line ``GuardRefused``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,10 @@ import math
 import re
 from dataclasses import asdict, dataclass
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from fruits_platform.aws.pricing import instance_prices
+from fruits_spark.contract import STEP_NAMES
 
 # Regions in EU member states (GDPR): the bucket, the cluster and the outputs must all be in one.
 # London (eu-west-2) and Zurich (eu-central-2) are outside the EU: refused, as infra/ refuses them.
@@ -30,7 +33,6 @@ THROUGHPUT_SOURCE = "measured 2026-11-23: 7.7 img/s per core end to end (2,000 i
 CLUSTER_STARTUP_SECONDS = 900
 # spark-submit, YARN application start and weights broadcast, per step
 STEP_OVERHEAD_SECONDS = 120
-STEPS = 3
 # a sensor waits startup + overheads + SENSOR_SAFETY_FACTOR x the expected compute, at least the floor
 SENSOR_SAFETY_FACTOR = 3.0
 SENSOR_TIMEOUT_FLOOR_SECONDS = 1800
@@ -79,6 +81,47 @@ def check_default_encryption(bucket: str, rules: list[dict]) -> str:
     raise GuardRefused(f"GDPR: bucket {bucket} has no default server-side encryption")
 
 
+def encryption_rules(s3, bucket: str) -> list[dict]:
+    try:
+        return s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") == "ServerSideEncryptionConfigurationNotFoundError":
+            return []
+        raise
+
+
+def check_subnet(ec2, subnet_id: str | None, region: str) -> None:
+    """The subnet the cluster will use (Variable fruits_emr_subnet_id), if any, exists in ``region``."""
+    if not subnet_id:
+        return
+    try:
+        ec2.describe_subnets(SubnetIds=[subnet_id])
+    except (ClientError, BotoCoreError) as error:
+        raise GuardRefused(
+            f"subnet {subnet_id} (Variable fruits_emr_subnet_id) not usable in {region}: {error}"
+        ) from None
+
+
+def check_gdpr(s3, ec2, bucket: str, region: str, subnet_id: str | None) -> str:
+    """Every GDPR check of a run, before anything is created; returns the bucket's encryption algorithm."""
+    check_region(region)
+    try:
+        location = s3.get_bucket_location(Bucket=bucket).get("LocationConstraint")
+    except (ClientError, BotoCoreError) as error:
+        raise GuardRefused(f"bucket {bucket} is not readable: {error}") from None
+    check_bucket_region(bucket, location, region)
+    try:
+        rules = encryption_rules(s3, bucket)
+    except (ClientError, BotoCoreError) as error:
+        raise GuardRefused(
+            f"GDPR: cannot check the default encryption of bucket {bucket} "
+            f"(s3:GetEncryptionConfiguration): {error}"
+        ) from None
+    algorithm = check_default_encryption(bucket, rules)
+    check_subnet(ec2, subnet_id, region)
+    return algorithm
+
+
 @dataclass(frozen=True)
 class CostEstimate:
     instance_type: str
@@ -124,7 +167,7 @@ def executor_vcpus(table: dict, instance_type: str, core_nodes: int) -> int:
 
 
 def expected_run_seconds(images: int, vcpus: int) -> float:
-    return STEPS * STEP_OVERHEAD_SECONDS + images / (IMAGES_PER_SECOND_PER_VCPU * vcpus)
+    return len(STEP_NAMES) * STEP_OVERHEAD_SECONDS + images / (IMAGES_PER_SECOND_PER_VCPU * vcpus)
 
 
 def estimate_worst_case(
@@ -176,7 +219,9 @@ def check_budget(estimate: CostEstimate) -> None:
 def sensor_timeout_seconds(images: int, vcpus: int) -> int:
     """How long one step sensor waits before giving up: sized from the batch, not Airflow's 7-day default."""
     compute = images / (IMAGES_PER_SECOND_PER_VCPU * vcpus)
-    seconds = CLUSTER_STARTUP_SECONDS + STEPS * STEP_OVERHEAD_SECONDS + SENSOR_SAFETY_FACTOR * compute
+    seconds = (
+        CLUSTER_STARTUP_SECONDS + len(STEP_NAMES) * STEP_OVERHEAD_SECONDS + SENSOR_SAFETY_FACTOR * compute
+    )
     return max(SENSOR_TIMEOUT_FLOOR_SECONDS, math.ceil(seconds))
 
 
@@ -205,7 +250,7 @@ def uploads_prefix(upload_day: str) -> str:
 
 
 def input_prefix(param: str | None, upload_day: str) -> str:
-    """The ``input_prefix`` param if given (e.g. the initial dataset), else that day's uploads."""
+    """The ``input`` param (a bucket prefix) if given, e.g. the initial dataset, else the day's uploads."""
     prefix = (param or "").strip().lstrip("/")
     if not prefix:
         return uploads_prefix(upload_day)

@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from botocore.exceptions import ClientError
 
 from fruits_platform.artifacts import build_artifacts, content_hash
+from fruits_spark.contract import IMAGE_EXTENSIONS
 
 ARTIFACTS_PREFIX = "artifacts/"
 WEIGHTS_NAME = "mobilenet_v2.weights.h5"
 SSE_ALGORITHM = "AES256"
 SHA256_METADATA = "sha256"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
 # the cluster cannot run without these (bootstrap/ in the repository, staged with the code)
 BOOTSTRAP_SCRIPT = "install-python-deps.sh"
 BOOTSTRAP_REQUIREMENTS = "requirements-emr.txt"
@@ -97,7 +98,7 @@ def count_images(s3, bucket: str, prefix: str) -> tuple[int, int]:
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", []):
             objects += 1
-            images += item["Key"].lower().endswith(IMAGE_SUFFIXES)
+            images += item["Key"].lower().endswith(IMAGE_EXTENSIONS)
     return objects, images
 
 
@@ -151,7 +152,10 @@ class StagedArtifacts:
     weights_uri: str
     uploaded: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-    spark_env: list[dict] | None = None
+    spark_env: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
     @property
     def bootstrap_script_uri(self) -> str:
@@ -165,7 +169,8 @@ class StagedArtifacts:
 def stage_artifacts(s3, bucket: str, weights: str, input_size: int, scratch: Path) -> StagedArtifacts:
     """Builds the artifacts into ``scratch`` and stages them, with the weights, in ``bucket``."""
     built = build_artifacts(scratch / "artifacts")
-    missing = [name for name in (BOOTSTRAP_SCRIPT, BOOTSTRAP_REQUIREMENTS) if not (built / name).is_file()]
+    required = (BOOTSTRAP_SCRIPT, BOOTSTRAP_REQUIREMENTS, SPARK_ENV_FILE)
+    missing = [name for name in required if not (built / name).is_file()]
     if missing:
         raise StagingError(
             f"bootstrap file(s) {', '.join(missing)} missing: the cluster could not install "
@@ -176,9 +181,8 @@ def stage_artifacts(s3, bucket: str, weights: str, input_size: int, scratch: Pat
     for path in sorted(p for p in built.rglob("*") if p.is_file()):
         key = prefix + path.relative_to(built).as_posix()
         (staged.uploaded if upload_if_changed(s3, bucket, key, path) else staged.skipped).append(key)
-    spark_env = built / SPARK_ENV_FILE
-    if spark_env.is_file():
-        staged.spark_env = json.loads(spark_env.read_text())
+    # the executors' Python (the bootstrap's venv), as EMR Configurations
+    staged.spark_env = json.loads((built / SPARK_ENV_FILE).read_text())
     weights_dir = scratch / "weights"
     weights_dir.mkdir(parents=True, exist_ok=True)
     staged.weights_uri, uploaded = stage_weights(s3, bucket, weights, input_size, weights_dir)

@@ -3,7 +3,7 @@
 Layout: ``<prefix><label>/<file>`` with the default prefix ``uploads/dt=<today UTC>/`` (what the daily run
 of the next night processes); images directly in the source folder go to ``<prefix>unlabelled/``. For the
 initial dataset pick a prefix of your own (e.g. ``--prefix initial/``) and give it to the DAG as
-``input_prefix``. Objects are written with SSE (AES256) and a sha256 in their metadata; an object already
+``input``. Objects are written with SSE (AES256) and a sha256 in their metadata; an object already
 there with the same size and sha256 is skipped, so an interrupted upload is simply run again.
 """
 
@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fruits_platform.aws.guards import BUCKET_NAME, EU_REGIONS, bucket_region, uploads_prefix
-from fruits_platform.aws.staging import IMAGE_SUFFIXES, upload_if_changed
+from fruits_platform.aws.staging import upload_if_changed
+from fruits_spark.contract import IMAGE_EXTENSIONS
 
 UNLABELLED = "unlabelled"
 DEFAULT_REGION = "eu-west-3"
@@ -50,7 +51,10 @@ def plan_upload(source: Path, prefix: str) -> tuple[list[tuple[Path, str]], int]
     planned, ignored = [], 0
     for path in sorted(p for p in source.rglob("*") if p.is_file()):
         relative = path.relative_to(source)
-        if any(part.startswith(".") for part in relative.parts) or path.suffix.lower() not in IMAGE_SUFFIXES:
+        if (
+            any(part.startswith(".") for part in relative.parts)
+            or path.suffix.lower() not in IMAGE_EXTENSIONS
+        ):
             ignored += 1
             continue
         parts = relative.parts if len(relative.parts) > 1 else (UNLABELLED, *relative.parts)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from fruits_platform.artifacts import PROJECT_ROOT
 from fruits_platform.local.airflow_server import airflow_env
+from fruits_spark.contract import DATASETS, WEIGHTS_ENV
+from fruits_spark.layout import REPORT_HTML, REPORT_JSON, Layout
 
 DAG_ID = "fruits_features_local"
 
@@ -43,13 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     if migrated.returncode != 0:
         print(migrated.stdout[-2000:] + migrated.stderr[-2000:], file=sys.stderr)
         return 1
-    conf = {"input_path": str(Path(args.input).resolve()), "output_path": str(output)}
-    if os.environ.get("FRUITS_WEIGHTS"):
-        conf["weights"] = os.environ["FRUITS_WEIGHTS"]
+    conf = {"input": str(Path(args.input).resolve()), "output": str(output)}
+    if os.environ.get(WEIGHTS_ENV):
+        conf["weights"] = os.environ[WEIGHTS_ENV]
     log = home / "demo-dags-test.log"
-    print(
-        f"airflow dags test {DAG_ID} on {conf['input_path']} (weights: {conf.get('weights', 'imagenet')}) ..."
-    )
+    print(f"airflow dags test {DAG_ID} on {conf['input']} (weights: {conf.get('weights', 'imagenet')}) ...")
     airflow("dags", "test", DAG_ID, "--conf", json.dumps(conf), env=env, log=log)
     text = log.read_text()
     finished = re.findall(r"DagRun Finished: .*?state=(\w+)", text)
@@ -60,11 +60,12 @@ def main(argv: list[str] | None = None) -> int:
             print(line.strip()[:500], file=sys.stderr)
         print(f"task logs: {log}", file=sys.stderr)
         return 1
-    report = json.loads((output / "report.json").read_text())
+    report = json.loads((output / REPORT_JSON).read_text())  # the latest run's: this one
+    layout = Layout(str(output), report["dt"])
     print(f"run succeeded: {report['counts']}")
-    print(f"outputs:   {output}/{{images,features,pca,pca_csv,rejected}}/dt={report['dt']}/")
-    print(f"report:    {output}/report.html (and report.json, report_*.png)")
-    print(f"task logs: {log} (Airflow), {output}/_logs/dt={report['dt']}/<step>.log (Spark)")
+    print(f"outputs:   {output}/{{{','.join(DATASETS)}}}/dt={report['dt']}/")
+    print(f"report:    {layout.report(REPORT_HTML)} (and report.json, report_*.png)")
+    print(f"task logs: {log} (Airflow), {layout.logs()}/<step>.log (Spark)")
     return 0
 
 

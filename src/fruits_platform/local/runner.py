@@ -1,4 +1,9 @@
-"""Runs the pipeline's steps with spark-submit in local mode: the embedded default, no AWS needed."""
+"""Runs the pipeline's steps with spark-submit in local mode: the embedded default, no AWS needed.
+
+The one runner behind ``fruits run-local``, ``fruits_features_local`` (one task per step) and the bench:
+the same step definitions as EMR, the same artifacts, one Spark log per step under the output's
+``_logs/dt=<dt>/``.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +17,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from fruits_platform.artifacts import build_artifacts
-from fruits_platform.pipeline import PipelineParams, SparkStep, pipeline_steps, spark_submit_args
+from fruits_platform.artifacts import build_artifacts, content_hash
+from fruits_platform.pipeline import (
+    PipelineParams,
+    SparkStep,
+    failure_reason,
+    pipeline_steps,
+    spark_submit_args,
+)
+from fruits_spark.contract import STEP_NAMES
+from fruits_spark.layout import Layout
+from fruits_spark.local_app import STEP_MARKER
+
+LOCAL_APP = "local_app.py"
 
 LOCAL_SPARK_CONF = {
     "spark.driver.memory": "4g",
@@ -43,44 +59,77 @@ def spark_env() -> dict[str, str]:
     return dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
 
 
-def failure_reason(step: str, log_text: str) -> str:
-    """The line that explains a failure: the job's own one-line message, else the last exception."""
-    lines = [line.strip() for line in log_text.splitlines() if line.strip()]
-    own = [line for line in lines if line.startswith(f"{step}: ")]
-    if own:
-        return own[-1]
-    errors = [line for line in lines if re.search(r"(Error|Exception)\b", line)]
-    return (errors or lines or ["no output"])[-1][:300]
+def stage_artifacts(output: str) -> Path:
+    """The steps' code under ``<output>/_artifacts/<content hash>/``, built once per content."""
+    with tempfile.TemporaryDirectory(prefix="fruits-artifacts-") as scratch:
+        built = build_artifacts(Path(scratch))
+        target = Path(output) / "_artifacts" / content_hash(built)
+        if not target.exists():
+            shutil.copytree(built, target)
+    return target
 
 
-def run_step(step: SparkStep, artifacts: Path, logs: Path, master: str, env: dict[str, str]) -> float:
-    command = spark_submit_args(step, str(artifacts), LOCAL_SPARK_CONF, master)
-    command[0] = spark_submit_binary()
-    log = logs / f"{step.name}.log"
-    started = time.monotonic()
+def log_path(params: PipelineParams, name: str) -> Path:
+    """The Spark log of one runner invocation: ``<step>.log``, or ``pipeline.log`` for a whole run."""
+    return Path(Layout(params.output, params.dt).logs()) / f"{name}.log"
+
+
+def local_app_args(params: PipelineParams, names: list[str], artifacts: Path, master: str) -> list[str]:
+    """One spark-submit of ``local_app.py`` running ``names`` with the steps' own arguments (EMR's)."""
+    steps = [step for step in pipeline_steps(params) if step.name in names]
+    plan = json.dumps([[step.name, list(step.args)] for step in steps])
+    app = SparkStep("local", LOCAL_APP, (plan,))
+    return spark_submit_args(
+        app, str(artifacts), LOCAL_SPARK_CONF, binary=spark_submit_binary(), master=master
+    )
+
+
+def run_steps(
+    params: PipelineParams, names: list[str], artifacts: Path, master: str = "local[*]", echo=print
+) -> dict[str, float]:
+    """Runs ``names`` in one Spark application; returns each step's seconds. Lines the steps print for
+    people (``<step>: ...``, progress included) are echoed; everything goes to the log.
+    Raises StepFailed with the failed step's own reason."""
+    command = local_app_args(params, names, artifacts, master)
+    log = log_path(params, names[0] if len(names) == 1 else "pipeline")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+    current = names[0]
+    step_lines = re.compile(rf"^({'|'.join(STEP_NAMES)}): ")
     with log.open("w") as handle:
         handle.write(" ".join(command) + "\n")
         handle.flush()
-        completed = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env, check=False)
-    if completed.returncode != 0:
-        raise StepFailed(step.name, completed.returncode, log, failure_reason(step.name, log.read_text()))
-    return time.monotonic() - started
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=spark_env(), text=True, bufsize=1
+        )
+        section: list[str] = []
+        for line in process.stdout:
+            handle.write(line)
+            marker = line.removeprefix(STEP_MARKER).split() if line.startswith(STEP_MARKER) else None
+            if marker and marker[1] == "started":
+                current, section = marker[0], []
+            elif marker and marker[1] == "done":
+                seconds[marker[0]] = float(marker[2])
+            else:
+                section.append(line)
+                if step_lines.match(line):
+                    echo(line.rstrip())
+        returncode = process.wait()
+    if returncode != 0:
+        raise StepFailed(current, returncode, log, failure_reason(current, "".join(section)))
+    return seconds
 
 
-def run_local(params: PipelineParams, master: str = "local[*]", echo=print) -> dict:
-    """Runs ingest, features and pca; returns report.json with the wall time of each spark-submit."""
-    output = Path(params.output_uri)
-    logs = output / "_logs" / f"dt={params.dt}"
-    logs.mkdir(parents=True, exist_ok=True)
-    env = spark_env()
-    wall = {}
-    with tempfile.TemporaryDirectory(prefix="fruits-artifacts-") as folder:
-        artifacts = build_artifacts(Path(folder))
-        for step in pipeline_steps(params):
-            echo(f"[{step.name}] spark-submit ... (log: {logs / (step.name + '.log')})")
-            wall[step.name] = round(run_step(step, artifacts, logs, master, env), 2)
-    report_path = output / "report.json"
-    report = json.loads(report_path.read_text())
-    report["spark_submit_seconds"] = wall
-    report_path.write_text(json.dumps(report, indent=2))
-    return report
+def read_report(params: PipelineParams) -> dict:
+    """This run's report.json (its date's copy: the top-level one belongs to whichever run came last)."""
+    return json.loads(Path(Layout(params.output, params.dt).report()).read_text())
+
+
+def run_local(params: PipelineParams, master: str = "local[*]", echo=print) -> tuple[dict, dict[str, float]]:
+    """Runs ingest, features and pca in one Spark application; returns (report.json, seconds per step)."""
+    artifacts = stage_artifacts(params.output)
+    echo(f"spark-submit {LOCAL_APP}: {', '.join(STEP_NAMES)} (log: {log_path(params, 'pipeline')})")
+    started = time.monotonic()
+    seconds = run_steps(params, list(STEP_NAMES), artifacts, master, echo)
+    seconds["spark_submit"] = round(time.monotonic() - started, 2)
+    return read_report(params), seconds

@@ -23,9 +23,12 @@ from fruits_platform.artifacts import PROJECT_ROOT
 from fruits_platform.local.runner import LOCAL_SPARK_CONF, run_local, spark_env, spark_submit_binary
 from fruits_platform.pipeline import PipelineParams
 from fruits_platform.tools import quality
+from fruits_spark.contract import IMAGE_EXTENSIONS, INPUT_SIZES, PARAMS, STEP_NAMES, WEIGHTS_ENV
+from fruits_spark.layout import Layout
 
+# the date partition every bench run writes (its outputs are thrown away)
+BENCH_DAY = "2026-01-01"
 SHARED_IMAGES = PROJECT_ROOT.parent / "shared" / "data" / "fruits-360-sample"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def default_source() -> Path:
@@ -34,13 +37,13 @@ def default_source() -> Path:
 
 def prepare_images(source: Path, count: int, destination: Path) -> list[Path]:
     """``count`` distinct image files: the source's, then copies made unique by bytes after the JPEG end."""
-    originals = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    originals = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not originals:
         raise SystemExit(f"bench: no images under {source}")
     marker = destination / ".prepared.json"
     wanted = {"source": str(source), "count": count}
     if marker.exists() and json.loads(marker.read_text()) == wanted:
-        return sorted(p for p in destination.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        return sorted(p for p in destination.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
     shutil.rmtree(destination, ignore_errors=True)
     prepared = []
     for i in range(count):
@@ -155,14 +158,14 @@ def run_notebook(input_dir: Path, weights: str, work: Path) -> dict:
 def run_pipeline(input_dir: Path, weights: str, input_size: int, work: Path) -> dict:
     output = work / f"pipeline_{input_size}"
     shutil.rmtree(output, ignore_errors=True)
-    params = PipelineParams(str(input_dir), str(output), "2026-01-01", weights, 100, input_size)
+    params = PipelineParams(str(input_dir), str(output), BENCH_DAY, weights, input_size=input_size)
     with WorkerMemory() as memory:
-        report = run_local(params, echo=lambda _: None)
+        report, wall = run_local(params, echo=lambda _: None)
     return {
         "ok": report["counts"]["ok"],
         "features_seconds_in_job": report["step_seconds"]["features"],
-        "spark_submit_seconds": report["spark_submit_seconds"],
-        "whole_seconds": round(sum(report["spark_submit_seconds"].values()), 2),
+        "step_seconds": {name: wall[name] for name in STEP_NAMES},
+        "whole_seconds": wall["spark_submit"],
         "peak_worker_rss_mb": round(memory.peak_mb),
         "model_builds": report["model_builds"],
         "output": str(output),
@@ -171,16 +174,22 @@ def run_pipeline(input_dir: Path, weights: str, input_size: int, work: Path) -> 
 
 def embedding_quality(outputs: dict[int, str]) -> dict[int, dict]:
     """Per input size: accuracy of the PCA output, and agreement of the features with the 224 ones."""
-    reference = quality.read_vectors(outputs[224] + "/features", "features") if 224 in outputs else None
+
+    def dataset(output: str, name: str) -> str:
+        return Layout(output, BENCH_DAY).dataset(name)
+
+    reference = (
+        quality.read_vectors(dataset(outputs[224], "features"), "features") if 224 in outputs else None
+    )
     figures = {}
     for size, output in outputs.items():
-        paths, labels, reduced = quality.read_vectors(output + "/pca", "pca")
+        paths, labels, reduced = quality.read_vectors(dataset(output, "pca"), "pca")
         figures[size] = {
             "nearest_centroid_accuracy": round(quality.nearest_centroid_accuracy(paths, labels, reduced), 4),
             "one_shot_accuracy": round(quality.one_shot_accuracy(labels, reduced), 4),
         }
         if reference:
-            feature_paths, _, features = quality.read_vectors(output + "/features", "features")
+            feature_paths, _, features = quality.read_vectors(dataset(output, "features"), "features")
             figures[size]["cosine_to_224"] = round(
                 quality.mean_cosine(feature_paths, features, reference[0], reference[2]), 4
             )
@@ -205,13 +214,11 @@ def bench(args: argparse.Namespace) -> int:
     figures: dict = {"images": len(paths), "source": str(args.source), "cpus": os.cpu_count()}
     print(f"bench: {len(paths)} images from {args.source}, {os.cpu_count()} cores")
 
-    sizes = (96, 128, 160, 192, 224) if args.sizes else (args.input_size,)
+    sizes = INPUT_SIZES if args.sizes else (args.input_size,)
     for size in sizes:
         pipeline = run_pipeline(input_dir, weights, size, work)
         pipeline["features_img_per_s"] = _rate(pipeline["ok"], pipeline["features_seconds_in_job"])
-        pipeline["features_wall_img_per_s"] = _rate(
-            pipeline["ok"], pipeline["spark_submit_seconds"]["features"]
-        )
+        pipeline["features_wall_img_per_s"] = _rate(pipeline["ok"], pipeline["step_seconds"]["features"])
         pipeline["whole_img_per_s"] = _rate(pipeline["ok"], pipeline["whole_seconds"])
         figures[f"pipeline_{size}"] = pipeline
         print(
@@ -307,8 +314,8 @@ def register(commands) -> None:
         "--images", type=int, default=600, help="number of images (replicated past the source)"
     )
     parser.add_argument("--source", default=str(default_source()), help="folder of labelled images")
-    parser.add_argument("--weights", default=os.environ.get("FRUITS_WEIGHTS", "imagenet"))
-    parser.add_argument("--input-size", type=int, default=224, choices=(96, 128, 160, 192, 224))
+    PARAMS["weights"].add_argument(parser, default=os.environ.get(WEIGHTS_ENV, PARAMS["weights"].default))
+    PARAMS["input_size"].add_argument(parser)
     parser.add_argument("--sizes", action="store_true", help="also measure every input size and its accuracy")
     parser.add_argument("--skip", action="append", default=[], choices=["bare", "notebook"])
     parser.add_argument("--pca-rows", type=int, default=0, help="also time a PCA fit on this many rows")

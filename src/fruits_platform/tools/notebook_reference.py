@@ -18,13 +18,15 @@ from pyspark.ml.linalg import Vectors, VectorUDT
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from fruits_spark.contract import PARAMS
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--input", required=True)
     parser.add_argument("--output", required=True)
     parser.add_argument("--weights", required=True)
-    parser.add_argument("--k", type=int, default=100)
+    PARAMS["k"].add_argument(parser)
     args = parser.parse_args()
     started = time.monotonic()
     spark = SparkSession.builder.appName("notebook-reference").getOrCreate()

@@ -1,0 +1,96 @@
+"""A run of the EMR DAG, resolved once from its params, its date and the Airflow Variables.
+
+Every later task (guards, staging, cluster spec, cost report) reads the result, never the params again.
+Pure: no AWS call, no Airflow import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+from fruits_platform.aws import emr, guards, staging
+from fruits_platform.pipeline import PipelineParams
+
+# Airflow Variables the DAG reads (docker-compose passes them as AIRFLOW_VAR_<NAME>)
+VAR_BUCKET = "fruits_bucket"
+VAR_PRICE_TABLE = "fruits_price_table"
+VAR_JOB_FLOW_ROLE = "fruits_emr_job_flow_role"
+VAR_SERVICE_ROLE = "fruits_emr_service_role"
+VAR_SUBNET_ID = "fruits_emr_subnet_id"
+VAR_SECURITY_CONFIGURATION = "fruits_emr_security_configuration"
+VARIABLES = (
+    VAR_BUCKET,
+    VAR_PRICE_TABLE,
+    VAR_JOB_FLOW_ROLE,
+    VAR_SERVICE_ROLE,
+    VAR_SUBNET_ID,
+    VAR_SECURITY_CONFIGURATION,
+)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    bucket: str
+    region: str
+    dt: str
+    input_prefix: str
+    output_prefix: str
+    pipeline: dict
+    instance_type: str
+    core_nodes: int
+    use_spot: bool
+    budget_eur: float
+    price_table: str | None
+    job_flow_role: str
+    service_role: str
+    subnet_id: str | None
+    security_configuration: str | None
+
+    @property
+    def input_uri(self) -> str:
+        return self.pipeline["input"]
+
+    @property
+    def output_uri(self) -> str:
+        return self.pipeline["output"]
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "input_uri": self.input_uri, "output_uri": self.output_uri}
+
+    @classmethod
+    def from_dict(cls, values: Mapping) -> RunSettings:
+        return cls(**{name: values[name] for name in cls.__dataclass_fields__})
+
+
+def resolve_settings(params: Mapping, upload_day: str, variables: Mapping[str, str | None]) -> RunSettings:
+    """The run's settings; GuardRefused (one line) when a param or Variable is unusable."""
+    bucket = guards.require_bucket(params["bucket"] or variables.get(VAR_BUCKET))
+    input_prefix = guards.input_prefix(params["input"], upload_day)
+    output_prefix = params["output"].strip().lstrip("/").rstrip("/") + "/"
+    try:
+        pipeline = PipelineParams.from_mapping(
+            params,
+            input=staging.s3_uri(bucket, input_prefix),
+            output=staging.s3_uri(bucket, output_prefix),
+            dt=upload_day,
+        )
+    except ValueError as error:
+        raise guards.GuardRefused(f"param {error}") from None
+    return RunSettings(
+        bucket=bucket,
+        region=params["region"],
+        dt=upload_day,
+        input_prefix=input_prefix,
+        output_prefix=output_prefix,
+        pipeline=pipeline.as_dict(),
+        instance_type=params["instance_type"],
+        core_nodes=int(params["core_nodes"]),
+        use_spot=bool(params["use_spot"]),
+        budget_eur=float(params["budget_eur"]),
+        price_table=variables.get(VAR_PRICE_TABLE),
+        job_flow_role=variables.get(VAR_JOB_FLOW_ROLE) or emr.JOB_FLOW_ROLE,
+        service_role=variables.get(VAR_SERVICE_ROLE) or emr.SERVICE_ROLE,
+        subnet_id=variables.get(VAR_SUBNET_ID),
+        security_configuration=variables.get(VAR_SECURITY_CONFIGURATION),
+    )

@@ -1,0 +1,34 @@
+"""Airflow Params derived from the pipeline contract: both DAGs' trigger forms show the same names, types,
+defaults, bounds and help as ``fruits run-local --help`` and the Spark jobs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import Param
+
+from fruits_spark.contract import PARAMS
+
+_JSON_TYPES = {str: "string", int: "integer", bool: "boolean"}
+
+
+def run_param(name: str, **overrides: Any) -> Param:
+    """The contract's param ``name`` as an Airflow Param; ``overrides`` (default, description, type...)
+    say what differs on one DAG, e.g. where its input lives."""
+    param = PARAMS[name]
+    schema: dict[str, Any] = {
+        "type": _JSON_TYPES[param.kind],
+        "title": param.title,
+        "description": param.help,
+    }
+    if param.choices is not None:
+        schema["enum"] = list(param.choices)
+    if param.minimum is not None:
+        schema.update(minimum=param.minimum, maximum=param.maximum)
+    if param.pattern is not None:
+        schema["pattern"] = param.pattern
+    if param.kind is str and param.pattern is None:
+        schema["minLength"] = 1
+    schema.update(overrides)
+    default = schema.pop("default", param.default)
+    return Param(default, **schema)

@@ -1,0 +1,98 @@
+"""The pipeline contract: every command line, trigger form and step agrees on names, bounds and defaults."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from fruits_platform.cli import build_parser
+from fruits_platform.pipeline import PipelineParams, pipeline_steps
+from fruits_spark import contract
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+RUN = {"input": "/data/in", "output": "/data/out", "dt": "2026-11-20"}
+
+
+def test_step_command_lines_parse_back_to_the_run_params():
+    """What a DAG or the CLI submits is exactly what each job's own parser reads."""
+    params = PipelineParams(**RUN, weights="s3://b/w.weights.h5", input_size=160, k=7, refit=True)
+    for step in pipeline_steps(params):
+        parsed = vars(contract.step_parser(step.name, "").parse_args(list(step.args)))
+        for param in contract.step_params(step.name):
+            assert parsed[param.name] == getattr(params, param.name), (step.name, param.name)
+
+
+def test_a_step_takes_only_its_own_params():
+    params = PipelineParams(**RUN, refit=True)
+    ingest, features, pca = pipeline_steps(params)
+    assert "--k" not in ingest.args
+    assert "--k" not in features.args
+    assert "--refit" in pca.args
+    assert "--weights" in features.args
+    assert "--input" in ingest.args
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"k": 0}, "k must be within 1..1280"),
+        ({"k": 1281}, "k must be within 1..1280"),
+        ({"k": 2.5}, "k must be a whole number"),
+        ({"input_size": 200}, "input_size must be one of 96, 128, 160, 192, 224"),
+        ({"dt": "20-11-2026"}, "dt must match"),
+        ({"weights": ""}, "weights must not be empty"),
+        ({"refit": "yes"}, "refit must be true or false"),
+    ],
+)
+def test_run_params_are_validated_with_a_clear_message(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        PipelineParams(**{**RUN, **overrides})
+
+
+@pytest.mark.parametrize("step", contract.STEP_NAMES)
+def test_job_parsers_refuse_out_of_contract_values(step, capsys):
+    base = ["--output", "/o", "--dt", "2026-11-20"] + (["--input", "/i"] if step == "ingest" else [])
+    bad = {"ingest": ["--dt", "yesterday"], "features": ["--input-size", "100"], "pca": ["--k", "0"]}[step]
+    with pytest.raises(SystemExit) as exit_info:
+        contract.step_parser(step, "").parse_args(base + bad)
+    assert exit_info.value.code == 2
+    assert "argument" in capsys.readouterr().err
+
+
+def test_cli_flags_and_defaults_are_the_contracts(monkeypatch):
+    monkeypatch.delenv(contract.WEIGHTS_ENV, raising=False)
+    args = build_parser().parse_args(["run-local", "--input", "i", "--output", "o"])
+    for param in contract.RUN_PARAMS:
+        if param.default is not None:
+            assert getattr(args, param.name) == param.default, param.name
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run-local", "--input", "i", "--output", "o", "--k", "5000"])
+
+
+def triggered_with(dag, conf: dict) -> dict:
+    params = copy.deepcopy(dag.params)
+    params.update(conf)
+    return params.validate()
+
+
+def load_dag(name: str):
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(PROJECT_ROOT / "dags" / f"{name}.py")).dags[name]
+
+
+@pytest.mark.parametrize("dag_id", ["fruits_features_local", "fruits_features_emr"])
+def test_both_dags_name_and_bound_the_run_params_like_the_cli(dag_id):
+    """One input has one name everywhere, and a trigger form refuses what the jobs would refuse."""
+    from airflow.sdk.exceptions import ParamValidationError
+
+    dag = load_dag(dag_id)
+    shared = {"input", "output", "weights", "k", "input_size", "refit"}
+    assert shared <= set(dag.params)
+    for conf in ({"k": 0}, {"k": 1281}, {"input_size": 100}):
+        with pytest.raises(ParamValidationError):
+            triggered_with(dag, conf)
+    for name in ("k", "input_size", "refit"):
+        assert dag.params[name] == contract.PARAMS[name].default, name

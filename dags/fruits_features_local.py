@@ -76,14 +76,14 @@ with DAG(
         return PipelineParams.from_mapping(context["params"], dt=upload_day).as_dict()
 
     @task
-    def stage_artifacts(params: dict) -> str:
+    def stage_artifacts(run: dict) -> str:
         """Builds the step artifacts once per content; the Spark steps read them from this folder."""
-        return str(runner.stage_artifacts(params["output"]))
+        return str(runner.stage_artifacts(run["output"]))
 
     def spark_step(name: str):
         @task(task_id=name)
-        def run(params: dict, artifacts: str) -> dict:
-            pipeline = PipelineParams(**params)
+        def run(run: dict, artifacts: str) -> dict:
+            pipeline = PipelineParams(**run)
             print(f"running {name}; Spark log: {runner.log_path(pipeline, name)}")
             seconds = runner.run_steps(pipeline, [name], Path(artifacts), SPARK_MASTER)[name]
             return {"step": name, "seconds": seconds, "log": str(runner.log_path(pipeline, name))}
@@ -91,10 +91,10 @@ with DAG(
         return run
 
     @task
-    def summarize(params: dict) -> dict:
+    def summarize(run: dict) -> dict:
         """Publishes the run's report.json figures as this task's XCom and prints where everything is."""
-        report = runner.read_report(PipelineParams(**params))
-        print(f"outputs: {params['output']}; counts of dt={report['dt']}: {report['counts']}")
+        report = runner.read_report(PipelineParams(**run))
+        print(f"outputs: {run['output']}; counts of dt={report['dt']}: {report['counts']}")
         cumulative = report["cumulative_explained_variance"]
         return {
             "dt": report["dt"],
@@ -103,10 +103,10 @@ with DAG(
             "k": report["k"],
             "explained_variance_at_k": cumulative[-1] if cumulative else None,
             "pca_model_version": report["pca_model_version"],
-            "report": Layout(params["output"], params["dt"]).report(REPORT_HTML),
+            "report": Layout(run["output"], run["dt"]).report(REPORT_HTML),
         }
 
-    params = resolve_params()
-    artifacts = stage_artifacts(params)
-    steps = [spark_step(name)(params, artifacts) for name in STEP_NAMES]
-    chain(artifacts, *steps, summarize(params))
+    run = resolve_params()
+    artifacts = stage_artifacts(run)
+    steps = [spark_step(name)(run, artifacts) for name in STEP_NAMES]
+    chain(artifacts, *steps, summarize(run))

@@ -10,12 +10,12 @@ Runs daily at 02:00 UTC; each run processes the uploads of its data interval, `u
 | task | what it does |
 | --- | --- |
 | `check_gdpr` | region in the EU allow-list, bucket in that region with default encryption, params sane |
-| `check_budget` | counts the input images, estimates the worst-case cost, refuses above `budget_eur` |
+| `check_budget` | counts the images, bounds the cost from the run's enforced limits, refuses > `budget_eur` |
 | `stage_artifacts` | code, bootstrap and weights to `s3://<bucket>/artifacts/<content hash>/` (SSE) |
 | `create_cluster` | the run's cluster (reuses the one an earlier try created) |
 | `add_steps` | ingest, features, pca as `spark-submit` steps |
 | `watch_<step>` | waits for one step; a failure names the step and its log |
-| `terminate_cluster` | teardown: always terminates the cluster, whatever happened |
+| `terminate_cluster` | teardown: always terminates the cluster (TERMINATED_WITH_ERRORS counts as ended) |
 | `report_cost` | teardown: cluster hours and estimated cost, the run summary (XCom) |
 
 Params: `bucket` (empty: Variable `fruits_bucket`), `input_prefix` (empty: the day's uploads),
@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
-from airflow.providers.amazon.aws.operators.emr import EmrAddStepsOperator, EmrTerminateJobFlowOperator
+from airflow.providers.amazon.aws.operators.emr import EmrAddStepsOperator
 from airflow.sdk import (
     DAG,
     CronDataIntervalTimetable,
@@ -49,7 +49,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from botocore.exceptions import BotoCoreError, ClientError
 
 from fruits_platform import emr, guards, pricing, staging
-from fruits_platform.run_report import add_cost_to_report
+from fruits_platform.run_report import add_cost_to_report, report_of_run, run_outcome
 from fruits_platform.steps import K_RANGE, STEP_NAMES, PipelineParams
 
 DAG_ID = "fruits_features_emr"
@@ -141,16 +141,16 @@ def encryption_rules(s3, bucket: str) -> list[dict]:
         raise
 
 
-def check_subnet(subnet_id: str | None, region: str) -> None:
-    """The subnet the cluster will use (Variable fruits_emr_subnet_id), if any, exists in ``region``."""
-    if not subnet_id:
-        return
+def check_subnet(subnet_id: str, region: str) -> str:
+    """The cluster's subnet (Variable fruits_emr_subnet_id) exists in ``region``, is tagged for EMR's v2
+    managed policy and reaches the internet: refused here, before any cluster exists, not minutes later."""
     try:
-        aws_client("ec2", region).describe_subnets(SubnetIds=[subnet_id])
-    except (ClientError, BotoCoreError) as error:
+        subnet, vpc, route_tables = emr.subnet_facts(aws_client("ec2", region), subnet_id)
+    except (ClientError, BotoCoreError, IndexError) as error:
         raise guards.GuardRefused(
             f"subnet {subnet_id} (Variable {VAR_SUBNET_ID}) not usable in {region}: {error}"
         ) from None
+    return guards.check_subnet(subnet, vpc, route_tables, region, VAR_SUBNET_ID)
 
 
 def wait_for_termination(client, cluster_id: str, attempts: int = 20) -> dict:
@@ -206,7 +206,10 @@ with DAG(
                     f"(s3:GetEncryptionConfiguration): {error}"
                 ) from None
             algorithm = guards.check_default_encryption(bucket, rules)
-            check_subnet(variable(VAR_SUBNET_ID), region)
+            required = guards.require_variables(
+                {name: variable(name) for name in (VAR_SERVICE_ROLE, VAR_JOB_FLOW_ROLE, VAR_SUBNET_ID)}
+            )
+            route = check_subnet(required[VAR_SUBNET_ID], region)
         except (guards.GuardRefused, ValueError) as refusal:
             raise refuse(str(refusal)) from None
         prefix = guards.input_prefix(params["input_prefix"], upload_day)
@@ -222,11 +225,12 @@ with DAG(
             "bucket_encryption": algorithm,
         }
         print(f"GDPR checks passed: {region}, bucket {bucket} ({algorithm}); input {settings['input_uri']}")
+        print(f"subnet {required[VAR_SUBNET_ID]} tagged for EMR, internet through {route}")
         return settings
 
     @task(multiple_outputs=True)
     def check_budget(settings: dict) -> dict:
-        """Cost guard: worst case = instances x hourly price x (startup + expected run + idle timeout)."""
+        """Cost guard: a bound from the limits the run enforces (guards.CostEstimate), against budget_eur."""
         params = get_current_context()["params"]
         s3 = aws_client("s3", settings["region"])
         objects, images = staging.count_images(s3, settings["bucket"], settings["input_prefix"])
@@ -236,6 +240,7 @@ with DAG(
             )
         try:
             table = pricing.load_price_table(variable(VAR_PRICE_TABLE))
+            sizing = emr.executor_sizing(table, params["instance_type"], int(params["core_nodes"]))
             estimate = guards.estimate_worst_case(
                 table,
                 instance_type=params["instance_type"],
@@ -244,20 +249,26 @@ with DAG(
                 images=images,
                 idle_timeout_seconds=emr.IDLE_TIMEOUT_SECONDS,
                 budget_eur=float(params["budget_eur"]),
+                ebs_gib_per_instance=emr.EBS_GIB_PER_INSTANCE,
+                executor_cores=sizing.total_executor_cores,
             )
             print(f"{images} images ({objects} objects); {estimate.summary()}")
+            print(f"executors: {sizing.as_dict()}")
             guards.check_budget(estimate)
-        except (guards.GuardRefused, pricing.PriceTableError) as refusal:
+        except (guards.GuardRefused, pricing.PriceTableError, ValueError) as refusal:
             raise refuse(str(refusal)) from None
+        timeouts = guards.sensor_timeouts(estimate.step_limit_seconds, STEP_NAMES)
         return {
             "images": images,
             "objects": objects,
             "estimate": estimate.as_dict(),
-            "sensor_timeout_seconds": guards.sensor_timeout_seconds(images, estimate.executor_vcpus),
+            "step_limit_seconds": estimate.step_limit_seconds,
+            "on_demand_usd": pricing.instance_prices(table, params["instance_type"])["ec2_on_demand_usd"],
+            **{f"sensor_timeout_{name}": seconds for name, seconds in timeouts.items()},
         }
 
     @task(multiple_outputs=True, retries=2, retry_delay=dt.timedelta(seconds=30))
-    def stage_artifacts(settings: dict) -> dict:
+    def stage_artifacts(settings: dict, step_limit_seconds: int, on_demand_usd: float) -> dict:
         """Code, bootstrap and weights to S3 (once per content), then the cluster and step definitions."""
         context = get_current_context()
         params = context["params"]
@@ -290,18 +301,27 @@ with DAG(
             use_spot=bool(params["use_spot"]),
             bootstrap_script_uri=staged.bootstrap_script_uri,
             requirements_uri=staged.requirements_uri,
-            configurations=emr.emr_configurations(staged.spark_env),
+            configurations=emr.emr_configurations(
+                staged.spark_env,
+                emr.executor_sizing(
+                    pricing.load_price_table(variable(VAR_PRICE_TABLE)),
+                    params["instance_type"],
+                    int(params["core_nodes"]),
+                ),
+            ),
             tags=emr.cluster_tags(DAG_ID, context["run_id"], settings["dt"]),
-            job_flow_role=variable(VAR_JOB_FLOW_ROLE) or emr.JOB_FLOW_ROLE,
-            service_role=variable(VAR_SERVICE_ROLE) or emr.SERVICE_ROLE,
+            # check_gdpr refused the run if any of these was unset: no default-role fallback
+            job_flow_role=variable(VAR_JOB_FLOW_ROLE),
+            service_role=variable(VAR_SERVICE_ROLE),
             subnet_id=variable(VAR_SUBNET_ID),
+            on_demand_usd=float(on_demand_usd),
             security_configuration=variable(VAR_SECURITY_CONFIGURATION),
         )
         return {
             "artifacts_uri": staged.artifacts_uri,
             "weights_uri": staged.weights_uri,
             "job_flow_overrides": overrides,
-            "steps": emr.emr_steps(pipeline, staged.artifacts_uri),
+            "steps": emr.emr_steps(pipeline, staged.artifacts_uri, int(step_limit_seconds)),
         }
 
     @task
@@ -311,22 +331,32 @@ with DAG(
         cluster = wait_for_termination(aws_client("emr", settings["region"]), cluster_id)
         timeline = cluster["Status"].get("Timeline", {})
         ended = timeline.get("EndDateTime") or dt.datetime.now(dt.UTC)
-        hours, cost = guards.actual_cost_eur(estimate["hourly_eur"], timeline["CreationDateTime"], ended)
-        failures = context["ti"].xcom_pull(task_ids=[f"watch_{name}" for name in STEP_NAMES], key="failure")
-        failures = [f for f in (failures or []) if f]
+        # priced at the expected rate (typical Spot price): the bound's caps would overstate a Spot run
+        hours, cost = guards.actual_cost_eur(
+            estimate["expected_hourly_eur"], timeline["CreationDateTime"], ended
+        )
+        ti = context["ti"]
+        watchers = [f"watch_{name}" for name in STEP_NAMES]
+        states = ti.get_task_states(dag_id=ti.dag_id, task_ids=watchers, run_ids=[ti.run_id]).get(
+            ti.run_id, {}
+        )
+        failures = ti.xcom_pull(task_ids=watchers, key="failure") or []
+        succeeded, failure = run_outcome(states, watchers, failures)
         summary = {
             "dt": settings["dt"],
             "input": settings["input_uri"],
             "output": settings["output_uri"],
             "cluster_id": cluster_id,
             "cluster_state": cluster["Status"]["State"],
-            "succeeded": not failures,
-            "failure": failures[0] if failures else None,
+            "succeeded": succeeded,
+            "failure": failure,
+            "steps": states,
             "cost": {
                 "cluster_hours": hours,
                 "normalized_instance_hours": cluster.get("NormalizedInstanceHours"),
                 "estimated_cost_eur": cost,
-                "hourly_eur": estimate["hourly_eur"],
+                "hourly_eur": estimate["expected_hourly_eur"],
+                "bound_hourly_eur": estimate["hourly_eur"],
                 "estimated_worst_case_eur": estimate["worst_case_eur"],
                 "budget_eur": estimate["budget_eur"],
                 "prices_as_of": estimate["prices_as_of"],
@@ -335,11 +365,17 @@ with DAG(
         s3 = aws_client("s3", settings["region"])
         reports = f"{settings['output_prefix']}reports/dt={settings['dt']}/"
         try:
-            if not failures:
-                # the latest-run copy and the dated copy both get the cost
-                for folder in (settings["output_prefix"], reports):
-                    report = add_cost_to_report(s3, settings["bucket"], folder, summary["cost"])
-                summary["counts"] = report.get("counts")
+            # the latest-run copy and the dated copy both get the cost, each only if this run wrote it
+            for folder in (settings["output_prefix"], reports) if succeeded else ():
+                report = report_of_run(
+                    s3, settings["bucket"], folder, settings["dt"], timeline["CreationDateTime"]
+                )
+                if report is None:
+                    print(f"{folder}report.json is not this run's: no cost written into it")
+                    continue
+                summary["counts"] = add_cost_to_report(
+                    s3, settings["bucket"], folder, summary["cost"], report
+                ).get("counts")
             s3.put_object(
                 Bucket=settings["bucket"],
                 Key=reports + "cost.json",
@@ -348,7 +384,7 @@ with DAG(
             )
         except (ClientError, ValueError) as error:
             print(f"report.json not read or cost.json not written under {reports}: {error}")
-        outcome = "steps succeeded" if not failures else "FAILED: " + failures[0]["message"]
+        outcome = "steps succeeded" if succeeded else "FAILED: " + failure["message"]
         print(
             f"run summary: {outcome}; cluster {cluster_id} {summary['cluster_state']} after {hours:.2f} h, "
             f"~{cost:.2f} EUR "
@@ -366,7 +402,7 @@ with DAG(
 
     settings = check_gdpr()
     plan = check_budget(settings)
-    staged = stage_artifacts(settings)
+    staged = stage_artifacts(settings, plan["step_limit_seconds"], plan["on_demand_usd"])
 
     region = "{{ params.region }}"
     create_cluster = emr.FruitsCreateJobFlowOperator(
@@ -396,7 +432,7 @@ with DAG(
             job_flow_id=create_cluster.output,
             step_ids=add_steps.output,
             step_name=name,
-            timeout_seconds=plan["sensor_timeout_seconds"],
+            timeout_seconds=plan[f"sensor_timeout_{name}"],
             poke_interval=POKE_SECONDS,
             mode="poke" if DEFERRABLE else "reschedule",
             deferrable=DEFERRABLE,
@@ -405,7 +441,7 @@ with DAG(
         )
         for name in STEP_NAMES
     ]
-    terminate_cluster = EmrTerminateJobFlowOperator(
+    terminate_cluster = emr.FruitsTerminateJobFlowOperator(
         task_id="terminate_cluster",
         job_flow_id=create_cluster.output,
         aws_conn_id=AWS_CONN_ID,

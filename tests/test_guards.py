@@ -29,28 +29,54 @@ def test_hourly_price_is_table_figures_times_instances():
     assert spot < on_demand
 
 
-def test_worst_case_covers_startup_run_and_idle_timeout():
-    table = pricing.load_price_table()
-    estimate = guards.estimate_worst_case(
-        table,
+def bound(images=96_000, use_spot=False, core_nodes=2, budget_eur=10.0, **kwargs):
+    return guards.estimate_worst_case(
+        pricing.load_price_table(),
         instance_type="m5.xlarge",
-        core_nodes=2,
-        use_spot=False,
-        images=96_000,
+        core_nodes=core_nodes,
+        use_spot=use_spot,
+        images=images,
         idle_timeout_seconds=900,
-        budget_eur=10,
+        budget_eur=budget_eur,
+        ebs_gib_per_instance=94,
+        **kwargs,
     )
 
-    vcpus = 2 * table["instances"]["m5.xlarge"]["vcpus"]
-    run_seconds = guards.STEPS * guards.STEP_OVERHEAD_SECONDS + 96_000 / (
-        guards.IMAGES_PER_SECOND_PER_VCPU * vcpus
+
+def test_bound_covers_the_longest_run_the_limits_allow():
+    """The sensors' timeouts (each step's limit, the first one plus start-up) and the idle timeout are what
+    the run enforces: the bound's hours must cover all of them back to back."""
+    estimate = bound()
+    timeouts = guards.sensor_timeouts(estimate.step_limit_seconds, ("ingest", "features", "pca"))
+    longest = sum(timeouts.values()) + max(900, guards.TERMINATION_SECONDS)
+    assert estimate.hours * 3600 >= longest - 1
+    # the step limit leaves room for the expected compute: a normal run is never killed by it
+    assert estimate.step_limit_seconds >= guards.expected_run_seconds(96_000, estimate.executor_vcpus) / 3
+    assert estimate.expected_hours < estimate.hours
+    assert estimate.expected_eur < estimate.worst_case_eur
+
+
+def test_spot_is_bounded_at_its_cap_and_ebs_is_counted():
+    table = pricing.load_price_table()
+    m5 = table["instances"]["m5.xlarge"]
+    on_demand, spot = bound(), bound(use_spot=True)
+
+    # Spot core nodes may cost up to their max price (On-Demand): the bound cannot assume the typical price
+    assert spot.worst_case_eur == on_demand.worst_case_eur
+    assert spot.expected_eur < on_demand.expected_eur
+    cap = 3 * (m5["ec2_on_demand_usd"] + m5["emr_usd"]) * table["usd_to_eur"]
+    assert spot.instance_hourly_eur == pytest.approx(cap, abs=1e-3)
+    ebs = 3 * 94 * table["ebs_gp3_usd_per_gb_month"] / 730 * table["usd_to_eur"]
+    assert on_demand.ebs_hourly_eur == pytest.approx(ebs, abs=1e-3)
+    assert on_demand.hourly_eur > on_demand.instance_hourly_eur + on_demand.ebs_hourly_eur - 1e-3
+    assert bound(public_ipv4=False).hourly_eur < on_demand.hourly_eur
+
+
+def test_fewer_executor_cores_mean_longer_limits():
+    """Memory sizing may leave vCPUs without a Python worker: the limits follow the cores really used."""
+    assert (
+        bound(images=500_000, executor_cores=6).step_limit_seconds > bound(images=500_000).step_limit_seconds
     )
-    hours = (guards.CLUSTER_STARTUP_SECONDS + run_seconds + 900) / 3600
-    assert estimate.executor_vcpus == vcpus
-    assert estimate.instances == 3
-    assert estimate.hours == pytest.approx(hours, abs=1e-3)
-    assert estimate.worst_case_eur == pytest.approx(hours * estimate.hourly_eur, abs=0.01)
-    assert estimate.prices_as_of == pricing.PRICES_AS_OF
 
 
 def test_single_node_cluster_computes_on_the_primary():
@@ -62,15 +88,7 @@ def test_single_node_cluster_computes_on_the_primary():
 
 
 def test_budget_refusal_gives_the_figures():
-    estimate = guards.estimate_worst_case(
-        pricing.load_price_table(),
-        instance_type="m5.xlarge",
-        core_nodes=2,
-        use_spot=False,
-        images=100,
-        idle_timeout_seconds=900,
-        budget_eur=0.1,
-    )
+    estimate = bound(images=100, budget_eur=0.1)
     with pytest.raises(GuardRefused) as refused:
         guards.check_budget(estimate)
     message = str(refused.value)
@@ -78,17 +96,7 @@ def test_budget_refusal_gives_the_figures():
     assert f"{estimate.worst_case_eur:.2f} EUR exceeds budget_eur 0.1" in message
     assert "3 x m5.xlarge" in message
     assert "idle timeout 0.25" in message
-    guards.check_budget(
-        guards.estimate_worst_case(
-            pricing.load_price_table(),
-            instance_type="m5.xlarge",
-            core_nodes=2,
-            use_spot=False,
-            images=100,
-            idle_timeout_seconds=900,
-            budget_eur=10,
-        )
-    )
+    guards.check_budget(bound(images=100, budget_eur=10))
 
 
 def test_price_table_variable_overrides_defaults():
@@ -116,12 +124,15 @@ def test_every_offered_instance_type_has_a_price():
         assert prices["vcpus"] >= 4
 
 
-def test_sensor_timeout_has_a_floor_and_grows_with_the_batch():
-    assert guards.sensor_timeout_seconds(10, 8) == guards.SENSOR_TIMEOUT_FLOOR_SECONDS
-    big = guards.sensor_timeout_seconds(1_000_000, 8)
-    assert big > guards.SENSOR_TIMEOUT_FLOOR_SECONDS
-    assert big >= guards.SENSOR_SAFETY_FACTOR * 1_000_000 / (guards.IMAGES_PER_SECOND_PER_VCPU * 8)
-    assert guards.sensor_timeout_seconds(1_000_000, 16) < big
+def test_step_limit_has_a_floor_and_grows_with_the_batch():
+    assert guards.step_limit_seconds(10, 8) == guards.STEP_LIMIT_FLOOR_SECONDS
+    big = guards.step_limit_seconds(1_000_000, 8)
+    assert big >= guards.STEP_LIMIT_FACTOR * 1_000_000 / (guards.IMAGES_PER_SECOND_PER_VCPU * 8)
+    assert guards.step_limit_seconds(1_000_000, 16) < big
+    timeouts = guards.sensor_timeouts(big, ("ingest", "features", "pca"))
+    # only the first sensor waits for the cluster's start-up; every sensor outlasts its step's limit
+    assert timeouts["ingest"] - timeouts["features"] == guards.STARTUP_LIMIT_SECONDS
+    assert min(timeouts.values()) > big
 
 
 def test_actual_cost_from_timeline():
@@ -245,3 +256,70 @@ def test_backfill_runs_of_the_dag_timetable_map_to_their_days():
 )
 def test_input_prefix_param_or_the_days_uploads(param, expected):
     assert guards.input_prefix(param, "2026-11-05") == expected
+
+
+# -- what must exist before a cluster is paid for ---------------------------------------------------------
+TAG = [{"Key": "for-use-with-amazon-emr-managed-policies", "Value": "true"}]
+VPC = {"VpcId": "vpc-1", "Tags": TAG}
+
+
+def route_table(*routes, subnet_id=None, main=False):
+    association = {"Main": main, **({"SubnetId": subnet_id} if subnet_id else {})}
+    return {"RouteTableId": "rtb-1", "Associations": [association], "Routes": list(routes)}
+
+
+DEFAULT_TO_IGW = {"DestinationCidrBlock": "0.0.0.0/0", "GatewayId": "igw-1", "State": "active"}
+DEFAULT_TO_NAT = {"DestinationCidrBlock": "0.0.0.0/0", "NatGatewayId": "nat-1", "State": "active"}
+LOCAL = {"DestinationCidrBlock": "10.0.0.0/16", "GatewayId": "local", "State": "active"}
+
+
+def subnet(tagged=True, public_ip=False):
+    return {
+        "SubnetId": "subnet-1",
+        "VpcId": "vpc-1",
+        "MapPublicIpOnLaunch": public_ip,
+        **({"Tags": TAG} if tagged else {}),
+    }
+
+
+def test_missing_variables_are_all_named():
+    with pytest.raises(GuardRefused) as refused:
+        guards.require_variables({"fruits_emr_service_role": "r", "fruits_emr_subnet_id": "", "b": None})
+    assert "Airflow Variable(s) b, fruits_emr_subnet_id not set" in str(refused.value)
+    assert guards.require_variables({"a": "x"}) == {"a": "x"}
+
+
+@pytest.mark.parametrize(
+    ("tagged_subnet", "tagged_vpc", "refused"),
+    [
+        (False, True, "subnet subnet-1 (Variable"),
+        (True, False, "VPC vpc-1 (Variable"),
+        (False, False, "and VPC"),
+    ],
+)
+def test_untagged_subnet_or_vpc_is_refused(tagged_subnet, tagged_vpc, refused):
+    vpc = VPC if tagged_vpc else {"VpcId": "vpc-1"}
+    tables = [route_table(LOCAL, DEFAULT_TO_NAT, main=True)]
+    with pytest.raises(
+        GuardRefused, match="lack the tag for-use-with-amazon-emr-managed-policies=true"
+    ) as error:
+        guards.check_subnet(subnet(tagged=tagged_subnet), vpc, tables, "eu-west-3", "fruits_emr_subnet_id")
+    assert refused in str(error.value)
+
+
+def test_subnet_needs_a_route_to_pypi():
+    check = guards.check_subnet
+    # private subnet behind a NAT gateway (through the VPC's main table): fine
+    assert "NAT gateway nat-1" in check(
+        subnet(), VPC, [route_table(LOCAL, DEFAULT_TO_NAT, main=True)], "r", "v"
+    )
+    # public subnet: an internet gateway route is only usable with public IPs on the instances
+    public = [route_table(LOCAL, DEFAULT_TO_IGW, subnet_id="subnet-1")]
+    assert "internet gateway igw-1" in check(subnet(public_ip=True), VPC, public, "r", "v")
+    for tables, node in ((public, subnet()), ([route_table(LOCAL, main=True)], subnet(public_ip=True))):
+        with pytest.raises(GuardRefused, match="no route to the internet"):
+            check(node, VPC, tables, "r", "v")
+    # the subnet's own table wins over the main one (EC2's rule)
+    own_without_route = route_table(LOCAL, subnet_id="subnet-1")
+    with pytest.raises(GuardRefused, match="no route to the internet"):
+        check(subnet(), VPC, [own_without_route, route_table(LOCAL, DEFAULT_TO_NAT, main=True)], "r", "v")

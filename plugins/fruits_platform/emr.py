@@ -14,11 +14,14 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from airflow.providers.amazon.aws.operators.emr import EmrCreateJobFlowOperator
+from airflow.providers.amazon.aws.operators.emr import EmrCreateJobFlowOperator, EmrTerminateJobFlowOperator
 from airflow.providers.amazon.aws.sensors.emr import EmrStepSensor
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
+from fruits_platform.artifacts import bootstrap_dir
 from fruits_platform.local_run import failure_reason
+from fruits_platform.sizing import ExecutorSizing, inference_engine, size_executors
+from fruits_platform.staging import BOOTSTRAP_REQUIREMENTS
 from fruits_platform.steps import STEP_NAMES, PipelineParams, pipeline_steps, spark_submit_args
 
 AWS_CONN_ID = "aws_default"
@@ -28,8 +31,16 @@ RELEASE_LABEL = "emr-7.10.0"
 # teardown (worker lost, scheduler down). Steps are added right after creation, so the cluster is never
 # idle before or between steps; 15 min leaves room to re-add a step by hand while debugging.
 IDLE_TIMEOUT_SECONDS = 900
-JOB_FLOW_ROLE = "EMR_EC2_DefaultRole"
-SERVICE_ROLE = "EMR_DefaultRole"
+# Root volume of every node: the bootstrap's venv (~1.8 GB) and pip's temporary files come on top of the
+# AMI; EMR's default (15 GiB) leaves too little. Counted in the cost bound with the data volume.
+ROOT_VOLUME_GIB = 30
+# One gp3 data volume per node (HDFS, YARN local dirs: shuffle and spills) instead of EMR's per-type default,
+# so that the cost bound knows the size
+DATA_VOLUME_GIB = 64
+EBS_GIB_PER_INSTANCE = ROOT_VOLUME_GIB + DATA_VOLUME_GIB
+# `timeout` (coreutils on every EMR node) wraps each step's spark-submit: the step's limit is enforced on the
+# cluster even when Airflow is gone; --kill-after ends a spark-submit that ignores SIGTERM
+STEP_TIMEOUT_KILL_AFTER_SECONDS = 60
 CLUSTER_NAME_PREFIX = "fruits-features"
 LOG_PREFIX = "emr-logs/"
 VENV_PYTHON = "/opt/fruits-venv/bin/python"
@@ -58,9 +69,11 @@ EMRFS_SSE: dict[str, Any] = {
 }
 
 
-def emr_steps(params: PipelineParams, artifacts_uri: str) -> list[dict[str, Any]]:
-    """The pipeline's steps as EMR steps: ``spark-submit --deploy-mode client`` through command-runner."""
+def emr_steps(params: PipelineParams, artifacts_uri: str, step_limit_seconds: int) -> list[dict[str, Any]]:
+    """The pipeline's steps as EMR steps: ``timeout <limit> spark-submit --deploy-mode client`` through
+    command-runner; a step past its limit exits 124, EMR marks it FAILED and TERMINATE_CLUSTER follows."""
     steps = []
+    limit = ["timeout", f"--kill-after={STEP_TIMEOUT_KILL_AFTER_SECONDS}", f"{int(step_limit_seconds)}s"]
     for step in pipeline_steps(params):
         submit = spark_submit_args(step, artifacts_uri, EMR_SPARK_CONF)
         steps.append(
@@ -70,23 +83,56 @@ def emr_steps(params: PipelineParams, artifacts_uri: str) -> list[dict[str, Any]
                 "ActionOnFailure": "TERMINATE_CLUSTER",
                 "HadoopJarStep": {
                     "Jar": "command-runner.jar",
-                    "Args": [submit[0], "--deploy-mode", "client", *submit[1:]],
+                    "Args": [*limit, submit[0], "--deploy-mode", "client", *submit[1:]],
                 },
             }
         )
     return steps
 
 
-def emr_configurations(spark_env: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
-    """bootstrap/spark-env.json's Configurations (or the default) plus EMRFS server-side encryption."""
-    configurations = copy.deepcopy(list(spark_env) if spark_env else DEFAULT_SPARK_ENV)
+def _merge_classification(
+    configurations: list[dict[str, Any]], classification: str, properties: Mapping
+) -> None:
     for configuration in configurations:
-        if configuration.get("Classification") == EMRFS_SSE["Classification"]:
-            configuration.setdefault("Properties", {}).update(EMRFS_SSE["Properties"])
-            break
-    else:
-        configurations.append(copy.deepcopy(EMRFS_SSE))
+        if configuration.get("Classification") == classification:
+            configuration.setdefault("Properties", {}).update(properties)
+            return
+    configurations.append({"Classification": classification, "Properties": dict(properties)})
+
+
+def emr_configurations(
+    spark_env: Sequence[Mapping[str, Any]] | None, sizing: ExecutorSizing | None = None
+) -> list[dict[str, Any]]:
+    """bootstrap/spark-env.json's Configurations (or the default), EMRFS server-side encryption, and the
+    executor sizing (``sizing.ExecutorSizing.spark_defaults``) merged into spark-defaults."""
+    configurations = copy.deepcopy(list(spark_env) if spark_env else DEFAULT_SPARK_ENV)
+    _merge_classification(configurations, EMRFS_SSE["Classification"], EMRFS_SSE["Properties"])
+    if sizing is not None:
+        _merge_classification(configurations, "spark-defaults", sizing.spark_defaults())
     return configurations
+
+
+def current_engine() -> str:
+    """The inference engine of the bootstrap this Airflow stages (bootstrap/requirements-emr.txt)."""
+    return inference_engine((bootstrap_dir() / BOOTSTRAP_REQUIREMENTS).read_text())
+
+
+def spot_max_price_usd(on_demand_usd: float) -> str:
+    """The Spot max price of the core nodes: the On-Demand price, so the cost bound holds whatever Spot
+    prices do."""
+    return f"{on_demand_usd:.3f}"
+
+
+def ebs_configuration() -> dict[str, Any]:
+    return {
+        "EbsBlockDeviceConfigs": [
+            {
+                "VolumeSpecification": {"VolumeType": "gp3", "SizeInGB": DATA_VOLUME_GIB},
+                "VolumesPerInstance": 1,
+            }
+        ],
+        "EbsOptimized": True,
+    }
 
 
 # AmazonEMRServicePolicy_v2 only manages EC2 resources carrying this tag; infra/'s Airflow policy refuses a
@@ -116,14 +162,18 @@ def job_flow_overrides(
     requirements_uri: str,
     configurations: list[dict[str, Any]],
     tags: Mapping[str, str],
-    job_flow_role: str = JOB_FLOW_ROLE,
-    service_role: str = SERVICE_ROLE,
-    subnet_id: str | None = None,
+    job_flow_role: str,
+    service_role: str,
+    subnet_id: str,
+    on_demand_usd: float,
     security_configuration: str | None = None,
     release_label: str = RELEASE_LABEL,
     idle_timeout_seconds: int = IDLE_TIMEOUT_SECONDS,
 ) -> dict[str, Any]:
-    """``run_job_flow`` arguments of the run's transient cluster."""
+    """``run_job_flow`` arguments of the run's transient cluster.
+
+    ``on_demand_usd``: the instance type's On-Demand price, the Spot core nodes' max price (the cost
+    guard's bound assumes it). The roles and the subnet have no default: see ``guards.require_variables``."""
     groups = [
         {
             "Name": "primary",
@@ -131,26 +181,29 @@ def job_flow_overrides(
             "InstanceRole": "MASTER",
             "InstanceType": instance_type,
             "InstanceCount": 1,
+            "EbsConfiguration": ebs_configuration(),
         }
     ]
     if core_nodes:
-        groups.append(
-            {
-                "Name": "core",
-                "Market": "SPOT" if use_spot else "ON_DEMAND",
-                "InstanceRole": "CORE",
-                "InstanceType": instance_type,
-                "InstanceCount": core_nodes,
-            }
-        )
+        core: dict[str, Any] = {
+            "Name": "core",
+            "Market": "SPOT" if use_spot else "ON_DEMAND",
+            "InstanceRole": "CORE",
+            "InstanceType": instance_type,
+            "InstanceCount": core_nodes,
+            "EbsConfiguration": ebs_configuration(),
+        }
+        if use_spot:
+            core["BidPrice"] = spot_max_price_usd(on_demand_usd)
+        groups.append(core)
     instances: dict[str, Any] = {
         "InstanceGroups": groups,
         # steps are added after creation: the cluster must wait for them (auto-termination ends it)
         "KeepJobFlowAliveWhenNoSteps": True,
         "TerminationProtected": False,
+        # required: EMR's v2 service policy launches only in a tagged subnet (guards.check_subnet)
+        "Ec2SubnetId": subnet_id,
     }
-    if subnet_id:
-        instances["Ec2SubnetId"] = subnet_id
     overrides: dict[str, Any] = {
         "Name": f"{CLUSTER_NAME_PREFIX} dt={upload_day}",
         "ReleaseLabel": release_label,
@@ -165,6 +218,7 @@ def job_flow_overrides(
             }
         ],
         "Configurations": configurations,
+        "EbsRootVolumeSize": ROOT_VOLUME_GIB,
         "JobFlowRole": job_flow_role,
         "ServiceRole": service_role,
         "VisibleToAllUsers": True,
@@ -209,14 +263,56 @@ class FruitsCreateJobFlowOperator(EmrCreateJobFlowOperator):
     cluster tagged with this DAG run's id and adopts it.
     """
 
+    adopted_cluster_id: str | None = None
+
     def execute(self, context) -> str | None:
         run_id = context["run_id"]
         existing = find_run_cluster(self.hook.conn, self.dag_id, run_id)
         if existing:
             self.log.warning("Adopting cluster %s, created for run %s by an earlier try", existing, run_id)
-            self._job_flow_id = existing
+            # kept on this subclass (on_kill below), not in the provider's private state
+            self.adopted_cluster_id = existing
             return existing
         return super().execute(context)
+
+    def on_kill(self) -> None:
+        if self.adopted_cluster_id:
+            self.log.info("Terminating adopted cluster %s", self.adopted_cluster_id)
+            self.hook.conn.terminate_job_flows(JobFlowIds=[self.adopted_cluster_id])
+            return
+        super().on_kill()
+
+
+# what a cluster is once terminate_cluster has done its job: TERMINATED_WITH_ERRORS is how a cluster ends
+# after a failed step's ActionOnFailure TERMINATE_CLUSTER (or a bootstrap failure), before the teardown ran
+ENDED_CLUSTER_STATES = ("TERMINATED", "TERMINATED_WITH_ERRORS")
+
+
+class FruitsTerminateJobFlowOperator(EmrTerminateJobFlowOperator):
+    """``EmrTerminateJobFlowOperator`` whose deferred wait accepts a cluster that ended with errors.
+
+    The provider's trigger waits with the ``job_flow_terminated`` waiter, whose acceptors make
+    TERMINATED_WITH_ERRORS a terminal *failure*: in deferrable mode every failed run (a failed step ends
+    the cluster that way) would also fail its teardown. Whatever the trigger reports, this asks EMR for the
+    cluster's state: ended (either way) is what terminating wanted; anything else still fails the task.
+    """
+
+    def execute_complete(self, context, event: dict[str, Any] | None = None) -> None:
+        if event and event.get("status") == "success":
+            self.log.info("Cluster %s terminated", self.job_flow_id)
+            return
+        status = self.hook.conn.describe_cluster(ClusterId=self.job_flow_id)["Cluster"]["Status"]
+        state = status["State"]
+        if state in ENDED_CLUSTER_STATES:
+            change = status.get("StateChangeReason") or {}
+            self.log.info(
+                "Cluster %s is %s (%s): terminated, as intended",
+                self.job_flow_id,
+                state,
+                " ".join(filter(None, [change.get("Code"), change.get("Message")])) or "no reason given",
+            )
+            return
+        raise AirflowException(f"cluster {self.job_flow_id} is still {state} after termination: {event}")
 
 
 class FruitsStepSensor(EmrStepSensor):
@@ -313,3 +409,27 @@ class FruitsStepSensor(EmrStepSensor):
             self.log.info("Step log not readable yet (%s)", error)
             return None
         return failure_reason(self.step_name, text)
+
+
+def subnet_facts(ec2, subnet_id: str) -> tuple[dict, dict, list[dict]]:
+    """(subnet, its VPC, the route tables that decide its routes) for ``guards.check_subnet``: the subnet's
+    own association if it has one, else its VPC's main route table."""
+    subnet = ec2.describe_subnets(SubnetIds=[subnet_id])["Subnets"][0]
+    vpc = ec2.describe_vpcs(VpcIds=[subnet["VpcId"]])["Vpcs"][0]
+    tables = ec2.describe_route_tables(Filters=[{"Name": "association.subnet-id", "Values": [subnet_id]}])[
+        "RouteTables"
+    ]
+    if not tables:
+        tables = ec2.describe_route_tables(
+            Filters=[
+                {"Name": "vpc-id", "Values": [subnet["VpcId"]]},
+                {"Name": "association.main", "Values": ["true"]},
+            ]
+        )["RouteTables"]
+    return subnet, vpc, tables
+
+
+def executor_sizing(table: Mapping[str, Any], instance_type: str, core_nodes: int) -> ExecutorSizing:
+    """The executors' shape on this instance type for the engine the bootstrap installs."""
+    vcpus = int(table["instances"][instance_type]["vcpus"])
+    return size_executors(instance_type, vcpus, core_nodes, current_engine())

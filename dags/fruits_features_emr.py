@@ -263,12 +263,11 @@ with DAG(
             "objects": objects,
             "estimate": estimate.as_dict(),
             "step_limit_seconds": estimate.step_limit_seconds,
-            "on_demand_usd": pricing.instance_prices(table, params["instance_type"])["ec2_on_demand_usd"],
             **{f"sensor_timeout_{name}": seconds for name, seconds in timeouts.items()},
         }
 
     @task(multiple_outputs=True, retries=2, retry_delay=dt.timedelta(seconds=30))
-    def stage_artifacts(settings: dict, step_limit_seconds: int, on_demand_usd: float) -> dict:
+    def stage_artifacts(settings: dict, step_limit_seconds: int) -> dict:
         """Code, bootstrap and weights to S3 (once per content), then the cluster and step definitions."""
         context = get_current_context()
         params = context["params"]
@@ -293,6 +292,7 @@ with DAG(
             input_size=int(params["input_size"]),
             refit=bool(params["refit"]),
         )
+        table = pricing.load_price_table(variable(VAR_PRICE_TABLE))
         overrides = emr.job_flow_overrides(
             bucket=settings["bucket"],
             upload_day=settings["dt"],
@@ -303,18 +303,14 @@ with DAG(
             requirements_uri=staged.requirements_uri,
             configurations=emr.emr_configurations(
                 staged.spark_env,
-                emr.executor_sizing(
-                    pricing.load_price_table(variable(VAR_PRICE_TABLE)),
-                    params["instance_type"],
-                    int(params["core_nodes"]),
-                ),
+                emr.executor_sizing(table, params["instance_type"], int(params["core_nodes"])),
             ),
             tags=emr.cluster_tags(DAG_ID, context["run_id"], settings["dt"]),
             # check_gdpr refused the run if any of these was unset: no default-role fallback
             job_flow_role=variable(VAR_JOB_FLOW_ROLE),
             service_role=variable(VAR_SERVICE_ROLE),
             subnet_id=variable(VAR_SUBNET_ID),
-            on_demand_usd=float(on_demand_usd),
+            spot_instance_types=pricing.spot_alternatives(table, params["instance_type"]),
             security_configuration=variable(VAR_SECURITY_CONFIGURATION),
         )
         return {
@@ -402,7 +398,7 @@ with DAG(
 
     settings = check_gdpr()
     plan = check_budget(settings)
-    staged = stage_artifacts(settings, plan["step_limit_seconds"], plan["on_demand_usd"])
+    staged = stage_artifacts(settings, plan["step_limit_seconds"])
 
     region = "{{ params.region }}"
     create_cluster = emr.FruitsCreateJobFlowOperator(

@@ -436,7 +436,7 @@ def test_emr_steps_are_the_local_steps_over_s3():
         ]
 
 
-def overrides_for(instance_type="m5.xlarge", core_nodes=2, use_spot=True, engine="tensorflow"):
+def overrides_for(instance_type="m5.xlarge", core_nodes=2, use_spot=False, engine="tensorflow"):
     from fruits_platform import pricing
     from fruits_platform.emr import emr_configurations, job_flow_overrides
     from fruits_platform.sizing import size_executors
@@ -457,7 +457,7 @@ def overrides_for(instance_type="m5.xlarge", core_nodes=2, use_spot=True, engine
         job_flow_role=JOB_FLOW_ROLE,
         service_role=SERVICE_ROLE,
         subnet_id="subnet-0123456789abcdef0",
-        on_demand_usd=prices["ec2_on_demand_usd"],
+        spot_instance_types=pricing.spot_alternatives(table, instance_type),
     )
 
 
@@ -473,10 +473,7 @@ def test_job_flow_overrides_safety_nets():
     assert (overrides["ServiceRole"], overrides["JobFlowRole"]) == (SERVICE_ROLE, JOB_FLOW_ROLE)
     primary, core = overrides["Instances"]["InstanceGroups"]
     assert (primary["Market"], primary["InstanceCount"]) == ("ON_DEMAND", 1)
-    assert (core["Market"], core["InstanceCount"], core["InstanceRole"]) == ("SPOT", 2, "CORE")
-    # Spot is capped at the On-Demand price: the cost guard's bound assumes that cap
-    assert float(core["BidPrice"]) == pytest.approx(0.224)
-    assert "BidPrice" not in overrides_for(use_spot=False)["Instances"]["InstanceGroups"][1]
+    assert (core["Market"], core["InstanceCount"], core["InstanceRole"]) == ("ON_DEMAND", 2, "CORE")
     assert overrides["BootstrapActions"][0]["ScriptBootstrapAction"] == {
         "Path": "s3://b/artifacts/h/install-python-deps.sh",
         "Args": ["s3://b/artifacts/h/requirements-emr.txt"],
@@ -486,16 +483,73 @@ def test_job_flow_overrides_safety_nets():
     assert overrides["VisibleToAllUsers"] is True
 
 
-def test_volumes_in_the_request_are_those_the_cost_bound_counts():
+def test_spot_core_fleet_spreads_over_types_capped_at_on_demand():
+    from fruits_platform import guards, pricing
+
+    overrides = overrides_for(use_spot=True)
+    instances = overrides["Instances"]
+    assert "InstanceGroups" not in instances  # EMR cannot mix groups and fleets
+    assert instances["Ec2SubnetIds"] == ["subnet-0123456789abcdef0"]
+    primary, core = instances["InstanceFleets"]
+    assert (primary["InstanceFleetType"], primary["TargetOnDemandCapacity"]) == ("MASTER", 1)
+    assert "TargetSpotCapacity" not in primary
+    assert (core["InstanceFleetType"], core["TargetSpotCapacity"]) == ("CORE", 2)
+    spot = core["LaunchSpecifications"]["SpotSpecification"]
+    assert spot["AllocationStrategy"] == "price-capacity-optimized"
+    types = [config["InstanceType"] for config in core["InstanceTypeConfigs"]]
+    assert types[0] == "m5.xlarge"
+    assert len(types) >= 2
+    assert all(config["BidPriceAsPercentageOfOnDemandPrice"] <= 100 for config in core["InstanceTypeConfigs"])
+    # the bound prices a core node at the dearest type the fleet may launch, at its On-Demand price
+    table = pricing.load_price_table()
+    dearest = max(
+        table["instances"][t]["ec2_on_demand_usd"] + table["instances"][t]["emr_usd"] for t in types
+    )
+    cap = guards.cluster_hourly_cap_eur(table, "m5.xlarge", 2, use_spot=True)
+    primary_cap = (
+        table["instances"]["m5.xlarge"]["ec2_on_demand_usd"] + table["instances"]["m5.xlarge"]["emr_usd"]
+    )
+    assert cap == pytest.approx((primary_cap + 2 * dearest) * table["usd_to_eur"])
+
+
+def test_spot_alternatives_share_the_executor_shape():
+    """Any type of the fleet must give the same executors (sizing) and run the same bootstrap (arch)."""
+    from fruits_platform import pricing, sizing
+
+    table = pricing.load_price_table()
+    for instance_type in pricing.INSTANCE_TYPES:
+        alternatives = pricing.spot_alternatives(table, instance_type)
+        shapes = {
+            tuple(
+                sizing.size_executors(t, table["instances"][t]["vcpus"], 2, "tensorflow")
+                .spark_defaults()
+                .items()
+            )
+            for t in alternatives
+        }
+        archs = {pricing.architecture(t) for t in alternatives}
+        assert len(shapes) == 1, instance_type
+        assert len(archs) == 1, instance_type
+
+
+@pytest.mark.parametrize("use_spot", [False, True])
+def test_volumes_in_the_request_are_those_the_cost_bound_counts(use_spot):
     from fruits_platform import emr
 
-    overrides = overrides_for()
+    overrides = overrides_for(use_spot=use_spot)
     # the venv (~1.8 GB) and pip's temporary files do not fit EMR's 15 GiB default root volume
     assert overrides["EbsRootVolumeSize"] >= 25
-    for group in overrides["Instances"]["InstanceGroups"]:
+    instances = overrides["Instances"]
+    configs = [group["EbsConfiguration"] for group in instances.get("InstanceGroups", [])] + [
+        config["EbsConfiguration"]
+        for fleet in instances.get("InstanceFleets", [])
+        for config in fleet["InstanceTypeConfigs"]
+    ]
+    assert configs
+    for ebs in configs:
         data = sum(
-            config["VolumeSpecification"]["SizeInGB"] * config["VolumesPerInstance"]
-            for config in group["EbsConfiguration"]["EbsBlockDeviceConfigs"]
+            device["VolumeSpecification"]["SizeInGB"] * device["VolumesPerInstance"]
+            for device in ebs["EbsBlockDeviceConfigs"]
         )
         assert overrides["EbsRootVolumeSize"] + data == emr.EBS_GIB_PER_INSTANCE
 

@@ -117,10 +117,70 @@ def current_engine() -> str:
     return inference_engine((bootstrap_dir() / BOOTSTRAP_REQUIREMENTS).read_text())
 
 
-def spot_max_price_usd(on_demand_usd: float) -> str:
-    """The Spot max price of the core nodes: the On-Demand price, so the cost bound holds whatever Spot
-    prices do."""
-    return f"{on_demand_usd:.3f}"
+# Spot core fleet: max price = each type's On-Demand price (the cost bound's cap); after this long without
+# Spot capacity EMR launches the core nodes On-Demand rather than leave the run waiting
+SPOT_MAX_PRICE_PERCENT_OF_ON_DEMAND = 100.0
+SPOT_TIMEOUT_MINUTES = 20
+SPOT_ALLOCATION_STRATEGY = "price-capacity-optimized"
+
+
+def on_demand_instance_groups(instance_type: str, core_nodes: int) -> list[dict[str, Any]]:
+    groups = [
+        {
+            "Name": "primary",
+            "Market": "ON_DEMAND",  # losing the primary node loses the cluster: never Spot
+            "InstanceRole": "MASTER",
+            "InstanceType": instance_type,
+            "InstanceCount": 1,
+            "EbsConfiguration": ebs_configuration(),
+        }
+    ]
+    if core_nodes:
+        groups.append(
+            {
+                "Name": "core",
+                "Market": "ON_DEMAND",
+                "InstanceRole": "CORE",
+                "InstanceType": instance_type,
+                "InstanceCount": core_nodes,
+                "EbsConfiguration": ebs_configuration(),
+            }
+        )
+    return groups
+
+
+def spot_instance_fleets(
+    instance_type: str, core_nodes: int, spot_types: Sequence[str]
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "Name": "primary",
+            "InstanceFleetType": "MASTER",
+            "TargetOnDemandCapacity": 1,  # losing the primary node loses the cluster: never Spot
+            "InstanceTypeConfigs": [{"InstanceType": instance_type, "EbsConfiguration": ebs_configuration()}],
+        },
+        {
+            "Name": "core",
+            "InstanceFleetType": "CORE",
+            "TargetSpotCapacity": core_nodes,
+            "InstanceTypeConfigs": [
+                {
+                    "InstanceType": name,
+                    "WeightedCapacity": 1,
+                    "BidPriceAsPercentageOfOnDemandPrice": SPOT_MAX_PRICE_PERCENT_OF_ON_DEMAND,
+                    "EbsConfiguration": ebs_configuration(),
+                }
+                for name in spot_types
+            ],
+            "LaunchSpecifications": {
+                "SpotSpecification": {
+                    "AllocationStrategy": SPOT_ALLOCATION_STRATEGY,
+                    "TimeoutDurationMinutes": SPOT_TIMEOUT_MINUTES,
+                    "TimeoutAction": "SWITCH_TO_ON_DEMAND",
+                }
+            },
+        },
+    ]
 
 
 def ebs_configuration() -> dict[str, Any]:
@@ -165,45 +225,37 @@ def job_flow_overrides(
     job_flow_role: str,
     service_role: str,
     subnet_id: str,
-    on_demand_usd: float,
+    spot_instance_types: Sequence[str] = (),
     security_configuration: str | None = None,
     release_label: str = RELEASE_LABEL,
     idle_timeout_seconds: int = IDLE_TIMEOUT_SECONDS,
 ) -> dict[str, Any]:
     """``run_job_flow`` arguments of the run's transient cluster.
 
-    ``on_demand_usd``: the instance type's On-Demand price, the Spot core nodes' max price (the cost
-    guard's bound assumes it). The roles and the subnet have no default: see ``guards.require_variables``."""
-    groups = [
+    On-Demand: two instance groups. ``use_spot``: instance fleets (EMR cannot mix the two), the core fleet
+    on Spot over ``spot_instance_types`` (``pricing.spot_alternatives``; default: ``instance_type`` only)
+    with price-capacity-optimized allocation, each type capped at its On-Demand price (the cost guard's
+    bound assumes that cap). The roles and the subnet have no default: see ``guards.require_variables``."""
+    if use_spot and core_nodes:
+        instances: dict[str, Any] = {
+            "InstanceFleets": spot_instance_fleets(
+                instance_type, core_nodes, spot_instance_types or [instance_type]
+            )
+        }
+    else:
+        instances = {"InstanceGroups": on_demand_instance_groups(instance_type, core_nodes)}
+    instances.update(
         {
-            "Name": "primary",
-            "Market": "ON_DEMAND",  # losing the primary node loses the cluster: never Spot
-            "InstanceRole": "MASTER",
-            "InstanceType": instance_type,
-            "InstanceCount": 1,
-            "EbsConfiguration": ebs_configuration(),
+            # steps are added after creation: the cluster must wait for them (auto-termination ends it)
+            "KeepJobFlowAliveWhenNoSteps": True,
+            "TerminationProtected": False,
         }
-    ]
-    if core_nodes:
-        core: dict[str, Any] = {
-            "Name": "core",
-            "Market": "SPOT" if use_spot else "ON_DEMAND",
-            "InstanceRole": "CORE",
-            "InstanceType": instance_type,
-            "InstanceCount": core_nodes,
-            "EbsConfiguration": ebs_configuration(),
-        }
-        if use_spot:
-            core["BidPrice"] = spot_max_price_usd(on_demand_usd)
-        groups.append(core)
-    instances: dict[str, Any] = {
-        "InstanceGroups": groups,
-        # steps are added after creation: the cluster must wait for them (auto-termination ends it)
-        "KeepJobFlowAliveWhenNoSteps": True,
-        "TerminationProtected": False,
-        # required: EMR's v2 service policy launches only in a tagged subnet (guards.check_subnet)
-        "Ec2SubnetId": subnet_id,
-    }
+    )
+    # required: EMR's v2 service policy launches only in a tagged subnet (guards.check_subnet); fleets
+    # take a list (EMR picks among them), groups a single subnet
+    instances["Ec2SubnetIds" if "InstanceFleets" in instances else "Ec2SubnetId"] = (
+        [subnet_id] if "InstanceFleets" in instances else subnet_id
+    )
     overrides: dict[str, Any] = {
         "Name": f"{CLUSTER_NAME_PREFIX} dt={upload_day}",
         "ReleaseLabel": release_label,

@@ -11,7 +11,7 @@ import math
 import re
 from dataclasses import asdict, dataclass
 
-from fruits_platform.pricing import HOURS_PER_MONTH, instance_prices
+from fruits_platform.pricing import HOURS_PER_MONTH, instance_prices, spot_alternatives
 
 # Regions in EU member states (GDPR): the bucket, the cluster and the outputs must all be in one.
 # London (eu-west-2) and Zurich (eu-central-2) are outside the EU: refused, as infra/ refuses them.
@@ -150,11 +150,19 @@ def cluster_hourly_eur(table: dict, instance_type: str, core_nodes: int, use_spo
     return (on_demand + core_nodes * core) * float(table["usd_to_eur"])
 
 
-def cluster_hourly_cap_eur(table: dict, instance_type: str, core_nodes: int) -> float:
-    """EC2 + EMR fee per hour at the price caps: Spot core nodes can cost up to their max price, which the
-    cluster request sets to the On-Demand price (``emr.spot_max_price_usd``)."""
-    prices = instance_prices(table, instance_type)
-    return (1 + core_nodes) * (prices["ec2_on_demand_usd"] + prices["emr_usd"]) * float(table["usd_to_eur"])
+def cluster_hourly_cap_eur(table: dict, instance_type: str, core_nodes: int, use_spot: bool = False) -> float:
+    """EC2 + EMR fee per hour at the price caps. A Spot core fleet may run any of its instance types
+    (``pricing.spot_alternatives``), each capped at its On-Demand price (the request's
+    BidPriceAsPercentageOfOnDemandPrice = 100, and SWITCH_TO_ON_DEMAND falls back to On-Demand): the
+    dearest of them bounds a core node."""
+
+    def capped(name: str) -> float:
+        prices = instance_prices(table, name)
+        return prices["ec2_on_demand_usd"] + prices["emr_usd"]
+
+    core_types = spot_alternatives(table, instance_type) if use_spot else (instance_type,)
+    core = max(capped(name) for name in core_types)
+    return (capped(instance_type) + core_nodes * core) * float(table["usd_to_eur"])
 
 
 def ebs_hourly_eur(table: dict, gib_per_instance: int, instances: int) -> float:
@@ -217,7 +225,7 @@ def estimate_worst_case(
         max(idle_timeout_seconds, TERMINATION_SECONDS) / 3600,
     )
     hours = startup + run + idle
-    instance_rate = cluster_hourly_cap_eur(table, instance_type, core_nodes)
+    instance_rate = cluster_hourly_cap_eur(table, instance_type, core_nodes, use_spot)
     ebs_rate = ebs_hourly_eur(table, ebs_gib_per_instance, instances)
     ipv4_rate = (
         instances * float(table.get("public_ipv4_usd_per_hour", 0.0)) * float(table["usd_to_eur"])

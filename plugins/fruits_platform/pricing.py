@@ -81,6 +81,24 @@ INSTANCE_TYPES: tuple[str, ...] = tuple(
 )
 
 
+def spot_alternatives(table: dict[str, Any], instance_type: str) -> tuple[str, ...]:
+    """The instance types a Spot core fleet may use for ``instance_type``: it first, then the offered types
+    of the same architecture, size and vCPUs (same executor sizing, same bootstrap wheels). Several types
+    let price-capacity-optimized find Spot capacity where a single type would wait or be reclaimed."""
+    wanted = table["instances"][instance_type]
+    size = instance_type.split(".", 1)[-1]
+    others = [
+        name
+        for name in INSTANCE_TYPES
+        if name != instance_type
+        and name in table["instances"]
+        and name.split(".", 1)[-1] == size
+        and architecture(name) == architecture(instance_type)
+        and table["instances"][name]["vcpus"] == wanted["vcpus"]
+    ]
+    return (instance_type, *others)
+
+
 class PriceTableError(ValueError):
     """The price table (or its Variable override) is unusable; the message says why, in one line."""
 

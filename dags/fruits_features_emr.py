@@ -111,7 +111,7 @@ PARAMS = {
         type="number",
         minimum=0,
         title="Budget (EUR)",
-        description="The run is refused if its worst-case cost estimate exceeds this.",
+        description="The run is refused if its cost bound (from the limits the run enforces) exceeds this.",
     ),
     "refit": Param(False, type="boolean", title="Refit the PCA model"),
     "input_size": Param(224, type="integer", enum=INPUT_SIZES, title="Model input size"),
@@ -257,17 +257,17 @@ with DAG(
             guards.check_budget(estimate)
         except (guards.GuardRefused, pricing.PriceTableError, ValueError) as refusal:
             raise refuse(str(refusal)) from None
-        timeouts = guards.sensor_timeouts(estimate.step_limit_seconds, STEP_NAMES)
+        timeouts = guards.sensor_timeouts(estimate.step_limits)
         return {
             "images": images,
             "objects": objects,
             "estimate": estimate.as_dict(),
-            "step_limit_seconds": estimate.step_limit_seconds,
+            "step_limits": estimate.step_limits,
             **{f"sensor_timeout_{name}": seconds for name, seconds in timeouts.items()},
         }
 
     @task(multiple_outputs=True, retries=2, retry_delay=dt.timedelta(seconds=30))
-    def stage_artifacts(settings: dict, step_limit_seconds: int) -> dict:
+    def stage_artifacts(settings: dict, step_limits: dict) -> dict:
         """Code, bootstrap and weights to S3 (once per content), then the cluster and step definitions."""
         context = get_current_context()
         params = context["params"]
@@ -317,7 +317,7 @@ with DAG(
             "artifacts_uri": staged.artifacts_uri,
             "weights_uri": staged.weights_uri,
             "job_flow_overrides": overrides,
-            "steps": emr.emr_steps(pipeline, staged.artifacts_uri, int(step_limit_seconds)),
+            "steps": emr.emr_steps(pipeline, staged.artifacts_uri, step_limits),
         }
 
     @task
@@ -384,7 +384,7 @@ with DAG(
         print(
             f"run summary: {outcome}; cluster {cluster_id} {summary['cluster_state']} after {hours:.2f} h, "
             f"~{cost:.2f} EUR "
-            f"(worst case estimate {estimate['worst_case_eur']:.2f}, budget {estimate['budget_eur']:g}), "
+            f"(bound {estimate['worst_case_eur']:.2f}, budget {estimate['budget_eur']:g}), "
             f"NormalizedInstanceHours {cluster.get('NormalizedInstanceHours')}"
         )
         if summary["cluster_state"] in emr.ACTIVE_CLUSTER_STATES:
@@ -398,7 +398,7 @@ with DAG(
 
     settings = check_gdpr()
     plan = check_budget(settings)
-    staged = stage_artifacts(settings, plan["step_limit_seconds"])
+    staged = stage_artifacts(settings, plan["step_limits"])
 
     region = "{{ params.region }}"
     create_cluster = emr.FruitsCreateJobFlowOperator(

@@ -415,7 +415,8 @@ def test_emr_steps_are_the_local_steps_over_s3():
         k=7,
         refit=True,
     )
-    steps = emr_steps(params, "s3://b/artifacts/abc/", step_limit_seconds=5400)
+    limits = {"ingest": 900, "features": 5400, "pca": 960}
+    steps = emr_steps(params, "s3://b/artifacts/abc/", limits)
 
     assert [step["Name"] for step in steps] == ["ingest", "features", "pca"]
     for step, local in zip(steps, pipeline_steps(params), strict=True):
@@ -423,7 +424,7 @@ def test_emr_steps_are_the_local_steps_over_s3():
         assert step["ActionOnFailure"] == "TERMINATE_CLUSTER"
         assert step["HadoopJarStep"]["Jar"] == "command-runner.jar"
         # bounded on the cluster: `timeout` ends a step past its limit, EMR marks it FAILED
-        assert args[:3] == ["timeout", "--kill-after=60", "5400s"]
+        assert args[:3] == ["timeout", "--kill-after=60", f"{limits[step['Name']]}s"]
         assert args[3:6] == ["spark-submit", "--deploy-mode", "client"]
         assert "--master" not in args
         # the script and its arguments are exactly what fruits run-local submits
@@ -687,7 +688,7 @@ def test_a_timed_out_sensor_still_terminates_the_cluster(emr_dag, aws, uploaded,
     from fruits_platform import guards
 
     before = previous_run_reports(aws)
-    monkeypatch.setattr(guards, "sensor_timeouts", lambda limit, names: dict.fromkeys(names, 3))
+    monkeypatch.setattr(guards, "sensor_timeouts", lambda limits: dict.fromkeys(limits, 3))
     dagrun, states = run_dag(emr_dag, base_conf(shared_weights), dt.datetime(2026, 11, 6, 19, tzinfo=dt.UTC))
 
     assert states["watch_ingest"] == "failed"

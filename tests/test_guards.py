@@ -47,11 +47,14 @@ def test_bound_covers_the_longest_run_the_limits_allow():
     """The sensors' timeouts (each step's limit, the first one plus start-up) and the idle timeout are what
     the run enforces: the bound's hours must cover all of them back to back."""
     estimate = bound()
-    timeouts = guards.sensor_timeouts(estimate.step_limit_seconds, ("ingest", "features", "pca"))
+    timeouts = guards.sensor_timeouts(estimate.step_limits)
+    assert list(timeouts) == ["ingest", "features", "pca"]
     longest = sum(timeouts.values()) + max(900, guards.TERMINATION_SECONDS)
     assert estimate.hours * 3600 >= longest - 1
-    # the step limit leaves room for the expected compute: a normal run is never killed by it
-    assert estimate.step_limit_seconds >= guards.expected_run_seconds(96_000, estimate.executor_vcpus) / 3
+    # each limit leaves room for its step's expected compute: a normal run is never killed by it
+    compute = guards.expected_compute_seconds(96_000, estimate.executor_vcpus)
+    for name, share in guards.STEP_COMPUTE_SHARE.items():
+        assert estimate.step_limits[name] >= guards.STEP_OVERHEAD_SECONDS + 2 * share * compute, name
     assert estimate.expected_hours < estimate.hours
     assert estimate.expected_eur < estimate.worst_case_eur
 
@@ -75,7 +78,8 @@ def test_spot_is_bounded_at_its_cap_and_ebs_is_counted():
 def test_fewer_executor_cores_mean_longer_limits():
     """Memory sizing may leave vCPUs without a Python worker: the limits follow the cores really used."""
     assert (
-        bound(images=500_000, executor_cores=6).step_limit_seconds > bound(images=500_000).step_limit_seconds
+        bound(images=500_000, executor_cores=6).step_limits["features"]
+        > bound(images=500_000).step_limits["features"]
     )
 
 
@@ -125,14 +129,19 @@ def test_every_offered_instance_type_has_a_price():
 
 
 def test_step_limit_has_a_floor_and_grows_with_the_batch():
-    assert guards.step_limit_seconds(10, 8) == guards.STEP_LIMIT_FLOOR_SECONDS
-    big = guards.step_limit_seconds(1_000_000, 8)
-    assert big >= guards.STEP_LIMIT_FACTOR * 1_000_000 / (guards.IMAGES_PER_SECOND_PER_VCPU * 8)
-    assert guards.step_limit_seconds(1_000_000, 16) < big
-    timeouts = guards.sensor_timeouts(big, ("ingest", "features", "pca"))
-    # only the first sensor waits for the cluster's start-up; every sensor outlasts its step's limit
-    assert timeouts["ingest"] - timeouts["features"] == guards.STARTUP_LIMIT_SECONDS
-    assert min(timeouts.values()) > big
+    assert set(guards.step_limits(10, 8).values()) == {guards.STEP_LIMIT_FLOOR_SECONDS}
+    limits = guards.step_limits(1_000_000, 8)
+    big = limits["features"]
+    assert big >= guards.STEP_LIMIT_FACTOR * 0.7 * 1_000_000 / (guards.IMAGES_PER_SECOND_PER_VCPU * 8)
+    assert guards.step_limits(1_000_000, 16)["features"] < big
+    timeouts = guards.sensor_timeouts(limits)
+    # every sensor outlasts its step's limit (the cluster's `timeout` says why first); only the first one
+    # also waits for the cluster's start-up
+    assert all(timeouts[name] > limit for name, limit in limits.items())
+    assert (
+        timeouts["ingest"] - limits["ingest"] - guards.STARTUP_LIMIT_SECONDS
+        == timeouts["pca"] - limits["pca"]
+    )
 
 
 def test_actual_cost_from_timeline():

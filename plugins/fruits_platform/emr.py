@@ -69,12 +69,18 @@ EMRFS_SSE: dict[str, Any] = {
 }
 
 
-def emr_steps(params: PipelineParams, artifacts_uri: str, step_limit_seconds: int) -> list[dict[str, Any]]:
+def emr_steps(
+    params: PipelineParams, artifacts_uri: str, step_limits: Mapping[str, int]
+) -> list[dict[str, Any]]:
     """The pipeline's steps as EMR steps: ``timeout <limit> spark-submit --deploy-mode client`` through
     command-runner; a step past its limit exits 124, EMR marks it FAILED and TERMINATE_CLUSTER follows."""
     steps = []
-    limit = ["timeout", f"--kill-after={STEP_TIMEOUT_KILL_AFTER_SECONDS}", f"{int(step_limit_seconds)}s"]
     for step in pipeline_steps(params):
+        limit = [
+            "timeout",
+            f"--kill-after={STEP_TIMEOUT_KILL_AFTER_SECONDS}",
+            f"{int(step_limits[step.name])}s",
+        ]
         submit = spark_submit_args(step, artifacts_uri, EMR_SPARK_CONF)
         steps.append(
             {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from fruits_platform.pricing import HOURS_PER_MONTH, instance_prices, spot_alternatives
@@ -23,7 +24,7 @@ BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 # Throughput of the whole pipeline (ingest + features + pca) in images per second per executor vCPU.
 # Measured (docs/BENCHMARKS.md): `fruits run-local` on 2,000 images, 2 cores, 15.5 img/s end to end,
 # fixed costs included = 7.7 img/s per core. An m5 vCPU is half a physical core (hyperthread): 5 per vCPU
-# keeps the worst case on the safe side.
+# keeps the expectation on the safe side (the cost bound comes from the enforced limits, not from this).
 IMAGES_PER_SECOND_PER_VCPU = 5.0
 THROUGHPUT_SOURCE = "measured 2026-11-23: 7.7 img/s per core end to end (2,000 images), 5 per EMR vCPU"
 # EMR provisioning + bootstrap (pip install into /opt/fruits-venv) before the first step runs: expected
@@ -35,10 +36,13 @@ STARTUP_LIMIT_SECONDS = 1800
 STEP_OVERHEAD_SECONDS = 120
 STEPS = 3
 # Each step is bounded twice by the same figure: on the cluster (`timeout` wraps its spark-submit, EMR marks
-# it FAILED and TERMINATE_CLUSTER ends the cluster) and by its sensor. The bound is the whole pipeline's
-# expected compute x this factor (any one step takes less than the three together), at least the floor.
+# it FAILED and TERMINATE_CLUSTER ends the cluster) and by its sensor. A step's limit is its share of the
+# pipeline's expected compute x this factor, plus its overhead, at least the floor.
 STEP_LIMIT_FACTOR = 3.0
 STEP_LIMIT_FLOOR_SECONDS = 900
+# each step's share of the pipeline's compute, measured by `fruits bench` at 20,000 images
+# (docs/BENCHMARKS.md: ingest 139.9 s, features 487.3 s, pca 43.1 s of 670.3 s), rounded up
+STEP_COMPUTE_SHARE: dict[str, float] = {"ingest": 0.21, "features": 0.73, "pca": 0.07}
 # a sensor notices the end of its step within one poke: slack over the step's bound so that the cluster
 # side (which says why: exit 124 in the step's log) fires first
 SENSOR_SLACK_SECONDS = 120
@@ -110,7 +114,7 @@ class CostEstimate:
     run_hours: float
     idle_hours: float
     hours: float
-    step_limit_seconds: int
+    step_limits: dict[str, int]
     startup_limit_seconds: int
     instance_hourly_eur: float
     ebs_hourly_eur: float
@@ -134,8 +138,9 @@ class CostEstimate:
             f"{self.instances} x {self.instance_type} ({market}) at {self.hourly_eur:.3f} EUR/h "
             f"(instances {self.instance_hourly_eur:.3f} + EBS {self.ebs_gib_per_instance} GiB each "
             f"{self.ebs_hourly_eur:.3f} + public IPv4 {self.ipv4_hourly_eur:.3f}) x {self.hours:.2f} h "
-            f"(startup limit {self.startup_hours:.2f} + {STEPS} steps x "
-            f"({self.step_limit_seconds / 3600:.2f} h limit + slack) = {self.run_hours:.2f} + idle timeout "
+            f"(startup limit {self.startup_hours:.2f} + step limits "
+            f"{' + '.join(f'{name} {seconds / 3600:.2f}' for name, seconds in self.step_limits.items())} "
+            f"+ slack = {self.run_hours:.2f} + idle timeout "
             f"{self.idle_hours:.2f}) = {self.worst_case_eur:.2f} EUR bound; expected "
             f"{self.expected_eur:.2f} EUR (for {self.images} images at "
             f"{self.images_per_second:.0f} img/s, {self.expected_hours:.2f} h)"
@@ -183,18 +188,24 @@ def expected_run_seconds(images: int, vcpus: int) -> float:
     return STEPS * STEP_OVERHEAD_SECONDS + expected_compute_seconds(images, vcpus)
 
 
-def step_limit_seconds(images: int, vcpus: int) -> int:
-    """What one step may take, enforced on the cluster (`timeout`) and by its sensor."""
-    seconds = STEP_OVERHEAD_SECONDS + STEP_LIMIT_FACTOR * expected_compute_seconds(images, vcpus)
-    return max(STEP_LIMIT_FLOOR_SECONDS, math.ceil(seconds))
+def step_limits(images: int, vcpus: int) -> dict[str, int]:
+    """What each step may take (seconds, in pipeline order), enforced on the cluster (`timeout`) and by
+    its sensor."""
+    compute = expected_compute_seconds(images, vcpus)
+    return {
+        name: max(
+            STEP_LIMIT_FLOOR_SECONDS, math.ceil(STEP_OVERHEAD_SECONDS + STEP_LIMIT_FACTOR * share * compute)
+        )
+        for name, share in STEP_COMPUTE_SHARE.items()
+    }
 
 
-def sensor_timeouts(step_limit: int, step_names: tuple[str, ...]) -> dict[str, int]:
+def sensor_timeouts(limits: Mapping[str, int]) -> dict[str, int]:
     """Each watch_<step> sensor's timeout: its step's limit (+ poke slack); the first one also waits for
     the cluster's start-up, which nothing else bounds while Airflow is up."""
     return {
-        name: step_limit + SENSOR_SLACK_SECONDS + (STARTUP_LIMIT_SECONDS if i == 0 else 0)
-        for i, name in enumerate(step_names)
+        name: limit + SENSOR_SLACK_SECONDS + (STARTUP_LIMIT_SECONDS if i == 0 else 0)
+        for i, (name, limit) in enumerate(limits.items())
     }
 
 
@@ -217,11 +228,11 @@ def estimate_worst_case(
     without a Python worker when memory is short); default: every vCPU of the executor nodes."""
     vcpus = executor_cores or executor_vcpus(table, instance_type, core_nodes)
     instances = 1 + core_nodes
-    step_limit = step_limit_seconds(images, vcpus)
+    limits = step_limits(images, vcpus)
     startup, run, idle = (
         STARTUP_LIMIT_SECONDS / 3600,
         # each step within its limit, seen by its sensor within the slack; the sensors' timeouts sum to this
-        STEPS * (step_limit + SENSOR_SLACK_SECONDS) / 3600,
+        sum(limit + SENSOR_SLACK_SECONDS for limit in limits.values()) / 3600,
         max(idle_timeout_seconds, TERMINATION_SECONDS) / 3600,
     )
     hours = startup + run + idle
@@ -248,7 +259,7 @@ def estimate_worst_case(
         run_hours=round(run, 4),
         idle_hours=round(idle, 4),
         hours=round(hours, 4),
-        step_limit_seconds=step_limit,
+        step_limits=limits,
         startup_limit_seconds=STARTUP_LIMIT_SECONDS,
         instance_hourly_eur=round(instance_rate, 4),
         ebs_hourly_eur=round(ebs_rate, 4),

@@ -9,15 +9,15 @@ Runs daily at 02:00 UTC; each run processes the uploads of its data interval, `u
 
 | task | what it does |
 | --- | --- |
-| `resolve_run` | reads the params and Variables once: bucket, region, the day's input and output |
-| `check_gdpr` | region in the EU allow-list, bucket in that region with default encryption, subnet usable |
-| `check_budget` | counts the input images, estimates the worst-case cost, refuses above `budget_eur` |
+| `resolve_run` | reads the params and Variables once (the stack's roles and subnet are required) |
+| `check_gdpr` | EU region, bucket in it and encrypted, subnet tagged for EMR and reaching PyPI |
+| `check_budget` | counts the images, bounds the cost from the run's enforced limits, refuses > `budget_eur` |
 | `stage_artifacts` | code, bootstrap and weights to `s3://<bucket>/artifacts/<content hash>/` (SSE) |
 | `cluster_spec` | the cluster definition and its EMR steps, from the staged artifacts |
 | `create_cluster` | the run's cluster (reuses the one an earlier try created) |
 | `add_steps` | ingest, features, pca as `spark-submit` steps |
 | `watch_<step>` | waits for one step; a failure names the step and its log |
-| `terminate_cluster` | teardown: always terminates the cluster, whatever happened |
+| `terminate_cluster` | teardown: always terminates the cluster (TERMINATED_WITH_ERRORS counts as ended) |
 | `report_cost` | teardown: cluster hours and estimated cost, the run summary (XCom) |
 
 Params: `bucket` (empty: Variable `fruits_bucket`), `input` (a prefix of the bucket; empty: the day's
@@ -35,7 +35,7 @@ import tempfile
 from pathlib import Path
 
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
-from airflow.providers.amazon.aws.operators.emr import EmrAddStepsOperator, EmrTerminateJobFlowOperator
+from airflow.providers.amazon.aws.operators.emr import EmrAddStepsOperator
 from airflow.sdk import (
     DAG,
     CronDataIntervalTimetable,
@@ -49,7 +49,7 @@ from airflow.sdk import (
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from fruits_platform.aws import cost_report, emr, guards, pricing, staging
-from fruits_platform.aws.settings import VARIABLES, RunSettings, resolve_settings
+from fruits_platform.aws.settings import VAR_SUBNET_ID, VARIABLES, RunSettings, resolve_settings
 from fruits_platform.dag_params import run_param
 from fruits_platform.pipeline import PipelineParams
 from fruits_spark.contract import STEP_NAMES
@@ -110,7 +110,7 @@ PARAMS = {
         type="number",
         minimum=0,
         title="Budget (EUR)",
-        description="The run is refused if its worst-case cost estimate exceeds this.",
+        description="The run is refused if its cost bound (from the limits the run enforces) exceeds this.",
     ),
 }
 
@@ -152,47 +152,57 @@ with DAG(
 
     @task
     def check_gdpr(settings: dict) -> str:
-        """GDPR guard, before anything is created: EU region, bucket in it and encrypted, subnet usable."""
+        """Placement guard, before anything is created: EU region, bucket in it and encrypted, a subnet EMR
+        can launch in and that reaches PyPI."""
         run = RunSettings.from_dict(settings)
         try:
-            algorithm = guards.check_gdpr(
+            algorithm, route = guards.check_gdpr(
                 aws_client("s3", run.region),
                 aws_client("ec2", run.region),
                 run.bucket,
                 run.region,
                 run.subnet_id,
+                VAR_SUBNET_ID,
             )
         except guards.GuardRefused as refusal:
             raise AirflowFailException(str(refusal)) from None
         print(f"GDPR checks passed: {run.region}, bucket {run.bucket} ({algorithm})")
+        print(f"subnet {run.subnet_id} tagged for EMR, internet through {route}")
         return algorithm
 
     @task(multiple_outputs=True)
     def check_budget(settings: dict) -> dict:
-        """Cost guard: worst case = instances x hourly price x (startup + expected run + idle timeout)."""
+        """Cost guard: a bound from the limits the run enforces (guards.CostEstimate), against budget_eur."""
         run = RunSettings.from_dict(settings)
         objects, images = staging.count_images(aws_client("s3", run.region), run.bucket, run.input_prefix)
         if not images:
             raise AirflowSkipException(f"no images under {run.input_uri} ({objects} objects): no cluster")
         try:
+            table = pricing.load_price_table(run.price_table)
+            sizing = emr.executor_sizing(table, run.instance_type, run.core_nodes)
             estimate = guards.estimate_worst_case(
-                pricing.load_price_table(run.price_table),
+                table,
                 instance_type=run.instance_type,
                 core_nodes=run.core_nodes,
                 use_spot=run.use_spot,
                 images=images,
                 idle_timeout_seconds=emr.IDLE_TIMEOUT_SECONDS,
                 budget_eur=run.budget_eur,
+                ebs_gib_per_instance=emr.EBS_GIB_PER_INSTANCE,
+                executor_cores=sizing.total_executor_cores,
             )
             print(f"{images} images ({objects} objects); {estimate.summary()}")
+            print(f"executors: {sizing.as_dict()}")
             guards.check_budget(estimate)
-        except (guards.GuardRefused, pricing.PriceTableError) as refusal:
+        except (guards.GuardRefused, pricing.PriceTableError, ValueError) as refusal:
             raise AirflowFailException(str(refusal)) from None
+        timeouts = guards.sensor_timeouts(estimate.step_limits)
         return {
             "images": images,
             "objects": objects,
             "estimate": estimate.as_dict(),
-            "sensor_timeout_seconds": guards.sensor_timeout_seconds(images, estimate.executor_vcpus),
+            "step_limits": estimate.step_limits,
+            **{f"sensor_timeout_{name}": seconds for name, seconds in timeouts.items()},
         }
 
     @task(retries=2, retry_delay=dt.timedelta(seconds=30))
@@ -218,28 +228,34 @@ with DAG(
         return staged.as_dict()
 
     @task(multiple_outputs=True)
-    def cluster_spec(settings: dict, staged: dict) -> dict:
-        """The cluster definition and its steps: the pipeline's steps over the staged code and weights."""
+    def cluster_spec(settings: dict, staged: dict, step_limits: dict) -> dict:
+        """The cluster definition and its steps: the pipeline's steps over the staged code and weights, each
+        bounded on the cluster by its limit from the cost guard."""
         run = RunSettings.from_dict(settings)
-        context = get_current_context()
         artifacts = staging.StagedArtifacts(**staged)
+        table = pricing.load_price_table(run.price_table)
+        pipeline = PipelineParams(**{**run.pipeline, "weights": artifacts.weights_uri})
         return {
-            "job_flow_overrides": emr.cluster_definition(run, artifacts, DAG_ID, context["run_id"]),
-            "steps": emr.emr_steps(
-                PipelineParams(**{**run.pipeline, "weights": artifacts.weights_uri}), artifacts.artifacts_uri
+            "job_flow_overrides": emr.cluster_definition(
+                run, artifacts, table, DAG_ID, get_current_context()["run_id"]
             ),
+            "steps": emr.emr_steps(pipeline, artifacts.artifacts_uri, step_limits),
         }
 
     @task
     def report_cost(settings: dict, estimate: dict, cluster_id: str) -> dict:
         """Run summary: the outcome, the cluster's hours priced like the estimate, the cost in the report."""
         run = RunSettings.from_dict(settings)
-        context = get_current_context()
         cluster = cost_report.wait_for_termination(aws_client("emr", run.region), cluster_id, POKE_SECONDS)
-        failures = context["ti"].xcom_pull(task_ids=[f"watch_{name}" for name in STEP_NAMES], key="failure")
-        summary = cost_report.summarize_run(
-            run, estimate, cluster_id, cluster, [f for f in failures or [] if f]
+        ti = get_current_context()["ti"]
+        # the watchers' states, not only their failure XComs: a timed-out sensor or a task marked failed by
+        # hand pushes no XCom, and must not be reported as a success
+        watchers = cost_report.watchers()
+        states = ti.get_task_states(dag_id=ti.dag_id, task_ids=watchers, run_ids=[ti.run_id]).get(
+            ti.run_id, {}
         )
+        failures = ti.xcom_pull(task_ids=watchers, key="failure") or []
+        summary = cost_report.summarize_run(run, estimate, cluster_id, cluster, states, failures)
         cost_report.publish(aws_client("s3", run.region), run, summary)
         print(cost_report.outcome_line(summary, estimate))
         if summary["cluster_state"] in emr.ACTIVE_CLUSTER_STATES:
@@ -254,7 +270,7 @@ with DAG(
     gdpr = check_gdpr(settings)
     plan = check_budget(settings)
     staged = stage_artifacts(settings)
-    spec = cluster_spec(settings, staged)
+    spec = cluster_spec(settings, staged, plan["step_limits"])
 
     region = "{{ params.region }}"
     create_cluster = emr.FruitsCreateJobFlowOperator(
@@ -284,7 +300,7 @@ with DAG(
             job_flow_id=create_cluster.output,
             step_ids=add_steps.output,
             step_name=name,
-            timeout_seconds=plan["sensor_timeout_seconds"],
+            timeout_seconds=plan[f"sensor_timeout_{name}"],
             poke_interval=POKE_SECONDS,
             mode="poke" if DEFERRABLE else "reschedule",
             deferrable=DEFERRABLE,
@@ -293,7 +309,7 @@ with DAG(
         )
         for name in STEP_NAMES
     ]
-    terminate_cluster = EmrTerminateJobFlowOperator(
+    terminate_cluster = emr.FruitsTerminateJobFlowOperator(
         task_id="terminate_cluster",
         job_flow_id=create_cluster.output,
         aws_conn_id=AWS_CONN_ID,

@@ -60,6 +60,7 @@ class EmrStepRunner:
         region: str = "eu-west-3",
         account_id: str = DEFAULT_ACCOUNT_ID,
         poll_seconds: float = 0.3,
+        credentials: dict[str, str] | None = None,
     ) -> None:
         self.workdir = workdir
         self.region = region
@@ -69,7 +70,8 @@ class EmrStepRunner:
         self.error: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="emr-step-runner", daemon=True)
-        self._s3 = boto3.client("s3", region_name=region)
+        # the nodes' identity (the instance profile): tests under IAM enforcement pass its access key
+        self._s3 = boto3.client("s3", region_name=region, **(credentials or {}))
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def __enter__(self) -> EmrStepRunner:
@@ -151,8 +153,19 @@ class EmrStepRunner:
         for stale in remote - set(local):
             self._s3.delete_object(Bucket=bucket, Key=stale)
 
+    @staticmethod
+    def strip_timeout(args: list[str]) -> tuple[float | None, list[str]]:
+        """(seconds, the command) of a ``timeout [--kill-after=N] <seconds>s <command...>`` step."""
+        if not args or args[0] != "timeout":
+            return None, args
+        i = 1
+        while args[i].startswith("--"):
+            i += 1
+        return float(args[i].rstrip("s")), args[i + 1 :]
+
     def command(self, args: list[str]) -> tuple[list[str], str | None]:
         """(the local spark-submit command, the s3 --output URI) for an EMR step's arguments."""
+        args = self.strip_timeout(args)[1]
         if not args or args[0] != "spark-submit":
             raise ValueError(f"not a spark-submit step: {args[:3]}")
         rest, output, i = [], None, 1
@@ -184,14 +197,18 @@ class EmrStepRunner:
                 handle.write(" ".join(command) + "\n")
                 handle.flush()
                 env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
-                returncode = subprocess.run(
-                    command,
-                    stdout=handle,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    check=False,
-                    cwd=self.workdir,
-                ).returncode
+                try:
+                    returncode = subprocess.run(
+                        command,
+                        stdout=handle,
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                        check=False,
+                        cwd=self.workdir,
+                        timeout=self.strip_timeout(list(step.args))[0],  # what `timeout` does on EMR
+                    ).returncode
+                except subprocess.TimeoutExpired:
+                    returncode = 124
                 if returncode == 0 and output:
                     self._sync_up(output)
             except Exception as error:

@@ -10,6 +10,8 @@ import datetime as dt
 import gzip
 import json
 import shutil
+import time
+from functools import partial
 from pathlib import Path
 
 import boto3
@@ -29,6 +31,9 @@ IMAGES_PER_LABEL = 3
 # complete one, [2026-11-05 02:00, 2026-11-06 02:00) UTC: they process the uploads of 2026-11-05
 LOGICAL_DATE = dt.datetime(2026, 11, 6, 2, 0, tzinfo=dt.UTC)
 UPLOAD_DAY = "2026-11-05"
+SERVICE_ROLE = "fruits-emr-service-eu-west-3"
+JOB_FLOW_ROLE = "fruits-emr-node-eu-west-3"
+EMR_TAG = ("for-use-with-amazon-emr-managed-policies", "true")
 
 pytestmark = pytest.mark.slow
 
@@ -48,17 +53,53 @@ def emr_dag(airflow_db, monkeypatch):
     return bag.dags[DAG_ID]
 
 
+def create_subnet(region: str = REGION, *, tagged: bool = True, internet: bool = True) -> str:
+    """A VPC and subnet as infra/ creates them (tagged for EMR's v2 policy, public, a route to an internet
+    gateway), or without the tag / the route."""
+    ec2 = boto3.client("ec2", region_name=region)
+    vpc = ec2.create_vpc(CidrBlock="10.42.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.42.0.0/24")["Subnet"]["SubnetId"]
+    ec2.modify_subnet_attribute(SubnetId=subnet, MapPublicIpOnLaunch={"Value": True})
+    if tagged:
+        ec2.create_tags(Resources=[vpc, subnet], Tags=[{"Key": EMR_TAG[0], "Value": EMR_TAG[1]}])
+    if internet:
+        gateway = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+        ec2.attach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc)
+        table = ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]
+        ec2.create_route(RouteTableId=table, DestinationCidrBlock="0.0.0.0/0", GatewayId=gateway)
+        ec2.associate_route_table(RouteTableId=table, SubnetId=subnet)
+    return subnet
+
+
+def create_bucket(s3) -> None:
+    s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+    s3.put_bucket_encryption(
+        Bucket=BUCKET,
+        ServerSideEncryptionConfiguration={
+            "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+        },
+    )
+
+
+def set_emr_variables(monkeypatch, subnet_id: str | None) -> None:
+    """The Variables docs/AWS.md has the operator set from the stack's outputs."""
+    for name, value in {
+        "FRUITS_EMR_SERVICE_ROLE": SERVICE_ROLE,
+        "FRUITS_EMR_JOB_FLOW_ROLE": JOB_FLOW_ROLE,
+        "FRUITS_EMR_SUBNET_ID": subnet_id,
+    }.items():
+        if value:
+            monkeypatch.setenv(f"AIRFLOW_VAR_{name}", value)
+        else:
+            monkeypatch.delenv(f"AIRFLOW_VAR_{name}", raising=False)
+
+
 @pytest.fixture
-def aws():
+def aws(monkeypatch):
     with mock_aws():
         s3 = boto3.client("s3", region_name=REGION)
-        s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
-        s3.put_bucket_encryption(
-            Bucket=BUCKET,
-            ServerSideEncryptionConfiguration={
-                "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
-            },
-        )
+        create_bucket(s3)
+        set_emr_variables(monkeypatch, create_subnet())
         yield s3
 
 
@@ -374,14 +415,17 @@ def test_emr_steps_are_the_local_steps_over_s3():
         k=7,
         refit=True,
     )
-    steps = emr_steps(params, "s3://b/artifacts/abc/")
+    limits = {"ingest": 900, "features": 5400, "pca": 960}
+    steps = emr_steps(params, "s3://b/artifacts/abc/", limits)
 
     assert [step["Name"] for step in steps] == ["ingest", "features", "pca"]
     for step, local in zip(steps, pipeline_steps(params), strict=True):
         args = step["HadoopJarStep"]["Args"]
         assert step["ActionOnFailure"] == "TERMINATE_CLUSTER"
         assert step["HadoopJarStep"]["Jar"] == "command-runner.jar"
-        assert args[:3] == ["spark-submit", "--deploy-mode", "client"]
+        # bounded on the cluster: `timeout` ends a step past its limit, EMR marks it FAILED
+        assert args[:3] == ["timeout", "--kill-after=60", f"{limits[step['Name']]}s"]
+        assert args[3:6] == ["spark-submit", "--deploy-mode", "client"]
         assert "--master" not in args
         # the script and its arguments are exactly what fruits run-local submits
         local_args = spark_submit_args(local, "/tmp/a", LOCAL_SPARK_CONF)
@@ -393,36 +437,182 @@ def test_emr_steps_are_the_local_steps_over_s3():
         ]
 
 
-def test_job_flow_overrides_safety_nets():
-    from fruits_platform.aws.emr import IDLE_TIMEOUT_SECONDS, emr_configurations, job_flow_overrides
+def overrides_for(instance_type="m5.xlarge", core_nodes=2, use_spot=False, engine="tensorflow"):
+    from fruits_platform.aws import pricing
+    from fruits_platform.aws.emr import emr_configurations, job_flow_overrides
+    from fruits_platform.aws.sizing import size_executors
 
-    overrides = job_flow_overrides(
+    table = pricing.load_price_table()
+    prices = table["instances"][instance_type]
+    sizing = size_executors(instance_type, prices["vcpus"], core_nodes, engine)
+    return job_flow_overrides(
         bucket="b",
         upload_day="2026-11-05",
-        instance_type="m5.xlarge",
-        core_nodes=2,
-        use_spot=True,
+        instance_type=instance_type,
+        core_nodes=core_nodes,
+        use_spot=use_spot,
         bootstrap_script_uri="s3://b/artifacts/h/install-python-deps.sh",
         requirements_uri="s3://b/artifacts/h/requirements-emr.txt",
         configurations=emr_configurations(
-            json.loads((PROJECT_ROOT / "bootstrap" / "spark-env.json").read_text())
+            json.loads((PROJECT_ROOT / "bootstrap" / "spark-env.json").read_text()), sizing
         ),
         tags={"run_id": "r"},
+        job_flow_role=JOB_FLOW_ROLE,
+        service_role=SERVICE_ROLE,
+        subnet_id="subnet-0123456789abcdef0",
+        spot_instance_types=pricing.spot_alternatives(table, instance_type),
     )
+
+
+def test_job_flow_overrides_safety_nets():
+    from fruits_platform.aws.emr import IDLE_TIMEOUT_SECONDS
+
+    overrides = overrides_for()
 
     assert overrides["AutoTerminationPolicy"] == {"IdleTimeout": IDLE_TIMEOUT_SECONDS}
     assert overrides["LogUri"] == "s3://b/emr-logs/"
     assert overrides["ReleaseLabel"].startswith("emr-7.")
+    assert overrides["Instances"]["Ec2SubnetId"] == "subnet-0123456789abcdef0"
+    assert (overrides["ServiceRole"], overrides["JobFlowRole"]) == (SERVICE_ROLE, JOB_FLOW_ROLE)
     primary, core = overrides["Instances"]["InstanceGroups"]
     assert (primary["Market"], primary["InstanceCount"]) == ("ON_DEMAND", 1)
-    assert (core["Market"], core["InstanceCount"], core["InstanceRole"]) == ("SPOT", 2, "CORE")
+    assert (core["Market"], core["InstanceCount"], core["InstanceRole"]) == ("ON_DEMAND", 2, "CORE")
     assert overrides["BootstrapActions"][0]["ScriptBootstrapAction"] == {
         "Path": "s3://b/artifacts/h/install-python-deps.sh",
         "Args": ["s3://b/artifacts/h/requirements-emr.txt"],
     }
     classifications = {c["Classification"] for c in overrides["Configurations"]}
-    assert {"spark-env", "emrfs-site"} <= classifications
+    assert {"spark-env", "emrfs-site", "spark-defaults"} <= classifications
     assert overrides["VisibleToAllUsers"] is True
+
+
+def test_spot_core_fleet_spreads_over_types_capped_at_on_demand():
+    from fruits_platform.aws import guards, pricing
+
+    overrides = overrides_for(use_spot=True)
+    instances = overrides["Instances"]
+    assert "InstanceGroups" not in instances  # EMR cannot mix groups and fleets
+    assert instances["Ec2SubnetIds"] == ["subnet-0123456789abcdef0"]
+    primary, core = instances["InstanceFleets"]
+    assert (primary["InstanceFleetType"], primary["TargetOnDemandCapacity"]) == ("MASTER", 1)
+    assert "TargetSpotCapacity" not in primary
+    assert (core["InstanceFleetType"], core["TargetSpotCapacity"]) == ("CORE", 2)
+    spot = core["LaunchSpecifications"]["SpotSpecification"]
+    assert spot["AllocationStrategy"] == "price-capacity-optimized"
+    types = [config["InstanceType"] for config in core["InstanceTypeConfigs"]]
+    assert types[0] == "m5.xlarge"
+    assert len(types) >= 2
+    assert all(config["BidPriceAsPercentageOfOnDemandPrice"] <= 100 for config in core["InstanceTypeConfigs"])
+    # the bound prices a core node at the dearest type the fleet may launch, at its On-Demand price
+    table = pricing.load_price_table()
+    dearest = max(
+        table["instances"][t]["ec2_on_demand_usd"] + table["instances"][t]["emr_usd"] for t in types
+    )
+    cap = guards.cluster_hourly_cap_eur(table, "m5.xlarge", 2, use_spot=True)
+    primary_cap = (
+        table["instances"]["m5.xlarge"]["ec2_on_demand_usd"] + table["instances"]["m5.xlarge"]["emr_usd"]
+    )
+    assert cap == pytest.approx((primary_cap + 2 * dearest) * table["usd_to_eur"])
+
+
+def test_spot_alternatives_share_the_executor_shape():
+    """Any type of the fleet must give the same executors (sizing) and run the same bootstrap (arch)."""
+    from fruits_platform.aws import pricing, sizing
+
+    table = pricing.load_price_table()
+    for instance_type in pricing.INSTANCE_TYPES:
+        alternatives = pricing.spot_alternatives(table, instance_type)
+        shapes = {
+            tuple(
+                sizing.size_executors(t, table["instances"][t]["vcpus"], 2, "tensorflow")
+                .spark_defaults()
+                .items()
+            )
+            for t in alternatives
+        }
+        archs = {pricing.architecture(t) for t in alternatives}
+        assert len(shapes) == 1, instance_type
+        assert len(archs) == 1, instance_type
+
+
+@pytest.mark.parametrize("use_spot", [False, True])
+def test_volumes_in_the_request_are_those_the_cost_bound_counts(use_spot):
+    from fruits_platform.aws import emr
+
+    overrides = overrides_for(use_spot=use_spot)
+    # the venv (~1.8 GB) and pip's temporary files do not fit EMR's 15 GiB default root volume
+    assert overrides["EbsRootVolumeSize"] >= 25
+    instances = overrides["Instances"]
+    configs = [group["EbsConfiguration"] for group in instances.get("InstanceGroups", [])] + [
+        config["EbsConfiguration"]
+        for fleet in instances.get("InstanceFleets", [])
+        for config in fleet["InstanceTypeConfigs"]
+    ]
+    assert configs
+    for ebs in configs:
+        data = sum(
+            device["VolumeSpecification"]["SizeInGB"] * device["VolumesPerInstance"]
+            for device in ebs["EbsBlockDeviceConfigs"]
+        )
+        assert overrides["EbsRootVolumeSize"] + data == emr.EBS_GIB_PER_INSTANCE
+
+
+def spark_defaults(overrides) -> dict[str, str]:
+    (defaults,) = [c for c in overrides["Configurations"] if c["Classification"] == "spark-defaults"]
+    return defaults["Properties"]
+
+
+def megabytes(value: str) -> int:
+    assert value.endswith("m"), value
+    return int(value[:-1])
+
+
+@pytest.mark.parametrize("engine", ["tensorflow", "onnx"])
+@pytest.mark.parametrize("instance_type", ["m5.xlarge", "m5.2xlarge", "m6i.4xlarge"])
+def test_cluster_request_sizes_the_python_workers_memory(engine, instance_type):
+    """YARN must reserve each Python worker's measured peak: one per executor core, outside the heap."""
+    from fruits_platform.aws import sizing
+
+    defaults = spark_defaults(overrides_for(instance_type, engine=engine))
+    cores = int(defaults["spark.executor.cores"])
+    heap = megabytes(defaults["spark.executor.memory"])
+    overhead = megabytes(defaults["spark.executor.memoryOverhead"])
+    workers_need = cores * sizing.PYTHON_WORKER_PEAK_MB[engine]
+
+    assert cores >= 1
+    # the overhead holds the workers' peak RSS with headroom, on top of the JVM's own overhead
+    assert overhead - sizing.JVM_OVERHEAD_MIN_MB >= workers_need * 1.2
+    # and the container still fits the node's YARN memory, or YARN would never schedule the executor
+    assert heap + overhead <= sizing.yarn_memory_mb(instance_type)
+    # the Python limit is not RLIMIT_AS-based (TensorFlow/ONNX Runtime map far more than they use)
+    assert "spark.executor.pyspark.memory" not in defaults
+
+
+def test_tensorflow_workers_leave_a_vcpu_idle_rather_than_overflow_yarn():
+    """4 TensorFlow workers (2 GB peak) + the JVM exceed an xlarge's 12 GiB of YARN memory: 3 run."""
+    tensorflow = spark_defaults(overrides_for("m5.xlarge", engine="tensorflow"))
+    onnx = spark_defaults(overrides_for("m5.xlarge", engine="onnx"))
+    assert int(tensorflow["spark.executor.cores"]) < 4 == int(onnx["spark.executor.cores"])
+
+
+def test_default_parallelism_comes_from_the_declared_cluster():
+    """Under dynamic allocation no executor exists when features.py sizes its partitions: the cluster's
+    declared cores must be what defaultParallelism reports, not Spark's fallback of 2."""
+    small = int(spark_defaults(overrides_for(core_nodes=1, engine="onnx"))["spark.default.parallelism"])
+    big = int(spark_defaults(overrides_for(core_nodes=4, engine="onnx"))["spark.default.parallelism"])
+    assert small >= 4  # one xlarge core node: 4 cores
+    assert big == 4 * small
+
+
+def test_the_engine_follows_the_bootstrap_requirements():
+    from fruits_platform.aws.sizing import inference_engine
+
+    assert inference_engine("numpy==1.26.4\ntensorflow-cpu==2.21.0  # TF\n") == "tensorflow"
+    assert inference_engine("onnxruntime==1.22.1\nnumpy==1.26.4\n") == "onnx"
+    assert inference_engine((PROJECT_ROOT / "bootstrap" / "requirements-emr.txt").read_text()) in (
+        "tensorflow",
+        "onnx",
+    )
 
 
 def test_spark_env_json_is_used_and_encryption_added():
@@ -479,11 +669,26 @@ def test_a_cluster_left_running_fails_the_run(emr_dag, aws, uploaded, random_wei
     assert f"cluster {cluster['Id']} is still {state} after terminate_cluster" in task_output(capfd)
 
 
+def previous_run_reports(s3) -> dict[str, bytes]:
+    """report.json files an earlier run left: the latest-run copy (another date) and this date's copy."""
+    reports = {
+        "features/report.json": {"dt": "2026-11-04", "counts": {"ok": 7}},
+        f"features/reports/dt={UPLOAD_DAY}/report.json": {"dt": UPLOAD_DAY, "counts": {"ok": 5}},
+    }
+    for key, report in reports.items():
+        s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(report).encode())
+    time.sleep(1.1)  # S3 keeps LastModified to the second: the run's cluster is created strictly later
+    return {key: s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() for key in reports}
+
+
 def test_a_timed_out_sensor_still_terminates_the_cluster(emr_dag, aws, uploaded, random_weights, monkeypatch):
-    """No step runner: the steps stay PENDING, the sensor's (shrunk) timeout expires, teardown still runs."""
+    """No step runner: the steps stay PENDING, the sensor's (shrunk) timeout expires, teardown still runs.
+    The sensor pushes no failure XCom: the summary must still say the run failed, and no earlier run's
+    report.json may receive this run's cost."""
     from fruits_platform.aws import guards
 
-    monkeypatch.setattr(guards, "sensor_timeout_seconds", lambda images, vcpus: 3)
+    before = previous_run_reports(aws)
+    monkeypatch.setattr(guards, "sensor_timeouts", lambda limits: dict.fromkeys(limits, 3))
     dagrun, states = run_dag(emr_dag, base_conf(random_weights), dt.datetime(2026, 11, 6, 19, tzinfo=dt.UTC))
 
     assert states["watch_ingest"] == "failed"
@@ -491,6 +696,31 @@ def test_a_timed_out_sensor_still_terminates_the_cluster(emr_dag, aws, uploaded,
     assert dagrun.state == "failed"
     (cluster,) = clusters()
     assert cluster["Status"]["State"] == "TERMINATED"
+    summary = xcom(dagrun, "report_cost")
+    assert summary["succeeded"] is False
+    assert (summary["failure"]["step"], summary["failure"]["state"]) == ("ingest", "failed")
+    assert summary["steps"]["watch_ingest"] == "failed"
+    for key, body in before.items():
+        assert aws.get_object(Bucket=BUCKET, Key=key)["Body"].read() == body, key
+
+
+def test_steps_marked_successful_do_not_price_an_earlier_report(emr_dag, aws, uploaded, random_weights):
+    """Sensors marked success by hand, no Spark job ran: the report.json files in S3 are older runs' (one of
+    another date, one of this date written before the cluster existed): neither gets this run's cost."""
+    before = previous_run_reports(aws)
+    dagrun = emr_dag.test(
+        run_after=dt.datetime(2026, 11, 6, 23, tzinfo=dt.UTC),
+        logical_date=LOGICAL_DATE,
+        run_conf=base_conf(random_weights),
+        mark_success_pattern=r"watch_.*",
+    )
+
+    summary = xcom(dagrun, "report_cost")
+    assert summary["succeeded"] is True
+    assert "counts" not in summary
+    for key, body in before.items():
+        assert aws.get_object(Bucket=BUCKET, Key=key)["Body"].read() == body, key
+    assert aws.get_object(Bucket=BUCKET, Key=f"features/reports/dt={UPLOAD_DAY}/cost.json")
 
 
 # -- unit level: staging and the sensor's failure report --------------------------------------------------
@@ -593,3 +823,170 @@ def test_sensor_failure_after_deferral_names_step_and_log(aws, monkeypatch):
     cancelled = pca.describe_failure(emr.describe_step(ClusterId=cluster_id, StepId=step_ids[2]))
     assert cancelled["message"].startswith(f"step pca CANCELLED on cluster {cluster_id}: cluster RUNNING")
     assert cancelled["log"] == f"s3://{BUCKET}/emr-logs/{cluster_id}/"
+
+
+# -- what must exist in the account: refused before any cluster --------------------------------------------
+@pytest.mark.parametrize(
+    ("subnet", "reason", "hour"),
+    [
+        ({"tagged": False}, "lack the tag for-use-with-amazon-emr-managed-policies=true", 20),
+        ({"internet": False}, "has no route to the internet", 21),
+    ],
+    ids=["untagged", "no-internet"],
+)
+def test_unusable_subnet_is_refused_before_any_cluster(
+    emr_dag, aws, uploaded, random_weights, capfd, monkeypatch, subnet, reason, hour
+):
+    """A subnet EMR's v2 policy cannot launch in (or without PyPI) fails check_gdpr, not the cluster."""
+    set_emr_variables(monkeypatch, create_subnet(**subnet))
+    dagrun, states = run_dag(
+        emr_dag, base_conf(random_weights), dt.datetime(2026, 11, 7, hour, tzinfo=dt.UTC)
+    )
+
+    assert_refused_before_cluster(dagrun, states, "check_gdpr", reason, task_output(capfd))
+
+
+def test_unset_role_and_subnet_variables_are_refused_at_once(
+    emr_dag, aws, uploaded, random_weights, capfd, monkeypatch
+):
+    """No fallback to EMR_DefaultRole (which the stack cannot pass): the refusal names what to set."""
+    monkeypatch.delenv("AIRFLOW_VAR_FRUITS_EMR_SERVICE_ROLE")
+    monkeypatch.delenv("AIRFLOW_VAR_FRUITS_EMR_SUBNET_ID")
+    dagrun, states = run_dag(emr_dag, base_conf(random_weights), dt.datetime(2026, 11, 7, 22, tzinfo=dt.UTC))
+
+    reason = "Airflow Variable(s) fruits_emr_service_role, fruits_emr_subnet_id not set"
+    assert_refused_before_cluster(dagrun, states, "resolve_run", reason, task_output(capfd))
+
+
+# -- a cluster that ended with errors ---------------------------------------------------------------------
+def moto_cluster(cluster_id: str):
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.emr.models import emr_backends
+
+    return emr_backends[DEFAULT_ACCOUNT_ID][REGION].clusters[cluster_id]
+
+
+def start_cluster(steps: int = 0) -> tuple[str, list[str]]:
+    client = boto3.client("emr", region_name=REGION)
+    cluster_id = client.run_job_flow(
+        Name="fruits-features dt=x",
+        LogUri=f"s3n://{BUCKET}/emr-logs/",
+        Instances={"KeepJobFlowAliveWhenNoSteps": True},
+        Tags=[{"Key": "project", "Value": "fruits"}],
+    )["JobFlowId"]
+    step_ids = []
+    if steps:
+        step_ids = client.add_job_flow_steps(
+            JobFlowId=cluster_id,
+            Steps=[
+                {"Name": n, "HadoopJarStep": {"Jar": "command-runner.jar", "Args": ["true"]}}
+                for n in ("ingest", "features", "pca")[:steps]
+            ],
+        )["StepIds"]
+    return cluster_id, step_ids
+
+
+# the event EmrTerminateJobFlowTrigger yields when its waiter meets TERMINATED_WITH_ERRORS (the provider's
+# AwsBaseWaiterTrigger._event_from_exception shape: status "error" and the waiter's message)
+TERMINATE_TRIGGER_FAILURE = {
+    "status": "error",
+    "message": "JobFlow termination failed: TERMINATED_WITH_ERRORS - STEP_FAILURE - Shut down as step "
+    "failed\nWaiter job_flow_terminated failed: Waiter encountered a terminal failure state",
+}
+
+
+@pytest.mark.parametrize("ended", ["TERMINATED_WITH_ERRORS", "TERMINATED"])
+def test_deferred_terminate_accepts_a_cluster_that_ended_with_errors(aws, monkeypatch, ended):
+    """Deferrable mode (docker-compose): after a failed step's TERMINATE_CLUSTER the trigger reports a
+    failure; the teardown must still succeed since the cluster is gone."""
+    from fruits_platform.aws.emr import FruitsTerminateJobFlowOperator
+
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({"conn_type": "aws"}))
+    cluster_id, _ = start_cluster()
+    cluster = moto_cluster(cluster_id)
+    cluster.state = ended
+    cluster.last_state_change_reason = "Shut down as step failed"
+    operator = FruitsTerminateJobFlowOperator(
+        task_id="terminate_cluster", job_flow_id=cluster_id, region_name=REGION, deferrable=True
+    )
+
+    operator.execute_complete({}, event=TERMINATE_TRIGGER_FAILURE)  # no exception
+    operator.execute_complete({}, event={"status": "success"})
+
+
+def test_deferred_terminate_still_fails_on_a_cluster_left_running(aws, monkeypatch):
+    from airflow.sdk.exceptions import AirflowException
+
+    from fruits_platform.aws.emr import FruitsTerminateJobFlowOperator
+
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({"conn_type": "aws"}))
+    cluster_id, _ = start_cluster()
+    operator = FruitsTerminateJobFlowOperator(
+        task_id="terminate_cluster", job_flow_id=cluster_id, region_name=REGION, deferrable=True
+    )
+    timed_out = {"status": "error", "message": "JobFlow termination failed: max attempts reached"}
+    with pytest.raises(AirflowException, match=f"cluster {cluster_id} is still WAITING"):
+        operator.execute_complete({}, event=timed_out)
+
+
+def test_the_provider_waiter_still_treats_terminated_with_errors_as_failure():
+    """Why FruitsTerminateJobFlowOperator exists: if a provider upgrade changes this, the subclass can go."""
+    waiters = (
+        PROJECT_ROOT / ".venv/lib/python3.11/site-packages/airflow/providers/amazon/aws/waiters/emr.json"
+    )
+    if not waiters.exists():
+        from airflow.providers.amazon.aws import waiters as package
+
+        waiters = Path(package.__file__).parent / "emr.json"
+    acceptors = json.loads(waiters.read_text())["waiters"]["job_flow_terminated"]["acceptors"]
+    assert {"expected": "TERMINATED_WITH_ERRORS", "state": "failure"}.items() <= next(
+        a for a in acceptors if a["expected"] == "TERMINATED_WITH_ERRORS"
+    ).items()
+
+
+@pytest.mark.parametrize("deferred", [False, True])
+def test_sensor_on_a_cluster_terminated_with_errors_names_the_cluster_failure(aws, monkeypatch, deferred):
+    """Bootstrap failure: EMR cancels every step and ends the cluster TERMINATED_WITH_ERRORS. Both sensor
+    paths (poke, and the trigger's failure event) fail at once with the cluster's reason and its logs."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from fruits_platform.aws.emr import FruitsStepSensor
+
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({"conn_type": "aws"}))
+    cluster_id, step_ids = start_cluster(steps=3)
+    cluster = moto_cluster(cluster_id)
+    for step in cluster.steps:
+        step.state = "CANCELLED"
+    cluster.state = "TERMINATED_WITH_ERRORS"
+    cluster.last_state_change_reason = (
+        "On the master instance: bootstrap action 1 returned a non-zero return code"
+    )
+    pushed = {}
+
+    class Ti:
+        def xcom_push(self, key, value):
+            pushed[key] = value
+
+    sensor = FruitsStepSensor(
+        task_id="watch_ingest",
+        job_flow_id=cluster_id,
+        step_ids=step_ids,
+        step_name="ingest",
+        region_name=REGION,
+        deferrable=deferred,
+    )
+    sensor._resolve_step()  # what execute() does first
+    if deferred:
+        check = partial(
+            sensor.execute_complete, {"ti": Ti()}, event={"status": "failure", "message": "failed"}
+        )
+    else:
+        check = partial(sensor.poke, {"ti": Ti()})
+    with pytest.raises(AirflowFailException) as failed:
+        check()
+    message = str(failed.value)
+    assert message.startswith(
+        f"step ingest CANCELLED on cluster {cluster_id}: cluster TERMINATED_WITH_ERRORS"
+    )
+    assert "bootstrap action 1 returned a non-zero return code" in message
+    assert pushed["failure"]["log"] == f"s3://{BUCKET}/emr-logs/{cluster_id}/"

@@ -21,18 +21,6 @@ TABLE = {
 }
 
 
-def estimate(**overrides) -> guards.CostEstimate:
-    arguments = {
-        "instance_type": "m5.xlarge",
-        "core_nodes": 2,
-        "use_spot": False,
-        "images": 96_000,
-        "idle_timeout_seconds": 900,
-        "budget_eur": 10,
-    }
-    return guards.estimate_worst_case(TABLE, **{**arguments, **overrides})
-
-
 def test_hourly_price_counts_every_node_and_spot_only_on_core_nodes():
     # 3 nodes x (0.20 + 0.05) USD = 0.75 USD/h = 0.375 EUR/h
     assert guards.cluster_hourly_eur(TABLE, "m5.xlarge", core_nodes=2, use_spot=False) == pytest.approx(0.375)
@@ -40,21 +28,58 @@ def test_hourly_price_counts_every_node_and_spot_only_on_core_nodes():
     assert guards.cluster_hourly_eur(TABLE, "m5.xlarge", core_nodes=2, use_spot=True) == pytest.approx(0.275)
 
 
-def test_worst_case_bills_every_node_for_the_idle_timeout_and_grows_with_the_batch():
-    base = estimate()
-    assert base.executor_vcpus == 8  # the two core nodes run the executors
-    assert base.worst_case_eur == pytest.approx(base.hours * 0.375, abs=0.01)
-    # a quarter hour more before auto-termination costs a quarter of the cluster's hourly price
-    assert estimate(idle_timeout_seconds=1800).worst_case_eur - base.worst_case_eur == pytest.approx(
-        0.375 / 4, abs=0.011
+def bound(images=96_000, use_spot=False, core_nodes=2, budget_eur=10.0, **kwargs):
+    return guards.estimate_worst_case(
+        pricing.load_price_table(),
+        instance_type="m5.xlarge",
+        core_nodes=core_nodes,
+        use_spot=use_spot,
+        images=images,
+        idle_timeout_seconds=900,
+        budget_eur=budget_eur,
+        ebs_gib_per_instance=94,
+        **kwargs,
     )
-    # the run part is linear in the images and shrinks with more executors
-    extra_hours = estimate(images=192_000).hours - base.hours
-    assert extra_hours > 0
-    assert estimate(images=192_000, core_nodes=4).hours - estimate(core_nodes=4).hours == pytest.approx(
-        extra_hours / 2, abs=1e-3
+
+
+def test_bound_covers_the_longest_run_the_limits_allow():
+    """The sensors' timeouts (each step's limit, the first one plus start-up) and the idle timeout are what
+    the run enforces: the bound's hours must cover all of them back to back."""
+    estimate = bound()
+    timeouts = guards.sensor_timeouts(estimate.step_limits)
+    assert list(timeouts) == ["ingest", "features", "pca"]
+    longest = sum(timeouts.values()) + max(900, guards.TERMINATION_SECONDS)
+    assert estimate.hours * 3600 >= longest - 1
+    # each limit leaves room for its step's expected compute: a normal run is never killed by it
+    compute = guards.expected_compute_seconds(96_000, estimate.executor_vcpus)
+    for name, share in guards.STEP_COMPUTE_SHARE.items():
+        assert estimate.step_limits[name] >= guards.STEP_OVERHEAD_SECONDS + 2 * share * compute, name
+    assert estimate.expected_hours < estimate.hours
+    assert estimate.expected_eur < estimate.worst_case_eur
+
+
+def test_spot_is_bounded_at_its_cap_and_ebs_is_counted():
+    table = pricing.load_price_table()
+    m5 = table["instances"]["m5.xlarge"]
+    on_demand, spot = bound(), bound(use_spot=True)
+
+    # Spot core nodes may cost up to their max price (On-Demand): the bound cannot assume the typical price
+    assert spot.worst_case_eur == on_demand.worst_case_eur
+    assert spot.expected_eur < on_demand.expected_eur
+    cap = 3 * (m5["ec2_on_demand_usd"] + m5["emr_usd"]) * table["usd_to_eur"]
+    assert spot.instance_hourly_eur == pytest.approx(cap, abs=1e-3)
+    ebs = 3 * 94 * table["ebs_gp3_usd_per_gb_month"] / 730 * table["usd_to_eur"]
+    assert on_demand.ebs_hourly_eur == pytest.approx(ebs, abs=1e-3)
+    assert on_demand.hourly_eur > on_demand.instance_hourly_eur + on_demand.ebs_hourly_eur - 1e-3
+    assert bound(public_ipv4=False).hourly_eur < on_demand.hourly_eur
+
+
+def test_fewer_executor_cores_mean_longer_limits():
+    """Memory sizing may leave vCPUs without a Python worker: the limits follow the cores really used."""
+    assert (
+        bound(images=500_000, executor_cores=6).step_limits["features"]
+        > bound(images=500_000).step_limits["features"]
     )
-    assert base.prices_as_of == "test table"
 
 
 def test_single_node_cluster_computes_on_the_primary():
@@ -66,15 +91,7 @@ def test_single_node_cluster_computes_on_the_primary():
 
 
 def test_budget_refusal_gives_the_figures():
-    estimate = guards.estimate_worst_case(
-        pricing.load_price_table(),
-        instance_type="m5.xlarge",
-        core_nodes=2,
-        use_spot=False,
-        images=100,
-        idle_timeout_seconds=900,
-        budget_eur=0.1,
-    )
+    estimate = bound(images=100, budget_eur=0.1)
     with pytest.raises(GuardRefused) as refused:
         guards.check_budget(estimate)
     message = str(refused.value)
@@ -82,17 +99,7 @@ def test_budget_refusal_gives_the_figures():
     assert f"{estimate.worst_case_eur:.2f} EUR exceeds budget_eur 0.1" in message
     assert "3 x m5.xlarge" in message
     assert "idle timeout 0.25" in message
-    guards.check_budget(
-        guards.estimate_worst_case(
-            pricing.load_price_table(),
-            instance_type="m5.xlarge",
-            core_nodes=2,
-            use_spot=False,
-            images=100,
-            idle_timeout_seconds=900,
-            budget_eur=10,
-        )
-    )
+    guards.check_budget(bound(images=100, budget_eur=10))
 
 
 def test_price_table_variable_overrides_defaults():
@@ -120,12 +127,20 @@ def test_every_offered_instance_type_has_a_price():
         assert prices["vcpus"] >= 4
 
 
-def test_sensor_timeout_has_a_floor_and_grows_with_the_batch():
-    assert guards.sensor_timeout_seconds(10, 8) == guards.SENSOR_TIMEOUT_FLOOR_SECONDS
-    big = guards.sensor_timeout_seconds(1_000_000, 8)
-    assert big > guards.SENSOR_TIMEOUT_FLOOR_SECONDS
-    assert big >= guards.SENSOR_SAFETY_FACTOR * 1_000_000 / (guards.IMAGES_PER_SECOND_PER_VCPU * 8)
-    assert guards.sensor_timeout_seconds(1_000_000, 16) < big
+def test_step_limit_has_a_floor_and_grows_with_the_batch():
+    assert set(guards.step_limits(10, 8).values()) == {guards.STEP_LIMIT_FLOOR_SECONDS}
+    limits = guards.step_limits(1_000_000, 8)
+    big = limits["features"]
+    assert big >= guards.STEP_LIMIT_FACTOR * 0.7 * 1_000_000 / (guards.IMAGES_PER_SECOND_PER_VCPU * 8)
+    assert guards.step_limits(1_000_000, 16)["features"] < big
+    timeouts = guards.sensor_timeouts(limits)
+    # every sensor outlasts its step's limit (the cluster's `timeout` says why first); only the first one
+    # also waits for the cluster's start-up
+    assert all(timeouts[name] > limit for name, limit in limits.items())
+    assert (
+        timeouts["ingest"] - limits["ingest"] - guards.STARTUP_LIMIT_SECONDS
+        == timeouts["pca"] - limits["pca"]
+    )
 
 
 def test_actual_cost_from_timeline():
@@ -244,3 +259,70 @@ def test_backfill_runs_of_the_dag_timetable_map_to_their_days():
 )
 def test_input_prefix_param_or_the_days_uploads(param, expected):
     assert guards.input_prefix(param, "2026-11-05") == expected
+
+
+# -- what must exist before a cluster is paid for ---------------------------------------------------------
+TAG = [{"Key": "for-use-with-amazon-emr-managed-policies", "Value": "true"}]
+VPC = {"VpcId": "vpc-1", "Tags": TAG}
+
+
+def route_table(*routes, subnet_id=None, main=False):
+    association = {"Main": main, **({"SubnetId": subnet_id} if subnet_id else {})}
+    return {"RouteTableId": "rtb-1", "Associations": [association], "Routes": list(routes)}
+
+
+DEFAULT_TO_IGW = {"DestinationCidrBlock": "0.0.0.0/0", "GatewayId": "igw-1", "State": "active"}
+DEFAULT_TO_NAT = {"DestinationCidrBlock": "0.0.0.0/0", "NatGatewayId": "nat-1", "State": "active"}
+LOCAL = {"DestinationCidrBlock": "10.0.0.0/16", "GatewayId": "local", "State": "active"}
+
+
+def subnet(tagged=True, public_ip=False):
+    return {
+        "SubnetId": "subnet-1",
+        "VpcId": "vpc-1",
+        "MapPublicIpOnLaunch": public_ip,
+        **({"Tags": TAG} if tagged else {}),
+    }
+
+
+def test_missing_variables_are_all_named():
+    with pytest.raises(GuardRefused) as refused:
+        guards.require_variables({"fruits_emr_service_role": "r", "fruits_emr_subnet_id": "", "b": None})
+    assert "Airflow Variable(s) b, fruits_emr_subnet_id not set" in str(refused.value)
+    assert guards.require_variables({"a": "x"}) == {"a": "x"}
+
+
+@pytest.mark.parametrize(
+    ("tagged_subnet", "tagged_vpc", "refused"),
+    [
+        (False, True, "subnet subnet-1 (Variable"),
+        (True, False, "VPC vpc-1 (Variable"),
+        (False, False, "and VPC"),
+    ],
+)
+def test_untagged_subnet_or_vpc_is_refused(tagged_subnet, tagged_vpc, refused):
+    vpc = VPC if tagged_vpc else {"VpcId": "vpc-1"}
+    tables = [route_table(LOCAL, DEFAULT_TO_NAT, main=True)]
+    with pytest.raises(
+        GuardRefused, match="lack the tag for-use-with-amazon-emr-managed-policies=true"
+    ) as error:
+        guards.check_subnet(subnet(tagged=tagged_subnet), vpc, tables, "eu-west-3", "fruits_emr_subnet_id")
+    assert refused in str(error.value)
+
+
+def test_subnet_needs_a_route_to_pypi():
+    check = guards.check_subnet
+    # private subnet behind a NAT gateway (through the VPC's main table): fine
+    assert "NAT gateway nat-1" in check(
+        subnet(), VPC, [route_table(LOCAL, DEFAULT_TO_NAT, main=True)], "r", "v"
+    )
+    # public subnet: an internet gateway route is only usable with public IPs on the instances
+    public = [route_table(LOCAL, DEFAULT_TO_IGW, subnet_id="subnet-1")]
+    assert "internet gateway igw-1" in check(subnet(public_ip=True), VPC, public, "r", "v")
+    for tables, node in ((public, subnet()), ([route_table(LOCAL, main=True)], subnet(public_ip=True))):
+        with pytest.raises(GuardRefused, match="no route to the internet"):
+            check(node, VPC, tables, "r", "v")
+    # the subnet's own table wins over the main one (EC2's rule)
+    own_without_route = route_table(LOCAL, subnet_id="subnet-1")
+    with pytest.raises(GuardRefused, match="no route to the internet"):
+        check(subnet(), VPC, [own_without_route, route_table(LOCAL, DEFAULT_TO_NAT, main=True)], "r", "v")

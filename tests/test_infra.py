@@ -148,6 +148,13 @@ def test_lifecycle_expires_logs_and_old_artifact_versions(template: dict):
     assert properties(template, "DataBucket")["VersioningConfiguration"]["Status"] == "Enabled"
 
 
+def is_output_or_log_prefix(resource) -> bool:
+    return isinstance(resource, dict) and resource.get("Fn::Sub") in (
+        "${DataBucket.Arn}/${OutputPrefix}*",
+        "${DataBucket.Arn}/emr-logs/*",
+    )
+
+
 def test_node_role_reaches_the_bucket_and_nothing_else(template: dict):
     statements = node_role_statements(template)
     assert statements
@@ -156,9 +163,63 @@ def test_node_role_reaches_the_bucket_and_nothing_else(template: dict):
         actions = as_list(statement["Action"])
         assert all(action.startswith("s3:") and "*" not in action for action in actions), actions
         for resource in as_list(statement["Resource"]):
-            assert is_bucket_or_its_objects(resource), f"{actions} on {resource}"
+            assert is_bucket_or_its_objects(resource) or is_output_or_log_prefix(resource), (
+                f"{actions} on {resource}"
+            )
         granted.update(actions)
     assert {"s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket"} <= granted
+
+
+def test_node_role_writes_only_outputs_and_logs(template: dict):
+    """A node (any code running on the cluster) must not delete uploads/ nor replace staged artifacts/."""
+    for statement in node_role_statements(template):
+        writes = {"s3:PutObject", "s3:DeleteObject"} & set(as_list(statement["Action"]))
+        if writes:
+            assert all(is_output_or_log_prefix(r) for r in as_list(statement["Resource"])), statement
+    assert parameter_default(template, {"Ref": "OutputPrefix"}) == "features/"  # the DAG's default
+
+
+def test_airflow_policy_never_deletes_objects(template: dict):
+    actions = {a for s in airflow_statements(template) for a in as_list(s["Action"])}
+    assert "s3:DeleteObject" not in actions
+
+
+def test_first_cluster_may_create_only_the_emr_cleanup_role(template: dict):
+    (statement,) = [
+        s for s in airflow_statements(template) if "iam:CreateServiceLinkedRole" in as_list(s["Action"])
+    ]
+    assert statement["Condition"] == {
+        "StringEquals": {"iam:AWSServiceName": "elasticmapreduce.amazonaws.com"}
+    }
+    resource = statement["Resource"]["Fn::Sub"]
+    assert resource.endswith(
+        "role/aws-service-role/elasticmapreduce.amazonaws.com*/AWSServiceRoleForEMRCleanup*"
+    )
+
+
+def test_cluster_mutations_need_the_project_tag(template: dict):
+    mutating = {"elasticmapreduce:AddJobFlowSteps", "elasticmapreduce:TerminateJobFlows"}
+    for statement in airflow_statements(template):
+        if mutating & set(as_list(statement["Action"])):
+            assert statement["Condition"]["StringEquals"]["aws:ResourceTag/project"] == "fruits"
+    (run_job_flow,) = [
+        s for s in airflow_statements(template) if "elasticmapreduce:RunJobFlow" in as_list(s["Action"])
+    ]
+    # every cluster the DAG starts carries the tag the statements above require
+    assert run_job_flow["Condition"]["StringEquals"]["aws:RequestTag/project"] == "fruits"
+
+
+def test_created_subnet_is_tagged_public_and_routed_to_the_internet(template: dict):
+    tag = {"Key": "for-use-with-amazon-emr-managed-policies", "Value": "true"}
+    assert tag in properties(template, "EmrSubnet")["Tags"]
+    assert tag in properties(template, "Vpc")["Tags"]
+    assert properties(template, "EmrSubnet")["MapPublicIpOnLaunch"] is True
+    route = properties(template, "DefaultRouteToInternet")
+    assert route["DestinationCidrBlock"] == "0.0.0.0/0"
+    assert route["GatewayId"] == {"Ref": "InternetGateway"}
+    association = properties(template, "EmrSubnetRouteTable")
+    assert association == {"SubnetId": {"Ref": "EmrSubnet"}, "RouteTableId": {"Ref": "PublicRouteTable"}}
+    assert template["Outputs"]["EmrSubnetId"]["Value"] == {"Ref": "EmrSubnet"}
 
 
 def test_instance_profile_wraps_the_node_role(template: dict):
@@ -190,7 +251,8 @@ def test_airflow_policy_covers_the_emr_dag(template: dict):
     actions = {action for s in statements if s["Effect"] == "Allow" for action in as_list(s["Action"])}
     assert actions >= AIRFLOW_EMR_ACTIONS
     # the DAG's pre-flight checks read the bucket's Region and default encryption, and the subnet
-    assert {"ec2:DescribeSubnets", "s3:GetBucketLocation", "s3:GetEncryptionConfiguration"} <= actions
+    assert {"ec2:DescribeSubnets", "ec2:DescribeVpcs", "ec2:DescribeRouteTables"} <= actions
+    assert {"s3:GetBucketLocation", "s3:GetEncryptionConfiguration"} <= actions
     assert {"s3:ListBucket", "s3:GetObject", "s3:PutObject"} <= actions
     assert not [a for a in actions if a.endswith("*")], "no wildcard actions"
 
@@ -219,7 +281,7 @@ def test_run_job_flow_requires_the_emr_managed_policies_tag(template: dict):
         s for s in airflow_statements(template) if "elasticmapreduce:RunJobFlow" in as_list(s["Action"])
     ]
     condition = run_job_flow["Condition"]["StringEquals"]
-    assert condition == {"aws:RequestTag/for-use-with-amazon-emr-managed-policies": "true"}
+    assert condition["aws:RequestTag/for-use-with-amazon-emr-managed-policies"] == "true"
 
 
 def test_outputs_name_what_the_dag_needs(template: dict):

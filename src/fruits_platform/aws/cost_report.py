@@ -11,16 +11,23 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+from collections.abc import Mapping, Sequence
 
 from botocore.exceptions import ClientError
 
 from fruits_platform.aws import emr, guards
 from fruits_platform.aws.settings import RunSettings
 from fruits_platform.aws.staging import SSE_ALGORITHM
+from fruits_spark.contract import STEP_NAMES
 from fruits_spark.layout import REPORT_JSON, Layout
 from fruits_spark.report import PLOTS, plot_file, report_files
 
 CONTENT_TYPES = {".json": "application/json", ".html": "text/html"}
+
+
+def watchers() -> list[str]:
+    """The step sensors' task ids: their states decide whether the run succeeded."""
+    return [f"watch_{name}" for name in STEP_NAMES]
 
 
 def wait_for_termination(client, cluster_id: str, poke_seconds: float, attempts: int = 20) -> dict:
@@ -37,10 +44,46 @@ def wait_for_termination(client, cluster_id: str, poke_seconds: float, attempts:
     return cluster
 
 
-def add_cost_to_report(s3, bucket: str, folder: str, cost: dict) -> dict:
-    """Rewrites ``folder``/report.json and report.html with ``cost``; returns the updated report."""
-    report = json.loads(s3.get_object(Bucket=bucket, Key=f"{folder}/{REPORT_JSON}")["Body"].read())
-    report["cost"] = cost
+def run_outcome(
+    states: Mapping[str, str | None], watchers: Sequence[str], failures: Sequence[dict | None]
+) -> tuple[bool, dict | None]:
+    """(succeeded, failure) of a run from its watch_<step> task states, the only complete record.
+
+    The sensors' ``failure`` XCom explains a failed step, but a sensor that timed out, a trigger that timed
+    out or a task marked failed by hand pushes none: success is every watcher in state success."""
+    reported = [failure for failure in failures if failure]
+    not_done = [(task, states.get(task)) for task in watchers if states.get(task) != "success"]
+    if not not_done:
+        return True, None
+    if reported:
+        return False, reported[0]
+    task, state = not_done[0]
+    return False, {
+        "step": task.removeprefix("watch_"),
+        "state": state,
+        "reason": f"{task} ended {state} without a step failure (sensor/trigger timeout, marked by hand)",
+        "log": None,
+        "message": f"{task} {state}: the step did not succeed (sensor or trigger timeout, or marked by hand)",
+    }
+
+
+def report_of_run(s3, bucket: str, folder: str, upload_day: str, written_after: dt.datetime) -> dict | None:
+    """``folder``/report.json if the Spark job of this run wrote it: its dt is the run's and it was written
+    after the run's cluster was created. Otherwise None: it belongs to another run (or none exists)."""
+    try:
+        found = s3.get_object(Bucket=bucket, Key=f"{folder}/{REPORT_JSON}")
+    except s3.exceptions.NoSuchKey:
+        return None
+    report = json.loads(found["Body"].read())
+    # S3 keeps LastModified to the second
+    if report.get("dt") != upload_day or found["LastModified"] < written_after.replace(microsecond=0):
+        return None
+    return report
+
+
+def add_cost_to_report(s3, bucket: str, folder: str, cost: dict, report: dict) -> dict:
+    """Rewrites ``folder``/report.json and report.html, ``report`` (from ``report_of_run``) with ``cost``."""
+    report = {**report, "cost": cost}
     plots = {
         name: s3.get_object(Bucket=bucket, Key=f"{folder}/{plot_file(name)}")["Body"].read() for name in PLOTS
     }
@@ -56,25 +99,35 @@ def add_cost_to_report(s3, bucket: str, folder: str, cost: dict) -> dict:
 
 
 def summarize_run(
-    run: RunSettings, estimate: dict, cluster_id: str, cluster: dict, failures: list[dict]
+    run: RunSettings,
+    estimate: dict,
+    cluster_id: str,
+    cluster: dict,
+    states: Mapping[str, str | None],
+    failures: Sequence[dict | None],
 ) -> dict:
-    """The run summary (cost.json, the report_cost XCom) from the terminated cluster and the step failures."""
+    """The run summary (cost.json, the report_cost XCom) from the terminated cluster and its watchers."""
     timeline = cluster["Status"].get("Timeline", {})
     ended = timeline.get("EndDateTime") or dt.datetime.now(dt.UTC)
-    hours, cost = guards.actual_cost_eur(estimate["hourly_eur"], timeline["CreationDateTime"], ended)
+    # priced at the expected rate (typical Spot price): the bound's caps would overstate a Spot run
+    hours, cost = guards.actual_cost_eur(estimate["expected_hourly_eur"], timeline["CreationDateTime"], ended)
+    succeeded, failure = run_outcome(states, watchers(), failures)
     return {
         "dt": run.dt,
         "input": run.input_uri,
         "output": run.output_uri,
         "cluster_id": cluster_id,
         "cluster_state": cluster["Status"]["State"],
-        "succeeded": not failures,
-        "failure": failures[0] if failures else None,
+        "created": timeline["CreationDateTime"],
+        "succeeded": succeeded,
+        "failure": failure,
+        "steps": dict(states),
         "cost": {
             "cluster_hours": hours,
             "normalized_instance_hours": cluster.get("NormalizedInstanceHours"),
             "estimated_cost_eur": cost,
-            "hourly_eur": estimate["hourly_eur"],
+            "hourly_eur": estimate["expected_hourly_eur"],
+            "bound_hourly_eur": estimate["hourly_eur"],
             "estimated_worst_case_eur": estimate["worst_case_eur"],
             "budget_eur": estimate["budget_eur"],
             "prices_as_of": estimate["prices_as_of"],
@@ -87,10 +140,15 @@ def publish(s3, run: RunSettings, summary: dict) -> None:
     layout = Layout(run.output_prefix, run.dt)
     folders = layout.report_folders()
     try:
-        if summary["succeeded"]:
-            for folder in folders:
-                report = add_cost_to_report(s3, run.bucket, folder, summary["cost"])
-            summary["counts"] = report.get("counts")
+        # the latest-run copy and the dated copy both get the cost, each only if this run wrote it
+        for folder in folders if summary["succeeded"] else ():
+            report = report_of_run(s3, run.bucket, folder, run.dt, summary["created"])
+            if report is None:
+                print(f"{folder}/{REPORT_JSON} is not this run's: no cost written into it")
+                continue
+            summary["counts"] = add_cost_to_report(s3, run.bucket, folder, summary["cost"], report).get(
+                "counts"
+            )
         s3.put_object(
             Bucket=run.bucket,
             Key=f"{folders[1]}/cost.json",
@@ -106,7 +164,7 @@ def outcome_line(summary: dict, estimate: dict) -> str:
     outcome = "steps succeeded" if summary["succeeded"] else "FAILED: " + summary["failure"]["message"]
     return (
         f"run summary: {outcome}; cluster {summary['cluster_id']} {summary['cluster_state']} after "
-        f"{cost['cluster_hours']:.2f} h, ~{cost['estimated_cost_eur']:.2f} EUR (worst case estimate "
+        f"{cost['cluster_hours']:.2f} h, ~{cost['estimated_cost_eur']:.2f} EUR (bound "
         f"{estimate['worst_case_eur']:.2f}, budget {estimate['budget_eur']:g}), "
         f"NormalizedInstanceHours {cost['normalized_instance_hours']}"
     )

@@ -1,8 +1,8 @@
 """The EMR side of the pipeline: the job flow (cluster) definition, the EMR steps, and two thin operator
 subclasses (an idempotent cluster creation, a step sensor whose failure names the step and its log).
 
-The steps are not defined here: they are ``steps.pipeline_steps`` turned into ``command-runner.jar``
-``spark-submit`` calls by ``steps.spark_submit_args``, exactly what ``fruits run-local`` submits.
+The steps are not defined here: they are ``pipeline.pipeline_steps`` turned into ``command-runner.jar``
+``spark-submit`` calls by ``pipeline.spark_submit_args``, exactly what ``fruits run-local`` submits.
 """
 
 from __future__ import annotations
@@ -14,10 +14,14 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.amazon.aws.operators.emr import EmrCreateJobFlowOperator
+from airflow.providers.amazon.aws.operators.emr import EmrCreateJobFlowOperator, EmrTerminateJobFlowOperator
 from airflow.providers.amazon.aws.sensors.emr import EmrStepSensor
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
+from fruits_platform.artifacts import bootstrap_dir
+from fruits_platform.aws import pricing
+from fruits_platform.aws.sizing import ExecutorSizing, inference_engine, size_executors
+from fruits_platform.aws.staging import BOOTSTRAP_REQUIREMENTS
 from fruits_platform.pipeline import PipelineParams, failure_reason, pipeline_steps, spark_submit_args
 from fruits_spark.contract import STEP_NAMES
 
@@ -32,8 +36,16 @@ RELEASE_LABEL = "emr-7.10.0"
 # teardown (worker lost, scheduler down). Steps are added right after creation, so the cluster is never
 # idle before or between steps; 15 min leaves room to re-add a step by hand while debugging.
 IDLE_TIMEOUT_SECONDS = 900
-JOB_FLOW_ROLE = "EMR_EC2_DefaultRole"
-SERVICE_ROLE = "EMR_DefaultRole"
+# Root volume of every node: the bootstrap's venv (~1.8 GB) and pip's temporary files come on top of the
+# AMI; EMR's default (15 GiB) leaves too little. Counted in the cost bound with the data volume.
+ROOT_VOLUME_GIB = 30
+# One gp3 data volume per node (HDFS, YARN local dirs: shuffle and spills) instead of EMR's per-type default,
+# so that the cost bound knows the size
+DATA_VOLUME_GIB = 64
+EBS_GIB_PER_INSTANCE = ROOT_VOLUME_GIB + DATA_VOLUME_GIB
+# `timeout` (coreutils on every EMR node) wraps each step's spark-submit: the step's limit is enforced on the
+# cluster even when Airflow is gone; --kill-after ends a spark-submit that ignores SIGTERM
+STEP_TIMEOUT_KILL_AFTER_SECONDS = 60
 CLUSTER_NAME_PREFIX = "fruits-features"
 LOG_PREFIX = "emr-logs/"
 # states in which a cluster still costs money and can still run this run's steps
@@ -48,10 +60,18 @@ EMRFS_SSE: dict[str, Any] = {
 }
 
 
-def emr_steps(params: PipelineParams, artifacts_uri: str) -> list[dict[str, Any]]:
-    """The pipeline's steps as EMR steps: ``spark-submit --deploy-mode client`` through command-runner."""
+def emr_steps(
+    params: PipelineParams, artifacts_uri: str, step_limits: Mapping[str, int]
+) -> list[dict[str, Any]]:
+    """The pipeline's steps as EMR steps: ``timeout <limit> spark-submit --deploy-mode client`` through
+    command-runner; a step past its limit exits 124, EMR marks it FAILED and TERMINATE_CLUSTER follows."""
     steps = []
     for step in pipeline_steps(params):
+        limit = [
+            "timeout",
+            f"--kill-after={STEP_TIMEOUT_KILL_AFTER_SECONDS}",
+            f"{int(step_limits[step.name])}s",
+        ]
         # client mode: the driver runs on the primary node, where the step's stdout/stderr are collected
         submit = spark_submit_args(step, artifacts_uri, EMR_SPARK_CONF, deploy_mode="client")
         steps.append(
@@ -61,23 +81,116 @@ def emr_steps(params: PipelineParams, artifacts_uri: str) -> list[dict[str, Any]
                 "ActionOnFailure": "TERMINATE_CLUSTER",
                 "HadoopJarStep": {
                     "Jar": "command-runner.jar",
-                    "Args": submit,
+                    "Args": [*limit, *submit],
                 },
             }
         )
     return steps
 
 
-def emr_configurations(spark_env: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """bootstrap/spark-env.json's Configurations plus EMRFS server-side encryption."""
-    configurations = copy.deepcopy(list(spark_env))
+def _merge_classification(
+    configurations: list[dict[str, Any]], classification: str, properties: Mapping
+) -> None:
     for configuration in configurations:
-        if configuration.get("Classification") == EMRFS_SSE["Classification"]:
-            configuration.setdefault("Properties", {}).update(EMRFS_SSE["Properties"])
-            break
-    else:
-        configurations.append(copy.deepcopy(EMRFS_SSE))
+        if configuration.get("Classification") == classification:
+            configuration.setdefault("Properties", {}).update(properties)
+            return
+    configurations.append({"Classification": classification, "Properties": dict(properties)})
+
+
+def emr_configurations(
+    spark_env: Sequence[Mapping[str, Any]], sizing: ExecutorSizing | None = None
+) -> list[dict[str, Any]]:
+    """bootstrap/spark-env.json's Configurations, EMRFS server-side encryption, and the executor sizing
+    (``sizing.ExecutorSizing.spark_defaults``) merged into spark-defaults."""
+    configurations = copy.deepcopy(list(spark_env))
+    _merge_classification(configurations, EMRFS_SSE["Classification"], EMRFS_SSE["Properties"])
+    if sizing is not None:
+        _merge_classification(configurations, "spark-defaults", sizing.spark_defaults())
     return configurations
+
+
+def current_engine() -> str:
+    """The inference engine of the bootstrap this Airflow stages (bootstrap/requirements-emr.txt)."""
+    return inference_engine((bootstrap_dir() / BOOTSTRAP_REQUIREMENTS).read_text())
+
+
+# Spot core fleet: max price = each type's On-Demand price (the cost bound's cap); after this long without
+# Spot capacity EMR launches the core nodes On-Demand rather than leave the run waiting
+SPOT_MAX_PRICE_PERCENT_OF_ON_DEMAND = 100.0
+SPOT_TIMEOUT_MINUTES = 20
+SPOT_ALLOCATION_STRATEGY = "price-capacity-optimized"
+
+
+def on_demand_instance_groups(instance_type: str, core_nodes: int) -> list[dict[str, Any]]:
+    groups = [
+        {
+            "Name": "primary",
+            "Market": "ON_DEMAND",  # losing the primary node loses the cluster: never Spot
+            "InstanceRole": "MASTER",
+            "InstanceType": instance_type,
+            "InstanceCount": 1,
+            "EbsConfiguration": ebs_configuration(),
+        }
+    ]
+    if core_nodes:
+        groups.append(
+            {
+                "Name": "core",
+                "Market": "ON_DEMAND",
+                "InstanceRole": "CORE",
+                "InstanceType": instance_type,
+                "InstanceCount": core_nodes,
+                "EbsConfiguration": ebs_configuration(),
+            }
+        )
+    return groups
+
+
+def spot_instance_fleets(
+    instance_type: str, core_nodes: int, spot_types: Sequence[str]
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "Name": "primary",
+            "InstanceFleetType": "MASTER",
+            "TargetOnDemandCapacity": 1,  # losing the primary node loses the cluster: never Spot
+            "InstanceTypeConfigs": [{"InstanceType": instance_type, "EbsConfiguration": ebs_configuration()}],
+        },
+        {
+            "Name": "core",
+            "InstanceFleetType": "CORE",
+            "TargetSpotCapacity": core_nodes,
+            "InstanceTypeConfigs": [
+                {
+                    "InstanceType": name,
+                    "WeightedCapacity": 1,
+                    "BidPriceAsPercentageOfOnDemandPrice": SPOT_MAX_PRICE_PERCENT_OF_ON_DEMAND,
+                    "EbsConfiguration": ebs_configuration(),
+                }
+                for name in spot_types
+            ],
+            "LaunchSpecifications": {
+                "SpotSpecification": {
+                    "AllocationStrategy": SPOT_ALLOCATION_STRATEGY,
+                    "TimeoutDurationMinutes": SPOT_TIMEOUT_MINUTES,
+                    "TimeoutAction": "SWITCH_TO_ON_DEMAND",
+                }
+            },
+        },
+    ]
+
+
+def ebs_configuration() -> dict[str, Any]:
+    return {
+        "EbsBlockDeviceConfigs": [
+            {
+                "VolumeSpecification": {"VolumeType": "gp3", "SizeInGB": DATA_VOLUME_GIB},
+                "VolumesPerInstance": 1,
+            }
+        ],
+        "EbsOptimized": True,
+    }
 
 
 # AmazonEMRServicePolicy_v2 only manages EC2 resources carrying this tag; infra/'s Airflow policy refuses a
@@ -107,41 +220,40 @@ def job_flow_overrides(
     requirements_uri: str,
     configurations: list[dict[str, Any]],
     tags: Mapping[str, str],
-    job_flow_role: str = JOB_FLOW_ROLE,
-    service_role: str = SERVICE_ROLE,
-    subnet_id: str | None = None,
+    job_flow_role: str,
+    service_role: str,
+    subnet_id: str,
+    spot_instance_types: Sequence[str] = (),
     security_configuration: str | None = None,
     release_label: str = RELEASE_LABEL,
     idle_timeout_seconds: int = IDLE_TIMEOUT_SECONDS,
 ) -> dict[str, Any]:
-    """``run_job_flow`` arguments of the run's transient cluster."""
-    groups = [
-        {
-            "Name": "primary",
-            "Market": "ON_DEMAND",  # losing the primary node loses the cluster: never Spot
-            "InstanceRole": "MASTER",
-            "InstanceType": instance_type,
-            "InstanceCount": 1,
+    """``run_job_flow`` arguments of the run's transient cluster.
+
+    On-Demand: two instance groups. ``use_spot``: instance fleets (EMR cannot mix the two), the core fleet
+    on Spot over ``spot_instance_types`` (``pricing.spot_alternatives``; default: ``instance_type`` only)
+    with price-capacity-optimized allocation, each type capped at its On-Demand price (the cost guard's
+    bound assumes that cap). The roles and the subnet have no default: see ``guards.require_variables``."""
+    if use_spot and core_nodes:
+        instances: dict[str, Any] = {
+            "InstanceFleets": spot_instance_fleets(
+                instance_type, core_nodes, spot_instance_types or [instance_type]
+            )
         }
-    ]
-    if core_nodes:
-        groups.append(
-            {
-                "Name": "core",
-                "Market": "SPOT" if use_spot else "ON_DEMAND",
-                "InstanceRole": "CORE",
-                "InstanceType": instance_type,
-                "InstanceCount": core_nodes,
-            }
-        )
-    instances: dict[str, Any] = {
-        "InstanceGroups": groups,
-        # steps are added after creation: the cluster must wait for them (auto-termination ends it)
-        "KeepJobFlowAliveWhenNoSteps": True,
-        "TerminationProtected": False,
-    }
-    if subnet_id:
-        instances["Ec2SubnetId"] = subnet_id
+    else:
+        instances = {"InstanceGroups": on_demand_instance_groups(instance_type, core_nodes)}
+    instances.update(
+        {
+            # steps are added after creation: the cluster must wait for them (auto-termination ends it)
+            "KeepJobFlowAliveWhenNoSteps": True,
+            "TerminationProtected": False,
+        }
+    )
+    # required: EMR's v2 service policy launches only in a tagged subnet (guards.check_subnet); fleets
+    # take a list (EMR picks among them), groups a single subnet
+    instances["Ec2SubnetIds" if "InstanceFleets" in instances else "Ec2SubnetId"] = (
+        [subnet_id] if "InstanceFleets" in instances else subnet_id
+    )
     overrides: dict[str, Any] = {
         "Name": f"{CLUSTER_NAME_PREFIX} dt={upload_day}",
         "ReleaseLabel": release_label,
@@ -156,6 +268,7 @@ def job_flow_overrides(
             }
         ],
         "Configurations": configurations,
+        "EbsRootVolumeSize": ROOT_VOLUME_GIB,
         "JobFlowRole": job_flow_role,
         "ServiceRole": service_role,
         "VisibleToAllUsers": True,
@@ -164,25 +277,6 @@ def job_flow_overrides(
     if security_configuration:
         overrides["SecurityConfiguration"] = security_configuration
     return overrides
-
-
-def cluster_definition(run: RunSettings, staged: StagedArtifacts, dag_id: str, run_id: str) -> dict[str, Any]:
-    """The run's cluster, from its settings and what staging put in S3."""
-    return job_flow_overrides(
-        bucket=run.bucket,
-        upload_day=run.dt,
-        instance_type=run.instance_type,
-        core_nodes=run.core_nodes,
-        use_spot=run.use_spot,
-        bootstrap_script_uri=staged.bootstrap_script_uri,
-        requirements_uri=staged.requirements_uri,
-        configurations=emr_configurations(staged.spark_env),
-        tags=cluster_tags(dag_id, run_id, run.dt),
-        job_flow_role=run.job_flow_role,
-        service_role=run.service_role,
-        subnet_id=run.subnet_id,
-        security_configuration=run.security_configuration,
-    )
 
 
 def normalise_log_uri(log_uri: str | None) -> str | None:
@@ -219,13 +313,56 @@ class FruitsCreateJobFlowOperator(EmrCreateJobFlowOperator):
     cluster tagged with this DAG run's id and adopts it.
     """
 
+    adopted_cluster_id: str | None = None
+
     def execute(self, context) -> str | None:
         run_id = context["run_id"]
         existing = find_run_cluster(self.hook.conn, self.dag_id, run_id)
         if existing:
             self.log.warning("Adopting cluster %s, created for run %s by an earlier try", existing, run_id)
+            # kept on this subclass (on_kill below), not in the provider's private state
+            self.adopted_cluster_id = existing
             return existing
         return super().execute(context)
+
+    def on_kill(self) -> None:
+        if self.adopted_cluster_id:
+            self.log.info("Terminating adopted cluster %s", self.adopted_cluster_id)
+            self.hook.conn.terminate_job_flows(JobFlowIds=[self.adopted_cluster_id])
+            return
+        super().on_kill()
+
+
+# what a cluster is once terminate_cluster has done its job: TERMINATED_WITH_ERRORS is how a cluster ends
+# after a failed step's ActionOnFailure TERMINATE_CLUSTER (or a bootstrap failure), before the teardown ran
+ENDED_CLUSTER_STATES = ("TERMINATED", "TERMINATED_WITH_ERRORS")
+
+
+class FruitsTerminateJobFlowOperator(EmrTerminateJobFlowOperator):
+    """``EmrTerminateJobFlowOperator`` whose deferred wait accepts a cluster that ended with errors.
+
+    The provider's trigger waits with the ``job_flow_terminated`` waiter, whose acceptors make
+    TERMINATED_WITH_ERRORS a terminal *failure*: in deferrable mode every failed run (a failed step ends
+    the cluster that way) would also fail its teardown. Whatever the trigger reports, this asks EMR for the
+    cluster's state: ended (either way) is what terminating wanted; anything else still fails the task.
+    """
+
+    def execute_complete(self, context, event: dict[str, Any] | None = None) -> None:
+        if event and event.get("status") == "success":
+            self.log.info("Cluster %s terminated", self.job_flow_id)
+            return
+        status = self.hook.conn.describe_cluster(ClusterId=self.job_flow_id)["Cluster"]["Status"]
+        state = status["State"]
+        if state in ENDED_CLUSTER_STATES:
+            change = status.get("StateChangeReason") or {}
+            self.log.info(
+                "Cluster %s is %s (%s): terminated, as intended",
+                self.job_flow_id,
+                state,
+                " ".join(filter(None, [change.get("Code"), change.get("Message")])) or "no reason given",
+            )
+            return
+        raise AirflowException(f"cluster {self.job_flow_id} is still {state} after termination: {event}")
 
 
 class FruitsStepSensor(EmrStepSensor):
@@ -322,3 +459,33 @@ class FruitsStepSensor(EmrStepSensor):
             self.log.info("Step log not readable yet (%s)", error)
             return None
         return failure_reason(self.step_name, text)
+
+
+def executor_sizing(table: Mapping[str, Any], instance_type: str, core_nodes: int) -> ExecutorSizing:
+    """The executors' shape on this instance type for the engine the bootstrap installs."""
+    vcpus = int(table["instances"][instance_type]["vcpus"])
+    return size_executors(instance_type, vcpus, core_nodes, current_engine())
+
+
+def cluster_definition(
+    run: RunSettings, staged: StagedArtifacts, table: Mapping[str, Any], dag_id: str, run_id: str
+) -> dict[str, Any]:
+    """The run's cluster, from its settings, what staging put in S3 and the price table (Spot fleet)."""
+    return job_flow_overrides(
+        bucket=run.bucket,
+        upload_day=run.dt,
+        instance_type=run.instance_type,
+        core_nodes=run.core_nodes,
+        use_spot=run.use_spot,
+        bootstrap_script_uri=staged.bootstrap_script_uri,
+        requirements_uri=staged.requirements_uri,
+        configurations=emr_configurations(
+            staged.spark_env, executor_sizing(table, run.instance_type, run.core_nodes)
+        ),
+        tags=cluster_tags(dag_id, run_id, run.dt),
+        job_flow_role=run.job_flow_role,
+        service_role=run.service_role,
+        subnet_id=run.subnet_id,
+        spot_instance_types=pricing.spot_alternatives(table, run.instance_type),
+        security_configuration=run.security_configuration,
+    )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
-from fruits_platform.aws import emr, guards, staging
+from fruits_platform.aws import guards, staging
 from fruits_platform.pipeline import PipelineParams
 
 # Airflow Variables the DAG reads (docker-compose passes them as AIRFLOW_VAR_<NAME>)
@@ -19,6 +19,8 @@ VAR_JOB_FLOW_ROLE = "fruits_emr_job_flow_role"
 VAR_SERVICE_ROLE = "fruits_emr_service_role"
 VAR_SUBNET_ID = "fruits_emr_subnet_id"
 VAR_SECURITY_CONFIGURATION = "fruits_emr_security_configuration"
+# the infra stack's outputs: a run cannot start a cluster without them
+REQUIRED_VARIABLES = (VAR_SERVICE_ROLE, VAR_JOB_FLOW_ROLE, VAR_SUBNET_ID)
 VARIABLES = (
     VAR_BUCKET,
     VAR_PRICE_TABLE,
@@ -44,7 +46,7 @@ class RunSettings:
     price_table: str | None
     job_flow_role: str
     service_role: str
-    subnet_id: str | None
+    subnet_id: str
     security_configuration: str | None
 
     @property
@@ -66,6 +68,8 @@ class RunSettings:
 def resolve_settings(params: Mapping, upload_day: str, variables: Mapping[str, str | None]) -> RunSettings:
     """The run's settings; GuardRefused (one line) when a param or Variable is unusable."""
     bucket = guards.require_bucket(params["bucket"] or variables.get(VAR_BUCKET))
+    # no fallback to EMR's default roles: the stack's policy may pass only its own roles
+    required = guards.require_variables({name: variables.get(name) for name in REQUIRED_VARIABLES})
     input_prefix = guards.input_prefix(params["input"], upload_day)
     output_prefix = params["output"].strip().lstrip("/").rstrip("/") + "/"
     try:
@@ -89,8 +93,8 @@ def resolve_settings(params: Mapping, upload_day: str, variables: Mapping[str, s
         use_spot=bool(params["use_spot"]),
         budget_eur=float(params["budget_eur"]),
         price_table=variables.get(VAR_PRICE_TABLE),
-        job_flow_role=variables.get(VAR_JOB_FLOW_ROLE) or emr.JOB_FLOW_ROLE,
-        service_role=variables.get(VAR_SERVICE_ROLE) or emr.SERVICE_ROLE,
-        subnet_id=variables.get(VAR_SUBNET_ID),
+        job_flow_role=required[VAR_JOB_FLOW_ROLE],
+        service_role=required[VAR_SERVICE_ROLE],
+        subnet_id=required[VAR_SUBNET_ID],
         security_configuration=variables.get(VAR_SECURITY_CONFIGURATION),
     )

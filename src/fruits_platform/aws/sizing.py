@@ -1,0 +1,138 @@
+"""How the run's Spark executors are sized on the EMR nodes: pure arithmetic, no AWS, no Airflow.
+
+The features step runs its model in Python workers, one per concurrent task (``spark.python.worker.reuse``
+keeps them alive). Their memory lives outside the executor's JVM heap, so YARN only reserves it when the
+request says so: without it a node runs as many workers as it has vCPUs, their RSS exceeds the container and
+YARN kills the executor (exit 137/143). The sizes below go into the cluster request's ``spark-defaults``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+# Peak RSS of one Python worker running the features UDF, per inference engine, in MB. TensorFlow: measured
+# 1.6-2.0 GB per worker (docs/BENCHMARKS.md); ONNX Runtime: the target of the engine switch, to be replaced
+# by its measured figure (the lead plugs it in). The sizing follows whatever these say.
+PYTHON_WORKER_PEAK_MB: dict[str, int] = {"onnx": 600, "tensorflow": 2000}
+# the engine bootstrap/requirements-emr.txt installs decides; this is the fallback for an unknown file
+DEFAULT_ENGINE = "onnx"
+# margin over the measured peak: batch sizes and image sizes vary, glibc arenas fragment
+PYTHON_MEMORY_HEADROOM = 1.25
+# the executor JVM only moves Arrow batches of image bytes between Parquet and the Python workers
+EXECUTOR_JVM_MB = 2048
+# Spark's own overhead rule for the JVM (off-heap, thread stacks): max(384 MB, 10 % of the heap)
+JVM_OVERHEAD_MIN_MB = 384
+JVM_OVERHEAD_FACTOR = 0.10
+# YARN memory per node (yarn.nodemanager.resource.memory-mb) that EMR 7 sets by instance size, same for the
+# m5/m6i/m6g/m7g families: Amazon EMR Management Guide, "Task configuration" defaults (to re-check for a
+# new family)
+YARN_MEMORY_MB: dict[str, int] = {"xlarge": 12288, "2xlarge": 24576, "4xlarge": 57344}
+# partitions per executor core: a few tasks per core keep every core busy when tasks differ in length
+PARTITIONS_PER_CORE = 2
+
+
+class SizingError(ValueError):
+    """The instance type cannot hold even one Python worker of the engine: one-line reason."""
+
+
+@dataclass(frozen=True)
+class ExecutorSizing:
+    engine: str
+    instance_type: str
+    executor_nodes: int
+    executor_cores: int  # = Python workers per executor (one per concurrent task)
+    executors_per_node: int
+    python_worker_mb: int
+    python_memory_mb: int
+    executor_memory_mb: int
+    memory_overhead_mb: int
+    container_mb: int
+    yarn_memory_mb: int
+
+    @property
+    def total_executor_cores(self) -> int:
+        return self.executor_cores * self.executors_per_node * self.executor_nodes
+
+    @property
+    def default_parallelism(self) -> int:
+        return PARTITIONS_PER_CORE * self.total_executor_cores
+
+    def spark_defaults(self) -> dict[str, str]:
+        """The cluster's spark-defaults: executor shape, and the parallelism the jobs size partitions from.
+
+        The Python workers' memory goes into ``memoryOverhead``, not ``spark.executor.pyspark.memory``: the
+        latter sets RLIMIT_AS (virtual address space) on each worker, and TensorFlow / ONNX Runtime map far
+        more virtual memory than they use: they would fail to import.
+        ``spark.default.parallelism`` is set because under dynamic allocation no executor exists when a job
+        starts: ``defaultParallelism`` would otherwise be 2 and a small batch would run as 2 partitions.
+        """
+        return {
+            "spark.executor.cores": str(self.executor_cores),
+            "spark.executor.memory": f"{self.executor_memory_mb}m",
+            "spark.executor.memoryOverhead": f"{self.memory_overhead_mb}m",
+            "spark.default.parallelism": str(self.default_parallelism),
+        }
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "total_executor_cores": self.total_executor_cores}
+
+
+def inference_engine(requirements_text: str) -> str:
+    """The engine the EMR bootstrap installs, read from requirements-emr.txt's pins."""
+    names = {
+        line.split("#", 1)[0].split("==", 1)[0].strip().lower().replace("_", "-")
+        for line in requirements_text.splitlines()
+    }
+    if "onnxruntime" in names:
+        return "onnx"
+    if names & {"tensorflow", "tensorflow-cpu"}:
+        return "tensorflow"
+    return DEFAULT_ENGINE
+
+
+def yarn_memory_mb(instance_type: str) -> int:
+    size = instance_type.split(".", 1)[-1]
+    try:
+        return YARN_MEMORY_MB[size]
+    except KeyError:
+        raise SizingError(
+            f"no YARN memory figure for {instance_type} (sizes: {sorted(YARN_MEMORY_MB)})"
+        ) from None
+
+
+def size_executors(instance_type: str, vcpus: int, core_nodes: int, engine: str) -> ExecutorSizing:
+    """One executor shape per node: as many Python workers as vCPUs, fewer if their memory does not fit."""
+    try:
+        worker_mb = PYTHON_WORKER_PEAK_MB[engine]
+    except KeyError:
+        raise SizingError(
+            f"no Python worker peak for engine {engine!r} ({sorted(PYTHON_WORKER_PEAK_MB)})"
+        ) from None
+    yarn_mb = yarn_memory_mb(instance_type)
+    jvm_overhead = max(JVM_OVERHEAD_MIN_MB, math.ceil(JVM_OVERHEAD_FACTOR * EXECUTOR_JVM_MB))
+    for cores in range(vcpus, 0, -1):
+        python_mb = math.ceil(cores * worker_mb * PYTHON_MEMORY_HEADROOM)
+        container = EXECUTOR_JVM_MB + jvm_overhead + python_mb
+        if container <= yarn_mb:
+            break
+    else:
+        raise SizingError(
+            f"{instance_type}: one {engine} Python worker ({worker_mb} MB x {PYTHON_MEMORY_HEADROOM}) "
+            f"plus the executor JVM does not fit in the node's {yarn_mb} MB of YARN memory"
+        )
+    # YARN's default resource calculator counts memory only: never more task slots than vCPUs per node
+    per_node = max(1, min(yarn_mb // container, vcpus // cores))
+    return ExecutorSizing(
+        engine=engine,
+        instance_type=instance_type,
+        executor_nodes=max(core_nodes, 1),  # a single-node cluster runs its executors on the primary
+        executor_cores=cores,
+        executors_per_node=per_node,
+        python_worker_mb=worker_mb,
+        python_memory_mb=python_mb,
+        executor_memory_mb=EXECUTOR_JVM_MB,
+        memory_overhead_mb=jvm_overhead + python_mb,
+        container_mb=container,
+        yarn_memory_mb=yarn_mb,
+    )

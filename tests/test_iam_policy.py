@@ -1,0 +1,287 @@
+"""The DAG under IAM enforcement, as an identity holding exactly infra/'s Airflow policy; the cluster's step
+runner as an identity holding exactly the node role's policy.
+
+The template's policies are resolved for moto's account (123456789012) and the test bucket, attached to two
+IAM users in moto, and the run uses their access keys with moto's IAM enforcement on
+(``moto.core.enable_iam_authentication``). Every call the DAG and the nodes make must be allowed; calls the
+policies leave out must be denied.
+
+What moto's enforcement does not do, and what this module adds or leaves out (moto 5.2):
+
+* moto authorizes every non-S3 request against resource ``*``: a statement scoped to cluster ARNs would
+  never match. ``_determine_resource`` below gives EMR requests their cluster's ARN, as AWS does.
+* moto evaluates ``StringEquals`` conditions only, and only with values a request supplies (identity
+  policies get none: conditions pass vacuously). The patch below supplies ``aws:ResourceTag/<key>`` (the
+  cluster's tags) and ``aws:RequestTag/<key>`` (RunJobFlow's tags) for EMR requests. moto then treats an
+  Allow whose condition fails as a Deny; each EMR action has one statement here, so the outcome is AWS's.
+* Not evaluated at all: ``StringLike`` (the PassRole conditions), the implicit ``iam:PassRole`` and
+  ``iam:CreateServiceLinkedRole`` checks RunJobFlow makes on AWS, the bucket policy, SCPs. Those are
+  checked statically in tests/test_infra.py and by the first-run checklist in docs/AWS.md.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import threading
+
+import boto3
+import pytest
+from cfnlint.decode import decode_str
+from moto import mock_aws
+from moto.core import DEFAULT_ACCOUNT_ID, enable_iam_authentication
+
+from tests.emr_runner import EmrStepRunner
+from tests.test_dag_emr import (
+    BUCKET,
+    DAG_FILE,
+    DAG_ID,
+    IMAGES_PER_LABEL,
+    JOB_FLOW_ROLE,
+    LABELS,
+    LOGICAL_DATE,
+    PROJECT_ROOT,
+    REGION,
+    SERVICE_ROLE,
+    UPLOAD_DAY,
+    base_conf,
+    create_bucket,
+    create_subnet,
+    set_emr_variables,
+    xcom,
+)
+
+pytestmark = pytest.mark.slow
+
+TEMPLATE = PROJECT_ROOT / "infra" / "fruits-infra.yaml"
+STACK = "fruits"
+PARAMETERS = {"OutputPrefix": "features/"}
+
+
+# -- the template's policies, resolved for moto's account -------------------------------------------------
+def resolve(value, names: dict[str, str]):
+    """Ref / Fn::GetAtt / Fn::Sub of the template's policies, with the deployed stack's values."""
+    if isinstance(value, list):
+        return [resolve(item, names) for item in value]
+    if not isinstance(value, dict):
+        return value
+    if set(value) == {"Ref"}:
+        return names[value["Ref"]]
+    if set(value) == {"Fn::GetAtt"}:
+        return names[".".join(value["Fn::GetAtt"])]
+    if set(value) == {"Fn::Sub"}:
+        return re.sub(r"\$\{([^}]+)\}", lambda match: names[match.group(1)], value["Fn::Sub"])
+    return {key: resolve(item, names) for key, item in value.items()}
+
+
+def stack_names() -> dict[str, str]:
+    bucket_arn = f"arn:aws:s3:::{BUCKET}"
+    return {
+        "AWS::Partition": "aws",
+        "AWS::Region": REGION,
+        "AWS::AccountId": DEFAULT_ACCOUNT_ID,
+        "AWS::StackName": STACK,
+        "DataBucket": BUCKET,
+        "DataBucket.Arn": bucket_arn,
+        "EmrServiceRole.Arn": f"arn:aws:iam::{DEFAULT_ACCOUNT_ID}:role/{SERVICE_ROLE}",
+        "EmrNodeRole.Arn": f"arn:aws:iam::{DEFAULT_ACCOUNT_ID}:role/{JOB_FLOW_ROLE}",
+        **PARAMETERS,
+    }
+
+
+def template_policies() -> dict[str, dict]:
+    template, errors = decode_str(TEMPLATE.read_text())
+    assert not errors
+    resources = template["Resources"]
+    names = stack_names()
+    (node,) = resources["EmrNodeRole"]["Properties"]["Policies"]
+    return {
+        "airflow": resolve(resources["AirflowPolicy"]["Properties"]["PolicyDocument"], names),
+        "node": resolve(node["PolicyDocument"], names),
+    }
+
+
+def tag_condition_keys(*documents: dict) -> set[str]:
+    keys = set()
+    for document in documents:
+        for statement in document["Statement"]:
+            for values in statement.get("Condition", {}).values():
+                keys.update(k for k in values if k.startswith(("aws:ResourceTag/", "aws:RequestTag/")))
+    return keys
+
+
+# -- what moto needs to evaluate them like IAM (see the module docstring) -----------------------------------
+_request = threading.local()
+CLUSTER_PARAMS = ("ClusterId", "JobFlowId", "ResourceId")
+
+
+def emr_resource_and_conditions(response, condition_keys: set[str]) -> str:
+    """The ARN an EMR request acts on, and (stashed for the check below) its tag condition values."""
+    values = dict.fromkeys(condition_keys, "")  # an absent tag must fail StringEquals, not pass vacuously
+    cluster_id = next((response._get_param(p) for p in CLUSTER_PARAMS if response._get_param(p)), None)
+    cluster_id = cluster_id or (response._get_param("JobFlowIds") or [None])[0]
+    if response._get_action() == "RunJobFlow":
+        for tag in response._get_param("Tags", []):
+            values[f"aws:RequestTag/{tag['Key']}"] = tag["Value"]
+        resource = "*"
+    elif cluster_id:
+        cluster = response.backend.clusters.get(cluster_id)
+        for tag in cluster.tags if cluster else []:
+            values[f"aws:ResourceTag/{tag['Key']}"] = tag["Value"]
+        resource = f"arn:aws:elasticmapreduce:{REGION}:{DEFAULT_ACCOUNT_ID}:cluster/{cluster_id}"
+    else:
+        resource = "*"
+    _request.conditions = values
+    return resource
+
+
+def check_action_permitted(self, resource: str) -> None:
+    """moto's IAMRequestBase.check_action_permitted, passing the stashed condition values."""
+    from moto.iam.access_control import IAMPolicy, PermissionResult
+
+    values, _request.conditions = getattr(_request, "conditions", None), None
+    permitted = False
+    for policy in self._access_key.collect_policies():
+        result = IAMPolicy(policy).is_action_permitted(self._action, resource, None, values)
+        if result == PermissionResult.DENIED:
+            self._raise_access_denied()
+        permitted = permitted or result == PermissionResult.PERMITTED
+    if not permitted:
+        self._raise_access_denied()
+
+
+def user_with_policy(iam, name: str, document: dict) -> dict[str, str]:
+    iam.create_user(UserName=name)
+    arn = iam.create_policy(PolicyName=f"{name}-policy", PolicyDocument=json.dumps(document))["Policy"]["Arn"]
+    iam.attach_user_policy(UserName=name, PolicyArn=arn)
+    key = iam.create_access_key(UserName=name)["AccessKey"]
+    return {"aws_access_key_id": key["AccessKeyId"], "aws_secret_access_key": key["SecretAccessKey"]}
+
+
+@pytest.fixture
+def enforced(monkeypatch, sample_dir):
+    """moto with the bucket, a tagged subnet and the uploads (set up unauthenticated), then IAM enforced;
+    yields the two identities' credentials. The environment holds the Airflow identity's key."""
+    from moto.emr.responses import ElasticMapReduceResponse
+    from moto.iam.access_control import IAMRequestBase
+
+    policies = template_policies()
+    keys = tag_condition_keys(*policies.values())
+    monkeypatch.setattr(
+        ElasticMapReduceResponse,
+        "_determine_resource",
+        lambda self: emr_resource_and_conditions(self, keys),
+        raising=False,
+    )
+    monkeypatch.setattr(IAMRequestBase, "check_action_permitted", check_action_permitted)
+    with mock_aws(config={"core": {"mock_credentials": False}}):
+        s3 = boto3.client("s3", region_name=REGION)
+        create_bucket(s3)
+        for label in LABELS:
+            for path in sorted((sample_dir / label).glob("*.jpg"))[:IMAGES_PER_LABEL]:
+                s3.upload_file(str(path), BUCKET, f"uploads/dt={UPLOAD_DAY}/{label}/{path.name}")
+        set_emr_variables(monkeypatch, create_subnet())
+        # another team's cluster in the same account: untagged for this project
+        other = boto3.client("emr", region_name=REGION).run_job_flow(
+            Name="other-team", Instances={"KeepJobFlowAliveWhenNoSteps": True}
+        )["JobFlowId"]
+        monkeypatch.setenv("FRUITS_TEST_OTHER_CLUSTER", other)
+        iam = boto3.client("iam", region_name=REGION)
+        identities = {name: user_with_policy(iam, f"fruits-{name}", doc) for name, doc in policies.items()}
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", identities["airflow"]["aws_access_key_id"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", identities["airflow"]["aws_secret_access_key"])
+        with enable_iam_authentication():
+            yield identities
+
+
+@pytest.fixture
+def emr_dag(airflow_db, monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("FRUITS_EMR_POKE_SECONDS", "1")
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_AWS_DEFAULT", json.dumps({"conn_type": "aws", "extra": {"region_name": REGION}})
+    )
+    bag = DagBag(dag_folder=str(DAG_FILE))
+    assert not bag.import_errors
+    return bag.dags[DAG_ID]
+
+
+def client(service: str, identity: dict[str, str]):
+    return boto3.client(service, region_name=REGION, **identity)
+
+
+def denied(call) -> bool:
+    from botocore.exceptions import ClientError
+
+    try:
+        call()
+    except ClientError as error:
+        # moto answers a JSON-protocol service's denial with IAM's XML body: botocore then reports code
+        # "403" and the XML (Code AccessDenied) as the message
+        found = error.response["Error"]
+        return "AccessDenied" in found.get("Code", "") or "<Code>AccessDenied</Code>" in found.get(
+            "Message", ""
+        )
+    return False
+
+
+# -- the tests ----------------------------------------------------------------------------------------------
+def test_the_dag_runs_with_exactly_the_airflow_policy(emr_dag, enforced, tmp_path, random_weights):
+    """Every AWS call of a successful run (guards, staging, cluster, steps, teardown, report) is allowed to
+    the Airflow identity; every S3 call of the steps is allowed to the node identity."""
+    with EmrStepRunner(tmp_path / "emr", credentials=enforced["node"]) as runner:
+        dagrun = emr_dag.test(
+            run_after=dt.datetime(2026, 11, 8, 3, tzinfo=dt.UTC),
+            logical_date=LOGICAL_DATE,
+            run_conf=base_conf(random_weights),
+        )
+    states = {ti.task_id: ti.state for ti in dagrun.get_task_instances()}
+
+    assert dagrun.state == "success", states
+    assert [(run.name, run.returncode) for run in runner.runs] == [("ingest", 0), ("features", 0), ("pca", 0)]
+    summary = xcom(dagrun, "report_cost")
+    assert summary["succeeded"] is True
+    assert summary["counts"]["ok"] == len(LABELS) * IMAGES_PER_LABEL  # the report got its cost: PutObject ok
+    emr = client("emr", enforced["airflow"])
+    assert emr.describe_cluster(ClusterId=summary["cluster_id"])["Cluster"]["Status"]["State"] == "TERMINATED"
+
+
+def test_calls_outside_the_policies_are_denied(enforced):
+    airflow, node = client("s3", enforced["airflow"]), client("s3", enforced["node"])
+    upload = f"uploads/dt={UPLOAD_DAY}/apple/x.jpg"
+
+    # the policies do allow these (so the denials below are the policies', not a broken setup)
+    assert airflow.list_objects_v2(Bucket=BUCKET, Prefix="uploads/")["KeyCount"] > 0
+    node.put_object(Bucket=BUCKET, Key="features/images/dt=x/part-0.parquet", Body=b"x")
+    node.delete_object(Bucket=BUCKET, Key="features/images/dt=x/part-0.parquet")
+    # Airflow never deletes; a node can neither delete uploads nor replace staged code
+    assert denied(lambda: airflow.delete_object(Bucket=BUCKET, Key=upload))
+    assert denied(lambda: node.delete_object(Bucket=BUCKET, Key=upload))
+    assert denied(lambda: node.put_object(Bucket=BUCKET, Key="artifacts/abc/fruits_spark.zip", Body=b"x"))
+    assert denied(lambda: node.put_object(Bucket=BUCKET, Key=upload, Body=b"x"))
+    # nothing outside S3 for the nodes
+    assert denied(lambda: client("emr", enforced["node"]).list_clusters())
+
+
+def test_only_the_projects_clusters_can_be_stepped_or_terminated(enforced):
+    emr = client("emr", enforced["airflow"])
+    tags = [
+        {"Key": "project", "Value": "fruits"},
+        {"Key": "for-use-with-amazon-emr-managed-policies", "Value": "true"},
+    ]
+    instances = {"KeepJobFlowAliveWhenNoSteps": True}
+    step = [{"Name": "x", "HadoopJarStep": {"Jar": "command-runner.jar", "Args": ["true"]}}]
+    # RunJobFlow without the project (or the EMR managed-policy) tag is refused
+    assert denied(lambda: emr.run_job_flow(Name="fruits-features x", Instances=instances, Tags=tags[1:]))
+    assert denied(lambda: emr.run_job_flow(Name="fruits-features x", Instances=instances, Tags=tags[:1]))
+    ours = emr.run_job_flow(Name="fruits-features x", Instances=instances, Tags=tags)["JobFlowId"]
+    theirs = os.environ["FRUITS_TEST_OTHER_CLUSTER"]
+
+    emr.add_job_flow_steps(JobFlowId=ours, Steps=step)
+    assert denied(lambda: emr.add_job_flow_steps(JobFlowId=theirs, Steps=step))
+    assert denied(lambda: emr.terminate_job_flows(JobFlowIds=[theirs]))
+    emr.describe_cluster(ClusterId=theirs)  # read-only: finding the run's cluster means describing others
+    emr.terminate_job_flows(JobFlowIds=[ours])

@@ -10,6 +10,7 @@ engine is not part of the embedding id.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import time
 from collections.abc import Iterator
@@ -169,6 +170,12 @@ def broadcast_model(spark: SparkSession, args: argparse.Namespace) -> tuple[Broa
     if args.engine == "tensorflow":
         if args.onnx_model:
             raise model.WeightsUnavailable("--onnx-model is for --engine onnx only")
+        # the driver runs in the executors' environment (EMR: one virtualenv): say it now, not in a task
+        if importlib.util.find_spec("tensorflow") is None:
+            raise model.WeightsUnavailable(
+                "--engine tensorflow needs TensorFlow, not installed here "
+                "(EMR: bootstrap with requirements-emr-tensorflow.txt)"
+            )
         return broadcast_weights(spark, args.weights, args.input_size)
     exported = prepare_onnx(spark, args.weights, args.input_size, args.onnx_model)
     return spark.sparkContext.broadcast(exported), exported.weights_digest

@@ -107,8 +107,13 @@ def read_weights(weights: str, input_size: int, local_path: str | None = None) -
 
 
 def _imagenet_weights(input_size: int) -> WeightsFile:
-    from keras.applications import MobileNetV2
-
+    try:
+        from keras.applications import MobileNetV2
+    except ImportError:
+        raise WeightsUnavailable(
+            "the ImageNet weights need Keras, not installed here: "
+            "pass --weights PATH_OR_URI to a .weights.h5 file (and --onnx-model)"
+        ) from None
     try:
         model = MobileNetV2(
             input_shape=(input_size, input_size, 3), include_top=False, pooling="avg", weights="imagenet"

@@ -67,12 +67,16 @@ class WorkerMemory:
     def _sample(self) -> None:
         import psutil
 
+        this = psutil.Process()
         while not self._stop.is_set():
-            for process in psutil.process_iter(["cmdline", "memory_info"]):
-                cmdline = " ".join(process.info["cmdline"] or [])
-                if "pyspark.daemon" in cmdline or "pyspark.worker" in cmdline:
-                    rss = process.info["memory_info"].rss / 2**20 if process.info["memory_info"] else 0
-                    self.peak_mb = max(self.peak_mb, rss)
+            # only this run's workers (its descendants): other test suites on the machine run Spark too
+            for process in this.children(recursive=True):
+                try:
+                    cmdline = " ".join(process.cmdline())
+                    if "pyspark.daemon" in cmdline or "pyspark.worker" in cmdline:
+                        self.peak_mb = max(self.peak_mb, process.memory_info().rss / 2**20)
+                except psutil.Error:
+                    pass  # ended between the listing and the reading
             self._stop.wait(self.interval)
 
     def __enter__(self) -> WorkerMemory:

@@ -261,3 +261,16 @@ def test_a_pre_exported_model_is_checked_and_run_without_importing_tensorflow(tm
     result = json.loads(completed.stdout.strip().splitlines()[-1])
     assert result["shape"] == [2, model.FEATURE_DIM]
     assert result["heavy"] == []
+
+
+def test_the_step_takes_a_pre_exported_model_by_path_or_uri(spark, tmp_path, random_weights):
+    exported = onnx_for(random_weights, 224)
+    path = tmp_path / "staged" / "model.onnx"
+    path.parent.mkdir()
+    path.write_bytes(exported.data)
+    for given in (str(path), f"file://{path}"):
+        assert features.prepare_onnx(spark, str(random_weights), 224, given) == exported
+    with pytest.raises(FileNotFoundError, match="ONNX model not found"):
+        features.prepare_onnx(spark, str(random_weights), 224, str(tmp_path / "absent.onnx"))
+    with pytest.raises(onnx_engine.OnnxModelUnavailable, match="exported for input size 224, not 160"):
+        features.prepare_onnx(spark, str(random_weights), 160, str(path))

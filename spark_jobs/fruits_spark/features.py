@@ -88,7 +88,7 @@ def featurize_batch(contents: pd.Series, infer, input_size: int, batch_size: int
 
 
 def _build_engine(params: FeatureParams) -> model.Infer:
-    """Runs in the Python worker, after Spark forked it: an ONNX session is not safe to fork."""
+    """Runs in the Python worker, after Spark forked it: a session's thread pool would not survive a fork."""
     if params.engine == "onnx":
         return onnx_engine.onnx_infer(params.weights.value.data, params.threads)
     return model.tensorflow_infer(params.weights.value, params.input_size, params.threads)

@@ -1,8 +1,9 @@
-"""MobileNetV2 backbone: the weights file read once on the driver, the model rebuilt once per Python worker.
+"""MobileNetV2 backbone: the weights file read once on the driver, an inference engine built once per worker.
 
-The driver never imports TensorFlow for a weights file: it checks the file's shape with h5py and broadcasts
-its bytes. TensorFlow's import and the model build then happen only in the Python workers, which need them
-anyway (measured: 7 s less per features step here, docs/BENCHMARKS.md).
+The driver checks a weights file's shape and digests its values with h5py, without TensorFlow. With the
+``tensorflow`` engine it broadcasts the file's bytes and the Python workers rebuild the Keras model (measured:
+7 s less per features step than building it on the driver too, docs/BENCHMARKS.md); the default ``onnx``
+engine (onnx_engine.py) broadcasts the exported model instead and the workers never import TensorFlow.
 """
 
 from __future__ import annotations

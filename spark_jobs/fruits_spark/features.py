@@ -13,6 +13,7 @@ import argparse
 import importlib.util
 import math
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +96,9 @@ def _build_engine(params: FeatureParams) -> model.Infer:
 
 
 def _featurize_udf(params: FeatureParams):
-    key = (params.engine, params.weights_digest, params.input_size)
+    # One engine per worker and transform: a reused worker that ran another transform (tests, notebooks)
+    # builds again from this transform's broadcast, so model_builds counts this transform's builds
+    key = (params.engine, params.embedding, uuid.uuid4().hex)
 
     @F.pandas_udf(RESULT_SCHEMA)
     def featurize(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:

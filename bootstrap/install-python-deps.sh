@@ -5,9 +5,11 @@
 #     Path: s3://BUCKET/artifacts/<version>/install-python-deps.sh
 #     Args: [s3://BUCKET/artifacts/<version>/requirements-emr.txt]
 #
+# requirements-emr.txt is the ONNX Runtime engine's runtime (no TensorFlow); pass
+# requirements-emr-tensorflow.txt instead for `features --engine tensorflow`.
 # EMR runs it as the hadoop user (passwordless sudo) on the primary and on every core/task node, before
-# Spark is installed. The driver and the executors import TensorFlow, pandas and Arrow, so every node needs
-# the very same versions: spark-env.json then points PYSPARK_PYTHON at this virtualenv.
+# Spark is installed. The driver and the executors import onnxruntime (or TensorFlow), pandas and Arrow, so
+# every node needs the very same versions: spark-env.json then points PYSPARK_PYTHON at this virtualenv.
 #
 # Safe to run again: a node whose virtualenv already holds exactly these requirements is left untouched.
 # Any failure exits non-zero, which makes EMR fail the cluster at start-up rather than at the first task.
@@ -74,7 +76,7 @@ sudo "${PYTHON}" -m venv "${VENV_DIR}" || die "cannot create the virtualenv ${VE
 log "installing requirements ${wanted:0:12} from ${REQUIREMENTS_URI}"
 # --no-deps: requirements-emr.txt pins the whole closure, nothing may float in unpinned; pip check proves it.
 # --only-binary: a pin without a Linux wheel fails here, instead of compiling slowly on every node.
-# --no-cache-dir: the wheel cache would double the space TensorFlow takes on the root volume.
+# --no-cache-dir: the wheel cache would double the space the packages take on the root volume.
 sudo "${VENV_DIR}/bin/python" -m pip install \
   --no-cache-dir --no-deps --only-binary=:all: --disable-pip-version-check --progress-bar off \
   --requirement "${requirements}" ||
@@ -83,8 +85,13 @@ sudo "${VENV_DIR}/bin/python" -m pip check ||
   die "the requirements are not a complete, consistent set: pin the missing packages in requirements-emr.txt"
 
 # Imported as the hadoop user, not root: proves the files are readable by the users Spark runs as.
-"${VENV_DIR}/bin/python" -c 'import h5py, keras, matplotlib, numpy, pandas, PIL, pyarrow, tensorflow' ||
-  die "the virtualenv cannot import the Spark jobs' dependencies"
+modules="h5py, matplotlib, numpy, onnxruntime, pandas, PIL, pyarrow"
+# the TensorFlow variant must also be able to run the reference engine and export to ONNX
+if grep -qE '^tensorflow(-cpu)?==' "${requirements}"; then
+  modules="${modules}, keras, tensorflow, tf2onnx"
+fi
+"${VENV_DIR}/bin/python" -c "import ${modules}" ||
+  die "the virtualenv cannot import the Spark jobs' dependencies (${modules})"
 
 echo "${wanted}" | sudo tee "${MARKER}" >/dev/null
 log "done in ${SECONDS}s: PYSPARK_PYTHON=${VENV_DIR}/bin/python"

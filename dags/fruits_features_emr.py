@@ -92,6 +92,11 @@ PARAMS = {
     "k": run_param("k"),
     "input_size": run_param("input_size"),
     "refit": run_param("refit"),
+    "engine": run_param(
+        "engine",
+        description="onnx: the default, no TensorFlow on the cluster; tensorflow: the Keras "
+        "reference (its bootstrap installs TensorFlow: a slower start)",
+    ),
     "instance_type": Param(
         "m5.xlarge", type="string", enum=list(pricing.INSTANCE_TYPES), title="Instance type"
     ),
@@ -179,7 +184,7 @@ with DAG(
             raise AirflowSkipException(f"no images under {run.input_uri} ({objects} objects): no cluster")
         try:
             table = pricing.load_price_table(run.price_table)
-            sizing = emr.executor_sizing(table, run.instance_type, run.core_nodes)
+            sizing = emr.executor_sizing(table, run.instance_type, run.core_nodes, run.pipeline["engine"])
             estimate = guards.estimate_worst_case(
                 table,
                 instance_type=run.instance_type,
@@ -218,6 +223,7 @@ with DAG(
                     pipeline.weights,
                     pipeline.input_size,
                     Path(scratch),
+                    pipeline.engine,
                 )
         except staging.StagingError as error:
             raise AirflowFailException(str(error)) from None
@@ -234,7 +240,10 @@ with DAG(
         run = RunSettings.from_dict(settings)
         artifacts = staging.StagedArtifacts(**staged)
         table = pricing.load_price_table(run.price_table)
-        pipeline = PipelineParams(**{**run.pipeline, "weights": artifacts.weights_uri})
+        # the steps read the staged copies: weights, and the exported model that spares the nodes TensorFlow
+        pipeline = PipelineParams(
+            **{**run.pipeline, "weights": artifacts.weights_uri, "onnx_model": artifacts.onnx_model_uri}
+        )
         return {
             "job_flow_overrides": emr.cluster_definition(
                 run, artifacts, table, DAG_ID, get_current_context()["run_id"]

@@ -50,6 +50,7 @@ PARAMS = {
     "k": run_param("k"),
     "input_size": run_param("input_size"),
     "refit": run_param("refit"),
+    "engine": run_param("engine"),
     "dt": run_param(
         "dt", type=["null", "string"], description="YYYY-MM-DD; empty means the date of the run."
     ),

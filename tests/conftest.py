@@ -27,6 +27,8 @@ os.environ.update(
     AIRFLOW__CORE__UNIT_TEST_MODE="True",
     PYSPARK_PYTHON=sys.executable,
     PYSPARK_DRIVER_PYTHON=sys.executable,
+    # ONNX exports cached per test session, never in the developer's ~/.cache
+    FRUITS_CACHE=tempfile.mkdtemp(prefix="fruits-cache-"),
 )
 # py4j logs at INFO while the interpreter shuts down, after pytest closed the streams it writes to
 logging.getLogger("py4j").setLevel(logging.WARNING)
@@ -63,18 +65,37 @@ def shared_weights() -> Path:
 
 @pytest.fixture(scope="session")
 def random_weights(tmp_path_factory) -> Path:
-    """A MobileNetV2 backbone with random weights, saved by Keras: the real load path, on any machine.
+    """A randomly initialised MobileNetV2 backbone saved by Keras as .weights.h5: the real load path runs
+    without ../shared. Features mean nothing, but every engine must compute the same ones."""
+    return save_random_backbone(tmp_path_factory.mktemp("random-weights"), seed=20261123)
 
-    For every test that needs a working model but not pretrained semantics (DAG runs, staging, ingest,
-    PCA, idempotence); only comparisons with pretrained Keras features need ``shared_weights``.
-    """
+
+def save_random_backbone(folder: Path, seed: int) -> Path:
     import keras
+    import numpy as np
     from keras.applications import MobileNetV2
 
-    keras.utils.set_random_seed(7)
     backbone = MobileNetV2(input_shape=(224, 224, 3), include_top=False, pooling="avg", weights=None)
-    path = tmp_path_factory.mktemp("weights") / "random_mobilenet_v2.weights.h5"
-    backbone.save_weights(path)
+    # Keras' own initialisation leaves batch norm as the identity and makes the features vanish (~1e-11)
+    # after 17 blocks: scaled kernels and non-trivial batch-norm statistics keep them of order 1 and make
+    # an exporter's batch-norm folding matter
+    rng = np.random.default_rng(seed)
+    depthwise = {
+        id(layer.kernel) for layer in backbone.layers if isinstance(layer, keras.layers.DepthwiseConv2D)
+    }
+    for variable in backbone.weights:
+        shape = tuple(variable.shape)
+        if id(variable) in depthwise:
+            values = rng.normal(0.0, np.sqrt(2 / (shape[0] * shape[1])), shape)
+        elif variable.name == "kernel":
+            values = rng.normal(0.0, np.sqrt(2 / np.prod(shape[:-1])), shape)
+        elif variable.name in ("gamma", "moving_variance"):
+            values = rng.uniform(0.5, 1.5, shape)
+        else:
+            values = rng.normal(0.0, 0.1, shape)
+        variable.assign(values.astype(np.float32))
+    path = folder / f"mobilenet_v2_random_{seed}.weights.h5"
+    backbone.save_weights(str(path))
     return path
 
 

@@ -28,14 +28,14 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BOOTSTRAP = PROJECT_ROOT / "bootstrap"
 SCRIPT = BOOTSTRAP / "install-python-deps.sh"
 REQUIREMENTS = BOOTSTRAP / "requirements-emr.txt"
+# installed instead of REQUIREMENTS only for `features --engine tensorflow`
+REQUIREMENTS_TENSORFLOW = BOOTSTRAP / "requirements-emr-tensorflow.txt"
 SPARK_ENV = BOOTSTRAP / "spark-env.json"
 CONSTRAINTS = PROJECT_ROOT / "constraints.txt"
 
-# what the Spark jobs import on the executors
+# what the Spark jobs import on the executors with the default engine (ONNX Runtime)
 RUNTIME_ROOTS = (
-    "tensorflow-cpu",
-    "keras",
-    "ml-dtypes",
+    "onnxruntime",
     "numpy",
     "pandas",
     "pyarrow",
@@ -43,6 +43,10 @@ RUNTIME_ROOTS = (
     "matplotlib",
     "h5py",
 )
+# and with --engine tensorflow, or to export the ONNX model on the cluster
+TENSORFLOW_ROOTS = (*RUNTIME_ROOTS, "tensorflow-cpu", "keras", "ml-dtypes", "tf2onnx", "onnx")
+VARIANTS = {REQUIREMENTS: RUNTIME_ROOTS, REQUIREMENTS_TENSORFLOW: TENSORFLOW_ROOTS}
+requirements_files = pytest.mark.parametrize("requirements_file", list(VARIANTS), ids=lambda path: path.name)
 # pip freeze leaves these out of constraints.txt; a fresh virtualenv brings pip and setuptools itself
 NOT_IN_FREEZE = {"pip", "setuptools", "wheel"}
 VENV_PROVIDED = {"pip", "setuptools"}
@@ -87,6 +91,7 @@ def test_bootstrap_folder_holds_only_what_the_cluster_needs():
     # every file here is uploaded next to the Spark entry scripts on each run
     assert sorted(p.name for p in BOOTSTRAP.iterdir()) == [
         "install-python-deps.sh",
+        "requirements-emr-tensorflow.txt",
         "requirements-emr.txt",
         "spark-env.json",
     ]
@@ -121,9 +126,10 @@ def test_script_is_strict_and_executable():
 # --- the cluster's Python runtime ------------------------------------------------------------------------
 
 
-def test_requirements_pin_exactly_the_versions_of_constraints():
+@requirements_files
+def test_requirements_pin_exactly_the_versions_of_constraints(requirements_file: Path):
     constraints = read_pins(CONSTRAINTS)
-    requirements = read_pins(REQUIREMENTS)
+    requirements = read_pins(requirements_file)
     mismatches = {
         name: (version, constraints.get(name))
         for name, version in requirements.items()
@@ -132,9 +138,12 @@ def test_requirements_pin_exactly_the_versions_of_constraints():
     assert not mismatches, f"requirements-emr.txt vs constraints.txt (emr, constraints): {mismatches}"
 
 
-def test_requirements_hold_what_the_jobs_import_and_nothing_the_cluster_provides():
-    requirements = read_pins(REQUIREMENTS)
-    missing = [name for name in map(canonicalize_name, RUNTIME_ROOTS) if name not in requirements]
+@requirements_files
+def test_requirements_hold_what_the_jobs_import_and_nothing_the_cluster_provides(requirements_file: Path):
+    requirements = read_pins(requirements_file)
+    missing = [
+        name for name in map(canonicalize_name, VARIANTS[requirements_file]) if name not in requirements
+    ]
     assert not missing, f"requirements-emr.txt lacks {missing}"
     forbidden = [name for name in requirements if FORBIDDEN_ON_CLUSTER.match(name)]
     assert not forbidden, f"requirements-emr.txt must not install {forbidden}"
@@ -161,12 +170,20 @@ def dependency_closure(roots: tuple[str, ...]) -> set[str]:
     return seen
 
 
-def test_requirements_are_the_complete_closure():
+@requirements_files
+def test_requirements_are_the_complete_closure(requirements_file: Path):
     # The script installs with --no-deps: a missing dependency would only show at cluster start-up.
-    needed = dependency_closure(RUNTIME_ROOTS) - VENV_PROVIDED
-    pinned = set(read_pins(REQUIREMENTS))
+    needed = dependency_closure(VARIANTS[requirements_file]) - VENV_PROVIDED
+    pinned = set(read_pins(requirements_file))
     assert not needed - pinned, f"add to requirements-emr.txt: {sorted(needed - pinned)}"
     assert not pinned - needed, f"nothing the jobs import needs: {sorted(pinned - needed)}"
+
+
+def test_the_default_runtime_installs_no_tensorflow():
+    # the ONNX engine's point on EMR: every node installs and imports a fraction of TensorFlow's size
+    pinned = set(read_pins(REQUIREMENTS))
+    heavy = pinned & {"tensorflow-cpu", "tensorflow", "keras", "tf2onnx", "onnx", "grpcio", "libclang"}
+    assert not heavy, f"requirements-emr.txt must not install {sorted(heavy)}"
 
 
 # --- the Spark configuration -----------------------------------------------------------------------------
@@ -361,3 +378,17 @@ def test_wrong_arguments_are_refused_with_usage(sandbox: Sandbox, args: tuple[st
     assert result.returncode != 0
     assert "[fruits-bootstrap] ERROR:" in result.stderr
     assert calls == []
+
+
+@pytest.mark.parametrize(
+    ("requirements_file", "expects_tensorflow"), [(REQUIREMENTS, False), (REQUIREMENTS_TENSORFLOW, True)]
+)
+def test_the_import_check_matches_the_installed_variant(
+    sandbox: Sandbox, requirements_file: Path, expects_tensorflow: bool
+):
+    sandbox.put_requirements(requirements_file.read_text())
+    result, calls = sandbox.run(REQUIREMENTS_URI)
+    assert result.returncode == 0, result.stderr
+    imports = next(call for call in calls if call.startswith("venv-python -c import"))
+    assert "onnxruntime" in imports
+    assert ("tensorflow" in imports) == expects_tensorflow

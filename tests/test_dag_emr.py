@@ -229,8 +229,10 @@ def test_failing_features_step_fails_run_names_step_and_terminates(
 ):
     corrupt = tmp_path / "corrupt.weights.h5"
     corrupt.write_bytes(b"not an HDF5 file")
+    # the tensorflow engine loads the weights on the cluster (onnx refuses them at staging: next test)
+    conf = base_conf(corrupt, engine="tensorflow")
 
-    dagrun, states = run_dag(emr_dag, base_conf(corrupt), dt.datetime(2026, 11, 6, 4, tzinfo=dt.UTC))
+    dagrun, states = run_dag(emr_dag, conf, dt.datetime(2026, 11, 6, 4, tzinfo=dt.UTC))
 
     assert dagrun.state == "failed"
     assert states["watch_ingest"] == "success"
@@ -256,6 +258,21 @@ def test_failing_features_step_fails_run_names_step_and_terminates(
     summary = xcom(dagrun, "report_cost")
     assert summary["succeeded"] is False
     assert summary["failure"]["step"] == "features"
+
+
+def test_weights_the_onnx_export_refuses_stop_the_run_before_any_cluster(
+    emr_dag, aws, uploaded, tmp_path, capfd
+):
+    corrupt = tmp_path / "corrupt.weights.h5"
+    corrupt.write_bytes(b"not an HDF5 file")
+    dagrun, states = run_dag(emr_dag, base_conf(corrupt), dt.datetime(2026, 11, 6, 5, tzinfo=dt.UTC))
+    assert_refused_before_cluster(
+        dagrun,
+        states,
+        "stage_artifacts",
+        "cannot export the model to ONNX for the cluster",
+        task_output(capfd),
+    )
 
 
 # -- guards: refused before any cluster exists -----------------------------------------------------------
@@ -606,13 +623,13 @@ def test_default_parallelism_comes_from_the_declared_cluster():
 
 def test_the_engine_follows_the_bootstrap_requirements():
     from fruits_platform.aws.sizing import inference_engine
+    from fruits_platform.aws.staging import BOOTSTRAP_REQUIREMENTS
 
     assert inference_engine("numpy==1.26.4\ntensorflow-cpu==2.21.0  # TF\n") == "tensorflow"
     assert inference_engine("onnxruntime==1.22.1\nnumpy==1.26.4\n") == "onnx"
-    assert inference_engine((PROJECT_ROOT / "bootstrap" / "requirements-emr.txt").read_text()) in (
-        "tensorflow",
-        "onnx",
-    )
+    # the cluster staged for each engine installs that engine
+    for engine, requirements in BOOTSTRAP_REQUIREMENTS.items():
+        assert inference_engine((PROJECT_ROOT / "bootstrap" / requirements).read_text()) == engine
 
 
 def test_spark_env_json_is_used_and_encryption_added():

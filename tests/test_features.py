@@ -60,6 +60,8 @@ def test_spark_features_equal_keras_and_the_model_is_built_once_per_worker(
         batch_size=3,
         model_builds=spark.sparkContext.accumulator(0),
         rows_inferred=spark.sparkContext.accumulator(0),
+        # the reference engine; the onnx one is compared with it in test_onnx_engine.py
+        engine="tensorflow",
     )
     result = {r["path"]: r for r in transform(curated.repartition(partitions), params).collect()}
 

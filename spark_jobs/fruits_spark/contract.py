@@ -28,6 +28,8 @@ FEATURE_DIM = 1280
 DATASETS = ("images", "features", "pca", "pca_csv", "rejected", "ignored")
 # The environment variable that names the weights where a flag or param does not
 WEIGHTS_ENV = "FRUITS_WEIGHTS"
+# The features step's inference engines: ONNX Runtime (no TensorFlow on the workers) and the Keras reference
+ENGINES = ("onnx", "tensorflow")
 DT_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
 ALL_STEPS = STEP_NAMES
 
@@ -50,6 +52,8 @@ class RunParam:
     minimum: int | None = None
     maximum: int | None = None
     pattern: str | None = None
+    # an optional param may be left empty: its flag is then not passed at all
+    optional: bool = False
 
     @property
     def flag(self) -> str:
@@ -57,6 +61,8 @@ class RunParam:
 
     def validate(self, value: Any) -> Any:
         """The value converted to ``kind``; ValueError naming the param when it is out of its contract."""
+        if self.optional and value in (None, ""):
+            return ""
         if value is None:
             raise ValueError(f"{self.name} is required")
         if self.kind is bool:
@@ -103,8 +109,8 @@ class RunParam:
         parser.add_argument(self.flag, **options)
 
     def as_args(self, value: Any) -> tuple[str, ...]:
-        if self.kind is bool:
-            return (self.flag,) if value else ()
+        if self.kind is bool or self.optional:
+            return () if not value else (self.flag,) if self.kind is bool else (self.flag, str(value))
         return (self.flag, str(value))
 
 
@@ -143,6 +149,25 @@ RUN_PARAMS: tuple[RunParam, ...] = (
         "side in pixels the images are resized to before MobileNetV2",
         steps=("features",),
         choices=INPUT_SIZES,
+    ),
+    RunParam(
+        "engine",
+        str,
+        "onnx",
+        "Inference engine",
+        "onnx: ONNX Runtime on the workers (no TensorFlow there); tensorflow: the Keras reference",
+        steps=("features",),
+        choices=ENGINES,
+    ),
+    RunParam(
+        "onnx_model",
+        str,
+        "",
+        "Exported ONNX model",
+        "a .onnx path or URI exported for these weights and input size (EMR: staged by the DAG); "
+        "empty: the driver exports one, cached per embedding",
+        steps=("features",),
+        optional=True,
     ),
     RunParam(
         "k",

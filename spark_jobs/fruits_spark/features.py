@@ -1,15 +1,22 @@
 """Step 2, features: MobileNetV2 embeddings (1280 floats) of every curated image.
 
-The driver reads and checks the weights file once and broadcasts it; each Python worker rebuilds the model
-once from the broadcast value and reuses it for every batch of every task it runs (iterator pandas UDF).
+The driver reads and checks the model once and broadcasts it; each Python worker builds its engine once
+from the broadcast value and reuses it for every batch of every task it runs (iterator pandas UDF).
+Engines: ``onnx`` (default: the exported model in ONNX Runtime, no TensorFlow in the workers) and
+``tensorflow`` (the Keras reference). Both compute the same embedding (cosine >= 0.9999, tested), so the
+engine is not part of the embedding id.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import math
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,7 +27,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from fruits_spark import contract, images, model, storage
+from fruits_spark import contract, images, model, onnx_engine, storage
 from fruits_spark.layout import Layout
 
 RESULT_SCHEMA = T.StructType(
@@ -35,6 +42,7 @@ ROWS_PER_PARTITION = 512
 
 @dataclass(frozen=True)
 class FeatureParams:
+    # the broadcast model: onnx_engine.OnnxModel for ``onnx``, model.WeightsFile for ``tensorflow``
     weights: Broadcast
     weights_digest: str
     input_size: int = 224
@@ -42,6 +50,7 @@ class FeatureParams:
     threads: int = 1
     model_builds: Accumulator | None = None
     rows_inferred: Accumulator | None = None
+    engine: str = onnx_engine.DEFAULT_ENGINE
 
     @property
     def embedding(self) -> str:
@@ -62,18 +71,37 @@ def featurize_batch(contents: pd.Series, infer, input_size: int, batch_size: int
     features: list[np.ndarray | None] = [None] * len(pixels)
     for start in range(0, len(good), batch_size):
         chunk = good[start : start + batch_size]
-        embedded = infer(np.stack([pixels[i] for i in chunk]))
+        try:
+            embedded = list(infer(np.stack([pixels[i] for i in chunk])))
+        except Exception:
+            # one image the engine refuses must not cost its batch: the rest are embedded one by one
+            embedded = []
+            for i in chunk:
+                try:
+                    embedded.append(infer(pixels[i][np.newaxis])[0])
+                except Exception as error:
+                    embedded.append(None)
+                    errors[i] = f"inference: {type(error).__name__}: {error}"[:200]
         for i, row in zip(chunk, embedded, strict=True):
-            features[i] = row.astype(np.float32)
+            features[i] = None if row is None else row.astype(np.float32)
     return pd.DataFrame({"features": features, "error": errors})
 
 
+def _build_engine(params: FeatureParams) -> model.Infer:
+    """Runs in the Python worker, after Spark forked it: a session's thread pool would not survive a fork."""
+    if params.engine == "onnx":
+        return onnx_engine.onnx_infer(params.weights.value.data, params.threads)
+    return model.tensorflow_infer(params.weights.value, params.input_size, params.threads)
+
+
 def _featurize_udf(params: FeatureParams):
-    key = (params.weights_digest, params.input_size)
+    # One engine per worker and transform: a reused worker that ran another transform (tests, notebooks)
+    # builds again from this transform's broadcast, so model_builds counts this transform's builds
+    key = (params.engine, params.embedding, uuid.uuid4().hex)
 
     @F.pandas_udf(RESULT_SCHEMA)
     def featurize(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
-        infer, built = model.worker_model(key, lambda: params.weights.value, params.threads)
+        infer, built = model.worker_model(key, lambda: _build_engine(params))
         if built and params.model_builds is not None:
             params.model_builds.add(1)
         for contents in batches:
@@ -121,6 +149,40 @@ def broadcast_weights(spark: SparkSession, weights: str, input_size: int) -> tup
     return spark.sparkContext.broadcast(weights_file), weights_file.digest
 
 
+def prepare_onnx(
+    spark: SparkSession, weights: str, input_size: int, onnx_model: str | None = None
+) -> onnx_engine.OnnxModel:
+    """The checked ONNX model: the given pre-exported file (no TensorFlow here), else the local cache's,
+    exported on its first use."""
+    if onnx_model is None:
+        local = None if weights == "imagenet" else storage.fetch_to_local(spark, weights)
+        return onnx_engine.cached_onnx(model.read_weights(weights, input_size, local), input_size)
+    try:
+        data = Path(storage.fetch_to_local(spark, onnx_model)).read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"ONNX model not found: {onnx_model}") from None
+    # the ImageNet weights' digest needs Keras and a download: the file's own record is trusted instead
+    digest = None
+    if weights != "imagenet":
+        digest = model.read_weights(weights, input_size, storage.fetch_to_local(spark, weights)).digest
+    return onnx_engine.read_onnx(data, onnx_model, digest, input_size)
+
+
+def broadcast_model(spark: SparkSession, args: argparse.Namespace) -> tuple[Broadcast, str]:
+    if args.engine == "tensorflow":
+        if args.onnx_model:
+            raise model.WeightsUnavailable("--onnx-model is for --engine onnx only")
+        # the driver runs in the executors' environment (EMR: one virtualenv): say it now, not in a task
+        if importlib.util.find_spec("tensorflow") is None:
+            raise model.WeightsUnavailable(
+                "--engine tensorflow needs TensorFlow, not installed here "
+                "(EMR: bootstrap with requirements-emr-tensorflow.txt)"
+            )
+        return broadcast_weights(spark, args.weights, args.input_size)
+    exported = prepare_onnx(spark, args.weights, args.input_size, args.onnx_model)
+    return spark.sparkContext.broadcast(exported), exported.weights_digest
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = contract.step_parser("features", "Extract MobileNetV2 features from curated images.")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -130,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(args.batch_size * 4))
     layout = Layout(args.output, args.dt)
     try:
-        weights, digest = broadcast_weights(spark, args.weights, args.input_size)
+        weights, digest = broadcast_model(spark, args)
     except (model.WeightsUnavailable, FileNotFoundError) as error:
         raise SystemExit(f"features: {error}") from None
     params = FeatureParams(
@@ -141,11 +203,14 @@ def main(argv: list[str] | None = None) -> None:
         threads=int(spark.conf.get("spark.task.cpus", "1")),
         model_builds=spark.sparkContext.accumulator(0),
         rows_inferred=spark.sparkContext.accumulator(0),
+        engine=args.engine,
     )
     curated = extract(spark, layout.dataset("images"))
     stats = load(transform(curated, params), layout, params.embedding)
     stats.update(
         step="features",
+        engine=args.engine,
+        onnx_model=args.onnx_model,
         weights=args.weights,
         weights_digest=digest,
         input_size=args.input_size,
@@ -158,5 +223,5 @@ def main(argv: list[str] | None = None) -> None:
     storage.write_stats(spark, layout, "features", stats)
     print(
         f"features: {stats['ok']} embedded, {stats['rejected']} failed, "
-        f"{stats['model_builds']} model builds over {stats['partitions']} partitions"
+        f"{stats['model_builds']} {args.engine} model builds over {stats['partitions']} partitions"
     )

@@ -1,8 +1,9 @@
-"""MobileNetV2 backbone: the weights file read once on the driver, the model rebuilt once per Python worker.
+"""MobileNetV2 backbone: the weights file read once on the driver, an inference engine built once per worker.
 
-The driver never imports TensorFlow for a weights file: it checks the file's shape with h5py and broadcasts
-its bytes. TensorFlow's import and the model build then happen only in the Python workers, which need them
-anyway (measured: 7 s less per features step here, docs/BENCHMARKS.md).
+The driver checks a weights file's shape and digests its values with h5py, without TensorFlow. With the
+``tensorflow`` engine it broadcasts the file's bytes and the Python workers rebuild the Keras model (measured:
+7 s less per features step than building it on the driver too, docs/BENCHMARKS.md); the default ``onnx``
+engine (onnx_engine.py) broadcasts the exported model instead and the workers never import TensorFlow.
 """
 
 from __future__ import annotations
@@ -49,19 +50,38 @@ def build_backbone(input_size: int):
     )
 
 
-def count_parameters(path: str) -> int:
+def _h5_arrays(path: str) -> list[np.ndarray]:
+    """Every array stored in an HDF5 weights file, whatever its layout (.weights.h5 or legacy .h5)."""
     import h5py
 
-    total = 0
+    arrays: list[np.ndarray] = []
 
     def add(_name: str, node) -> None:
-        nonlocal total
         if isinstance(node, h5py.Dataset):
-            total += node.size
+            arrays.append(node[()])
 
     with h5py.File(path, "r") as weights_file:
         weights_file.visititems(add)
-    return total
+    return arrays
+
+
+def count_parameters(path: str) -> int:
+    return sum(np.asarray(array).size for array in _h5_arrays(path))
+
+
+def values_digest(arrays: list[np.ndarray]) -> str:
+    """Names weights by their values alone: the same for ``imagenet`` and any file carrying those values.
+
+    Each array is digested with its dtype and shape; the sorted per-array digests are digested again, so
+    neither the order nor the names that a file format or Keras version gives the arrays change the id.
+    """
+    digests = []
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        one = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+        one.update(array.tobytes())
+        digests.append(one.hexdigest())
+    return hashlib.sha256("".join(sorted(digests)).encode()).hexdigest()[:16]
 
 
 def _suffix(name: str) -> str:
@@ -74,21 +94,26 @@ def read_weights(weights: str, input_size: int, local_path: str | None = None) -
         return _imagenet_weights(input_size)
     path = local_path or weights
     try:
-        parameters = count_parameters(path)
+        arrays = _h5_arrays(path)
     except Exception as error:
         raise WeightsUnavailable(f"cannot load weights from {weights}: {error}") from error
+    parameters = sum(np.asarray(array).size for array in arrays)
     if parameters != BACKBONE_PARAMETERS:
         raise WeightsUnavailable(
             f"cannot load weights from {weights}: {parameters:,} parameters, "
             f"MobileNetV2's backbone has {BACKBONE_PARAMETERS:,}"
         )
-    data = Path(path).read_bytes()
-    return WeightsFile(data, _suffix(weights), hashlib.sha256(data).hexdigest()[:16])
+    return WeightsFile(Path(path).read_bytes(), _suffix(weights), values_digest(arrays))
 
 
 def _imagenet_weights(input_size: int) -> WeightsFile:
-    from keras.applications import MobileNetV2
-
+    try:
+        from keras.applications import MobileNetV2
+    except ImportError:
+        raise WeightsUnavailable(
+            "the ImageNet weights need Keras, not installed here: "
+            "pass --weights PATH_OR_URI to a .weights.h5 file (and --onnx-model)"
+        ) from None
     try:
         model = MobileNetV2(
             input_shape=(input_size, input_size, 3), include_top=False, pooling="avg", weights="imagenet"
@@ -98,14 +123,12 @@ def _imagenet_weights(input_size: int) -> WeightsFile:
             f"cannot download the ImageNet weights ({type(error).__name__}); "
             f"pass --weights PATH_OR_URI to a .weights.h5 file or set {WEIGHTS_ENV}"
         ) from error
-    # digest of the values, not of the saved file: the same weights must name the same space every day
-    digest = hashlib.sha256()
-    for array in model.get_weights():
-        digest.update(np.ascontiguousarray(array).tobytes())
+    # digest of the values, not of the saved file: the same weights must name the same space every day,
+    # and a file staged from them (staging.py) must name the same space as ``imagenet`` itself
     with tempfile.TemporaryDirectory() as folder:
         saved = Path(folder) / "imagenet.weights.h5"
         model.save_weights(saved)
-        return WeightsFile(saved.read_bytes(), ".weights.h5", digest.hexdigest()[:16])
+        return WeightsFile(saved.read_bytes(), ".weights.h5", values_digest(model.get_weights()))
 
 
 def load_into(backbone, weights: WeightsFile) -> None:
@@ -116,17 +139,27 @@ def load_into(backbone, weights: WeightsFile) -> None:
         backbone.load_weights(str(path))
 
 
+Infer = Callable[[np.ndarray], np.ndarray]
+
 # Lives as long as the Python worker; Spark reuses workers across tasks (spark.python.worker.reuse).
-_WORKER_MODELS: dict[tuple[str, int], Callable[[np.ndarray], np.ndarray]] = {}
+_WORKER_MODELS: dict[tuple, Infer] = {}
 
 
-def worker_model(key: tuple[str, int], get_weights: Callable[[], WeightsFile], threads: int):
-    """The compiled inference function for ``key``, built at most once in this process.
+def worker_model(key: tuple, build: Callable[[], Infer]) -> tuple[Infer, bool]:
+    """The inference function for ``key`` (engine, embedding), built at most once in this process.
 
+    Only one is kept: a worker that moves to another embedding frees the previous model's memory.
     Returns (function, built_now).
     """
     if key in _WORKER_MODELS:
         return _WORKER_MODELS[key], False
+    _WORKER_MODELS.clear()
+    _WORKER_MODELS[key] = build()
+    return _WORKER_MODELS[key], True
+
+
+def tensorflow_infer(weights: WeightsFile, input_size: int, threads: int) -> Infer:
+    """The reference engine: the Keras model in a ``tf.function``, on ``threads`` TensorFlow threads."""
     import tensorflow as tf
 
     try:
@@ -135,14 +168,11 @@ def worker_model(key: tuple[str, int], get_weights: Callable[[], WeightsFile], t
         tf.config.threading.set_inter_op_parallelism_threads(1)
     except RuntimeError:
         pass  # the runtime was already initialised by an earlier model in this process
-    _, input_size = key
     model = build_backbone(input_size)
-    load_into(model, get_weights())
+    load_into(model, weights)
 
     @tf.function(input_signature=[tf.TensorSpec([None, input_size, input_size, 3], tf.float32)])
     def infer(batch):
         return model(batch, training=False)
 
-    _WORKER_MODELS.clear()
-    _WORKER_MODELS[key] = lambda batch: infer(tf.constant(batch)).numpy()
-    return _WORKER_MODELS[key], True
+    return lambda batch: infer(tf.constant(batch)).numpy()

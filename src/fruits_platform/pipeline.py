@@ -23,6 +23,8 @@ class PipelineParams:
     input_size: int = PARAMS["input_size"].default
     k: int = PARAMS["k"].default
     refit: bool = PARAMS["refit"].default
+    engine: str = PARAMS["engine"].default
+    onnx_model: str = PARAMS["onnx_model"].default
 
     def __post_init__(self) -> None:
         for field in fields(self):

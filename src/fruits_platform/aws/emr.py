@@ -18,10 +18,8 @@ from airflow.providers.amazon.aws.operators.emr import EmrCreateJobFlowOperator,
 from airflow.providers.amazon.aws.sensors.emr import EmrStepSensor
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from fruits_platform.artifacts import bootstrap_dir
 from fruits_platform.aws import pricing
-from fruits_platform.aws.sizing import ExecutorSizing, inference_engine, size_executors
-from fruits_platform.aws.staging import BOOTSTRAP_REQUIREMENTS
+from fruits_platform.aws.sizing import ExecutorSizing, size_executors
 from fruits_platform.pipeline import PipelineParams, failure_reason, pipeline_steps, spark_submit_args
 from fruits_spark.contract import STEP_NAMES
 
@@ -108,11 +106,6 @@ def emr_configurations(
     if sizing is not None:
         _merge_classification(configurations, "spark-defaults", sizing.spark_defaults())
     return configurations
-
-
-def current_engine() -> str:
-    """The inference engine of the bootstrap this Airflow stages (bootstrap/requirements-emr.txt)."""
-    return inference_engine((bootstrap_dir() / BOOTSTRAP_REQUIREMENTS).read_text())
 
 
 # Spot core fleet: max price = each type's On-Demand price (the cost bound's cap); after this long without
@@ -461,10 +454,12 @@ class FruitsStepSensor(EmrStepSensor):
         return failure_reason(self.step_name, text)
 
 
-def executor_sizing(table: Mapping[str, Any], instance_type: str, core_nodes: int) -> ExecutorSizing:
+def executor_sizing(
+    table: Mapping[str, Any], instance_type: str, core_nodes: int, engine: str
+) -> ExecutorSizing:
     """The executors' shape on this instance type for the engine the bootstrap installs."""
     vcpus = int(table["instances"][instance_type]["vcpus"])
-    return size_executors(instance_type, vcpus, core_nodes, current_engine())
+    return size_executors(instance_type, vcpus, core_nodes, engine)
 
 
 def cluster_definition(
@@ -478,9 +473,10 @@ def cluster_definition(
         core_nodes=run.core_nodes,
         use_spot=run.use_spot,
         bootstrap_script_uri=staged.bootstrap_script_uri,
-        requirements_uri=staged.requirements_uri,
+        requirements_uri=staged.requirements_uri(run.pipeline["engine"]),
         configurations=emr_configurations(
-            staged.spark_env, executor_sizing(table, run.instance_type, run.core_nodes)
+            staged.spark_env,
+            executor_sizing(table, run.instance_type, run.core_nodes, run.pipeline["engine"]),
         ),
         tags=cluster_tags(dag_id, run_id, run.dt),
         job_flow_role=run.job_flow_role,

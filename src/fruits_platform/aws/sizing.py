@@ -11,12 +11,10 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-# Peak RSS of one Python worker running the features UDF, per inference engine, in MB. TensorFlow: measured
-# 1.6-2.0 GB per worker (docs/BENCHMARKS.md); ONNX Runtime: the target of the engine switch, to be replaced
-# by its measured figure (the lead plugs it in). The sizing follows whatever these say.
+# Peak RSS of one Python worker running the features UDF, per inference engine, in MB, measured by
+# `fruits bench` (docs/BENCHMARKS.md): TensorFlow 1.6-2.0 GB per worker; ONNX Runtime 571 MB at 2,000
+# images (16 images per session run), rounded up. The sizing follows whatever these say.
 PYTHON_WORKER_PEAK_MB: dict[str, int] = {"onnx": 600, "tensorflow": 2000}
-# the engine bootstrap/requirements-emr.txt installs decides; this is the fallback for an unknown file
-DEFAULT_ENGINE = "onnx"
 # margin over the measured peak: batch sizes and image sizes vary, glibc arenas fragment
 PYTHON_MEMORY_HEADROOM = 1.25
 # the executor JVM only moves Arrow batches of image bytes between Parquet and the Python workers
@@ -88,7 +86,7 @@ def inference_engine(requirements_text: str) -> str:
         return "onnx"
     if names & {"tensorflow", "tensorflow-cpu"}:
         return "tensorflow"
-    return DEFAULT_ENGINE
+    raise ValueError("the requirements install neither onnxruntime nor tensorflow")
 
 
 def yarn_memory_mb(instance_type: str) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 from botocore.exceptions import ClientError
 
 from fruits_platform.artifacts import build_artifacts, content_hash
-from fruits_spark.contract import IMAGE_EXTENSIONS
+from fruits_spark.contract import IMAGE_EXTENSIONS, PARAMS
 
 ARTIFACTS_PREFIX = "artifacts/"
 WEIGHTS_NAME = "mobilenet_v2.weights.h5"
@@ -26,7 +26,9 @@ SHA256_METADATA = "sha256"
 
 # the cluster cannot run without these (bootstrap/ in the repository, staged with the code)
 BOOTSTRAP_SCRIPT = "install-python-deps.sh"
-BOOTSTRAP_REQUIREMENTS = "requirements-emr.txt"
+# the cluster's Python runtime per inference engine: ONNX Runtime's has no TensorFlow (a faster bootstrap)
+BOOTSTRAP_REQUIREMENTS = {"onnx": "requirements-emr.txt", "tensorflow": "requirements-emr-tensorflow.txt"}
+ONNX_NAME = "mobilenet_v2.onnx"
 SPARK_ENV_FILE = "spark-env.json"
 
 
@@ -153,6 +155,8 @@ class StagedArtifacts:
     uploaded: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     spark_env: list[dict] = field(default_factory=list)
+    # the features step's exported model (engine onnx), staged next to the weights; empty otherwise
+    onnx_model_uri: str = ""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -161,15 +165,47 @@ class StagedArtifacts:
     def bootstrap_script_uri(self) -> str:
         return self.artifacts_uri + BOOTSTRAP_SCRIPT
 
-    @property
-    def requirements_uri(self) -> str:
-        return self.artifacts_uri + BOOTSTRAP_REQUIREMENTS
+    def requirements_uri(self, engine: str) -> str:
+        return self.artifacts_uri + BOOTSTRAP_REQUIREMENTS[engine]
 
 
-def stage_artifacts(s3, bucket: str, weights: str, input_size: int, scratch: Path) -> StagedArtifacts:
-    """Builds the artifacts into ``scratch`` and stages them, with the weights, in ``bucket``."""
+def local_weights(s3, weights_uri: str, folder: Path) -> Path:
+    """The staged weights file, downloaded (the export reads it here, on the Airflow worker)."""
+    bucket, key = split_s3_uri(weights_uri)
+    path = folder / Path(key).name
+    s3.download_file(bucket, key, str(path))
+    return path
+
+
+def stage_onnx(s3, bucket: str, weights_uri: str, input_size: int, scratch: Path) -> tuple[str, bool]:
+    """(the exported ONNX model's URI, whether it was uploaded now): exported here, once per embedding
+    (the digest of the weight values and the input size), so that EMR nodes never import TensorFlow."""
+    from fruits_spark import model, onnx_engine
+
+    weights_file = local_weights(s3, weights_uri, scratch)
+    try:
+        weights = model.read_weights(str(weights_file), input_size)
+        embedding = model.embedding_id(weights.digest, input_size)
+        key = f"{ARTIFACTS_PREFIX}onnx/{embedding}/{ONNX_NAME}"
+        if head(s3, bucket, key):
+            return s3_uri(bucket, key), False
+        # the worker's export cache (one export per embedding and machine), as the local runs use it
+        exported = onnx_engine.cached_onnx(weights, input_size)
+    except model.WeightsUnavailable as error:
+        raise StagingError(f"cannot export the model to ONNX for the cluster: {error}") from None
+    path = scratch / ONNX_NAME
+    path.write_bytes(exported.data)
+    put_file(s3, bucket, key, path)
+    return s3_uri(bucket, key), True
+
+
+def stage_artifacts(
+    s3, bucket: str, weights: str, input_size: int, scratch: Path, engine: str = PARAMS["engine"].default
+) -> StagedArtifacts:
+    """Builds the artifacts into ``scratch`` and stages them, with the weights (and for the onnx engine
+    the exported model), in ``bucket``."""
     built = build_artifacts(scratch / "artifacts")
-    required = (BOOTSTRAP_SCRIPT, BOOTSTRAP_REQUIREMENTS, SPARK_ENV_FILE)
+    required = (BOOTSTRAP_SCRIPT, BOOTSTRAP_REQUIREMENTS[engine], SPARK_ENV_FILE)
     missing = [name for name in required if not (built / name).is_file()]
     if missing:
         raise StagingError(
@@ -187,4 +223,7 @@ def stage_artifacts(s3, bucket: str, weights: str, input_size: int, scratch: Pat
     weights_dir.mkdir(parents=True, exist_ok=True)
     staged.weights_uri, uploaded = stage_weights(s3, bucket, weights, input_size, weights_dir)
     (staged.uploaded if uploaded else staged.skipped).append(staged.weights_uri)
+    if engine == "onnx":
+        staged.onnx_model_uri, uploaded = stage_onnx(s3, bucket, staged.weights_uri, input_size, weights_dir)
+        (staged.uploaded if uploaded else staged.skipped).append(staged.onnx_model_uri)
     return staged

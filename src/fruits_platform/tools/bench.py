@@ -1,7 +1,8 @@
-"""``fruits bench``: throughput and memory of feature extraction, against bare TensorFlow and the notebook.
+"""``fruits bench``: throughput and memory of feature extraction, against bare engines and the notebook.
 
 One run, same images, same weights file:
-(a) bare TensorFlow: one process, no Spark, same preprocessing, batched ``tf.function`` inference;
+(a) bare TensorFlow and bare ONNX Runtime: one process each, no Spark, same preprocessing, batches of 64
+    (``tf.function``; an InferenceSession with its default threads);
 (b) the project's features step, and the whole ``fruits run-local`` (ingest + features + PCA);
 (c) the notebook approach (``notebook_reference.py``).
 It prints img/s, the ratios (b)/(a) and (b)/(c), and the peak RSS of the Spark Python workers.
@@ -69,12 +70,16 @@ class WorkerMemory:
     def _sample(self) -> None:
         import psutil
 
+        this = psutil.Process()
         while not self._stop.is_set():
-            for process in psutil.process_iter(["cmdline", "memory_info"]):
-                cmdline = " ".join(process.info["cmdline"] or [])
-                if "pyspark.daemon" in cmdline or "pyspark.worker" in cmdline:
-                    rss = process.info["memory_info"].rss / 2**20 if process.info["memory_info"] else 0
-                    self.peak_mb = max(self.peak_mb, rss)
+            # only this run's workers (its descendants): other test suites on the machine run Spark too
+            for process in this.children(recursive=True):
+                try:
+                    cmdline = " ".join(process.cmdline())
+                    if "pyspark.daemon" in cmdline or "pyspark.worker" in cmdline:
+                        self.peak_mb = max(self.peak_mb, process.memory_info().rss / 2**20)
+                except psutil.Error:
+                    pass  # ended between the listing and the reading
             self._stop.wait(self.interval)
 
     def __enter__(self) -> WorkerMemory:
@@ -86,14 +91,37 @@ class WorkerMemory:
         self._thread.join()
 
 
-def bare_tensorflow(paths: list[str], weights: str, input_size: int, batch_size: int = 64) -> dict:
-    """(a): runs inside its own process so that its memory and threads are its own."""
-    started = time.monotonic()
+def _decoded_batches(paths: list[str], input_size: int, batch_size: int):
+    """The same decode and preprocessing for every bare engine: PIL, bilinear resize, [-1, 1]."""
     import numpy as np
-    import tensorflow as tf
     from PIL import Image
 
     from fruits_spark import images
+
+    for start in range(0, len(paths), batch_size):
+        batch = []
+        for path in paths[start : start + batch_size]:
+            image = (
+                Image.open(path).convert("RGB").resize((input_size, input_size), Image.Resampling.BILINEAR)
+            )
+            batch.append(images.preprocess(np.asarray(image, dtype=np.float32)))
+        yield np.stack(batch)
+
+
+def _timed(paths: list[str], started: float, ready: float) -> dict:
+    finished = time.monotonic()
+    return {
+        "images": len(paths),
+        "seconds_total": round(finished - started, 2),
+        "seconds_inference": round(finished - ready, 2),
+    }
+
+
+def bare_tensorflow(paths: list[str], weights: str, input_size: int, batch_size: int = 64) -> dict:
+    """(a): runs inside its own process so that its memory and threads are its own."""
+    started = time.monotonic()
+    import tensorflow as tf
+
     from fruits_spark.model import build_backbone
 
     model = build_backbone(input_size)
@@ -103,25 +131,42 @@ def bare_tensorflow(paths: list[str], weights: str, input_size: int, batch_size:
         input_signature=[tf.TensorSpec([None, input_size, input_size, 3], tf.float32)],
     )
     ready = time.monotonic()
-    for start in range(0, len(paths), batch_size):
-        batch = []
-        for path in paths[start : start + batch_size]:
-            image = (
-                Image.open(path).convert("RGB").resize((input_size, input_size), Image.Resampling.BILINEAR)
-            )
-            batch.append(images.preprocess(np.asarray(image, dtype=np.float32)))
-        infer(tf.constant(np.stack(batch))).numpy()
-    finished = time.monotonic()
-    return {
-        "images": len(paths),
-        "seconds_total": round(finished - started, 2),
-        "seconds_inference": round(finished - ready, 2),
-    }
+    for batch in _decoded_batches(paths, input_size, batch_size):
+        infer(tf.constant(batch)).numpy()
+    return _timed(paths, started, ready)
 
 
-def run_bare(paths: list[Path], weights: str, input_size: int, work: Path) -> dict:
+def bare_onnx(paths: list[str], onnx_file: str, input_size: int, batch_size: int = 64) -> dict:
+    """(a) with ONNX Runtime: the exported model in one InferenceSession with its default threads (every
+    core), in its own process; no TensorFlow is imported."""
+    started = time.monotonic()
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(onnx_file, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    ready = time.monotonic()
+    for batch in _decoded_batches(paths, input_size, batch_size):
+        session.run(None, {name: batch})
+    return _timed(paths, started, ready)
+
+
+BARE_ENGINES = {"tensorflow": bare_tensorflow, "onnx": bare_onnx}
+
+
+def exported_model(weights: str, input_size: int) -> str:
+    """The .onnx file of these weights, from the features step's cache (exported here on a miss)."""
+    from fruits_spark import model, onnx_engine
+
+    exported = onnx_engine.cached_onnx(model.read_weights(weights, input_size), input_size)
+    return str(onnx_engine.cache_dir() / f"{exported.embedding}.onnx")
+
+
+def run_bare(
+    paths: list[Path], weights: str, input_size: int, work: Path, engine: str = "tensorflow"
+) -> dict:
     listing = work / "bare_paths.json"
     listing.write_text(json.dumps([str(p) for p in paths]))
+    model_file = exported_model(weights, input_size) if engine == "onnx" else weights
     started = time.monotonic()
     completed = subprocess.run(
         [
@@ -130,8 +175,9 @@ def run_bare(paths: list[Path], weights: str, input_size: int, work: Path) -> di
             "fruits_platform.tools.bench",
             "--bare-worker",
             str(listing),
-            weights,
+            model_file,
             str(input_size),
+            engine,
         ],
         capture_output=True,
         text=True,
@@ -155,10 +201,12 @@ def run_notebook(input_dir: Path, weights: str, work: Path) -> dict:
     return {"seconds": round(time.monotonic() - started, 2), "peak_worker_rss_mb": round(memory.peak_mb)}
 
 
-def run_pipeline(input_dir: Path, weights: str, input_size: int, work: Path) -> dict:
+def run_pipeline(input_dir: Path, weights: str, input_size: int, work: Path, engine: str = "onnx") -> dict:
     output = work / f"pipeline_{input_size}"
     shutil.rmtree(output, ignore_errors=True)
-    params = PipelineParams(str(input_dir), str(output), BENCH_DAY, weights, input_size=input_size)
+    params = PipelineParams(
+        str(input_dir), str(output), BENCH_DAY, weights, input_size=input_size, engine=engine
+    )
     with WorkerMemory() as memory:
         report, wall = run_local(params, echo=lambda _: None)
     return {
@@ -211,18 +259,25 @@ def bench(args: argparse.Namespace) -> int:
         return 2
     input_dir = work / f"images_{args.images}"
     paths = prepare_images(Path(args.source), args.images, input_dir)
-    figures: dict = {"images": len(paths), "source": str(args.source), "cpus": os.cpu_count()}
+    figures: dict = {
+        "images": len(paths),
+        "source": str(args.source),
+        "cpus": os.cpu_count(),
+        "engine": args.engine,
+        # other processes on the machine skew the figures: recorded so that a run can be judged
+        "load_average_at_start": os.getloadavg(),
+    }
     print(f"bench: {len(paths)} images from {args.source}, {os.cpu_count()} cores")
 
     sizes = INPUT_SIZES if args.sizes else (args.input_size,)
     for size in sizes:
-        pipeline = run_pipeline(input_dir, weights, size, work)
+        pipeline = run_pipeline(input_dir, weights, size, work, args.engine)
         pipeline["features_img_per_s"] = _rate(pipeline["ok"], pipeline["features_seconds_in_job"])
         pipeline["features_wall_img_per_s"] = _rate(pipeline["ok"], pipeline["step_seconds"]["features"])
         pipeline["whole_img_per_s"] = _rate(pipeline["ok"], pipeline["whole_seconds"])
         figures[f"pipeline_{size}"] = pipeline
         print(
-            f"(b) pipeline, input {size}: features {pipeline['features_img_per_s']} img/s "
+            f"(b) pipeline ({args.engine}), input {size}: features {pipeline['features_img_per_s']} img/s "
             f"(spark-submit wall {pipeline['features_wall_img_per_s']}), whole run-local "
             f"{pipeline['whole_img_per_s']} img/s, peak Python worker RSS {pipeline['peak_worker_rss_mb']} MB"
         )
@@ -238,18 +293,20 @@ def bench(args: argparse.Namespace) -> int:
     main_pipeline = figures[f"pipeline_{args.input_size}"]
 
     if "bare" not in args.skip:
-        bare = run_bare(paths, weights, args.input_size, work)
-        bare["img_per_s_process"] = _rate(bare["images"], bare["seconds_process"])
-        bare["img_per_s_inference"] = _rate(bare["images"], bare["seconds_inference"])
-        figures["bare_tensorflow"] = bare
+        for engine, title in (("tensorflow", "TensorFlow"), ("onnx", "ONNX Runtime")):
+            bare = run_bare(paths, weights, args.input_size, work, engine)
+            bare["img_per_s_process"] = _rate(bare["images"], bare["seconds_process"])
+            bare["img_per_s_inference"] = _rate(bare["images"], bare["seconds_inference"])
+            figures[f"bare_{engine}"] = bare
+            print(
+                f"(a) bare {title}: {bare['img_per_s_process']} img/s whole process, "
+                f"{bare['img_per_s_inference']} img/s decode+inference only"
+            )
+        # the features step against the bare process of its own engine
         figures["ratio_features_vs_bare"] = round(
-            main_pipeline["features_img_per_s"] / bare["img_per_s_process"], 2
+            main_pipeline["features_img_per_s"] / figures[f"bare_{args.engine}"]["img_per_s_process"], 2
         )
-        print(
-            f"(a) bare TensorFlow: {bare['img_per_s_process']} img/s whole process, "
-            f"{bare['img_per_s_inference']} img/s decode+inference only"
-        )
-        print(f"    ratio (b) features / (a) bare: {figures['ratio_features_vs_bare']}")
+        print(f"    ratio (b) features / (a) bare, both {args.engine}: {figures['ratio_features_vs_bare']}")
     if "notebook" not in args.skip:
         notebook = run_notebook(input_dir, weights, work)
         notebook["img_per_s"] = _rate(len(paths), notebook["seconds"])
@@ -316,6 +373,7 @@ def register(commands) -> None:
     parser.add_argument("--source", default=str(default_source()), help="folder of labelled images")
     PARAMS["weights"].add_argument(parser, default=os.environ.get(WEIGHTS_ENV, PARAMS["weights"].default))
     PARAMS["input_size"].add_argument(parser)
+    PARAMS["engine"].add_argument(parser, help="the features step's engine in (b)")
     parser.add_argument("--sizes", action="store_true", help="also measure every input size and its accuracy")
     parser.add_argument("--skip", action="append", default=[], choices=["bare", "notebook"])
     parser.add_argument("--pca-rows", type=int, default=0, help="also time a PCA fit on this many rows")
@@ -324,5 +382,5 @@ def register(commands) -> None:
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--bare-worker"]:
-    listing, weights_file, size = sys.argv[2:5]
-    print(json.dumps(bare_tensorflow(json.loads(Path(listing).read_text()), weights_file, int(size))))
+    listing, model_file, size, bare_engine = sys.argv[2:6]
+    print(json.dumps(BARE_ENGINES[bare_engine](json.loads(Path(listing).read_text()), model_file, int(size))))

@@ -20,7 +20,7 @@ Runs daily at 02:00 UTC; each run processes the uploads of its data interval, `u
 
 Params: `bucket` (empty: Variable `fruits_bucket`), `input_prefix` (empty: the day's uploads),
 `output_prefix`, `k`, `weights` (`imagenet`, `s3://...` or a path on the worker), `instance_type`,
-`core_nodes`, `use_spot`, `region`, `budget_eur`, `refit`, `input_size`.
+`core_nodes`, `use_spot`, `region`, `budget_eur`, `refit`, `input_size`, `recompute`.
 Set up, costs and failure modes: `docs/AWS.md`.
 """
 
@@ -114,6 +114,7 @@ PARAMS = {
         description="The run is refused if its worst-case cost estimate exceeds this.",
     ),
     "refit": Param(False, type="boolean", title="Refit the PCA model"),
+    "recompute": Param(False, type="boolean", title="Recompute every feature (reuse none)"),
     "input_size": Param(224, type="integer", enum=INPUT_SIZES, title="Model input size"),
 }
 
@@ -281,6 +282,7 @@ with DAG(
             k=int(params["k"]),
             input_size=int(params["input_size"]),
             refit=bool(params["refit"]),
+            recompute=bool(params.get("recompute", False)),
         )
         overrides = emr.job_flow_overrides(
             bucket=settings["bucket"],

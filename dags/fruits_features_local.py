@@ -15,6 +15,7 @@ Trigger it from the UI ("Trigger" → the form below) with:
 | `k` | PCA components (1..1280) |
 | `input_size` | model input side in pixels (96..224) |
 | `refit` | fit a new PCA model version instead of applying the current one |
+| `recompute` | run the CNN on every image instead of reusing features of photos already seen |
 | `dt` | upload date (YYYY-MM-DD) of the batch; empty = the run's date |
 
 Each step's Spark log is written to `<output_path>/_logs/dt=<dt>/<step>.log`.
@@ -59,6 +60,7 @@ PARAMS = {
     "k": Param(100, type="integer", minimum=1, maximum=1280, title="PCA components"),
     "input_size": Param(224, type="integer", enum=[96, 128, 160, 192, 224], title="Model input size"),
     "refit": Param(False, type="boolean", title="Refit the PCA model"),
+    "recompute": Param(False, type="boolean", title="Recompute every feature (reuse none)"),
     "dt": Param(
         None,
         type=["null", "string"],
@@ -86,6 +88,7 @@ def pipeline_params(context) -> PipelineParams:
         k=int(params["k"]),
         input_size=int(params["input_size"]),
         refit=bool(params["refit"]),
+        recompute=bool(params.get("recompute", False)),
     )
 
 

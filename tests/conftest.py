@@ -83,3 +83,15 @@ def airflow_db() -> str:
         env=os.environ.copy(),
     )
     return _AIRFLOW_HOME
+
+
+@pytest.fixture(scope="session")
+def random_weights(tmp_path_factory) -> Path:
+    """A randomly initialised MobileNetV2 backbone: tests need no pretrained file (a clean clone has none)."""
+    import keras
+
+    path = tmp_path_factory.mktemp("weights") / "random_mobilenet_v2.weights.h5"
+    keras.applications.MobileNetV2(
+        input_shape=(224, 224, 3), include_top=False, pooling="avg", weights=None
+    ).save_weights(path)
+    return path

@@ -42,6 +42,7 @@ def _run_local(args: argparse.Namespace) -> int:
             args.k,
             args.input_size,
             args.refit,
+            args.recompute,
         )
         report = run_local(params, master=args.master)
     except (StepFailed, ValueError, FileNotFoundError) as error:
@@ -49,7 +50,8 @@ def _run_local(args: argparse.Namespace) -> int:
         return 1
     counts = report["counts"]
     print(
-        f"done: {counts['ok']} images featurised, {counts['rejected']} rejected, "
+        f"done: {counts['ok']} images featurised ({counts.get('reused', 0)} reused), "
+        f"{counts['rejected']} rejected, "
         f"{counts['duplicates']} duplicates, {counts['ignored']} ignored (of {counts['files_seen']} files)"
     )
     print(f"outputs: {output}/{{images,features,pca,pca_csv,rejected}}/dt={args.dt}/")
@@ -67,6 +69,9 @@ def _register_run_local(commands) -> None:
         help="upload date of this batch (YYYY-MM-DD): the output partition",
     )
     local.add_argument("--refit", action="store_true", help="fit a new PCA model version")
+    local.add_argument(
+        "--recompute", action="store_true", help="run the CNN on every image, reuse no earlier features"
+    )
     local.add_argument("--master", default="local[*]")
     add_run_arguments(local)
     local.set_defaults(handler=_run_local)

@@ -19,6 +19,7 @@ class PipelineParams:
     k: int = 100
     input_size: int = 224
     refit: bool = False
+    recompute: bool = False  # features: infer every image instead of reusing earlier rows
 
     def __post_init__(self) -> None:
         if not K_RANGE[0] <= self.k <= K_RANGE[1]:
@@ -35,12 +36,13 @@ class SparkStep:
 def pipeline_steps(params: PipelineParams) -> list[SparkStep]:
     run = ("--output", params.output_uri, "--dt", params.dt)
     refit = ("--refit",) if params.refit else ()
+    recompute = ("--recompute",) if params.recompute else ()
     return [
         SparkStep("ingest", "ingest.py", ("--input", params.input_uri, *run)),
         SparkStep(
             "features",
             "features.py",
-            ("--weights", params.weights_uri, "--input-size", str(params.input_size), *run),
+            ("--weights", params.weights_uri, "--input-size", str(params.input_size), *recompute, *run),
         ),
         SparkStep("pca", "pca.py", ("--k", str(params.k), *refit, *run)),
     ]

@@ -20,7 +20,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from fruits_spark import images, model, storage
+from fruits_spark import images, model, reuse, storage
 from fruits_spark.layout import Layout, write_stats
 from fruits_spark.session import base_parser, spark_session
 
@@ -85,8 +85,13 @@ def _featurize_udf(params: FeatureParams):
     return featurize
 
 
-def extract(spark: SparkSession, images_uri: str) -> DataFrame:
+def extract(spark: SparkSession, images_uri: str, skip_hashes: DataFrame | None = None) -> DataFrame:
     curated = spark.read.parquet(images_uri).select("path", "label", "content_hash", "content")
+    if skip_hashes is not None:
+        # images whose features are reused from an earlier run never reach the CNN
+        curated = curated.join(skip_hashes, "content_hash", "left_anti").select(
+            "path", "label", "content_hash", "content"
+        )
     # the ingest output is a handful of files: spread it so that every core gets a share
     partitions = max(spark.sparkContext.defaultParallelism, math.ceil(curated.count() / ROWS_PER_PARTITION))
     return curated.repartition(partitions)
@@ -127,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weights", default="imagenet", help="imagenet, or a .weights.h5 path/URI")
     parser.add_argument("--input-size", type=int, default=224, choices=images.INPUT_SIZES)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--recompute", action="store_true", help="infer every image, reuse no earlier row")
     args = parser.parse_args(argv)
     started = time.monotonic()
     spark = spark_session("fruits-features")
@@ -145,9 +151,17 @@ def main(argv: list[str] | None = None) -> None:
         model_builds=spark.sparkContext.accumulator(0),
         rows_inferred=spark.sparkContext.accumulator(0),
     )
-    curated = extract(spark, layout.dataset("images"))
-    stats = load(transform(curated, params), layout, params.embedding)
+    reused = reuse.plan(spark, layout, params.embedding, args.recompute)
+    curated = extract(spark, layout.dataset("images"), reuse.skip_hashes(reused))
+    # nothing left to infer: no UDF at all, so no worker imports TensorFlow or builds the model
+    featurized = transform(curated, params) if reused.n_to_infer else reuse.as_featurized(reused).limit(0)
+    stats = load(featurized.unionByName(reuse.as_featurized(reused)), layout, params.embedding)
+    reuse.finish(spark, layout)
     stats.update(
+        featurised=stats["ok"] - reused.n_reused,
+        reused=reused.n_reused,
+        reused_from=reused.reused_from,
+        history=reused.history,
         step="features",
         weights=args.weights,
         weights_digest=digest,
@@ -160,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     write_stats(spark, layout, "features", stats)
     print(
-        f"features: {stats['ok']} embedded, {stats['rejected']} failed, "
+        f"features: {stats['ok']} embedded ({stats['reused']} reused, history {stats['history']}), "
+        f"{stats['rejected']} failed, "
         f"{stats['model_builds']} model builds over {stats['partitions']} partitions"
     )

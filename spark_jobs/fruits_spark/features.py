@@ -156,7 +156,6 @@ def main(argv: list[str] | None = None) -> None:
     # nothing left to infer: no UDF at all, so no worker imports TensorFlow or builds the model
     featurized = transform(curated, params) if reused.n_to_infer else reuse.as_featurized(reused).limit(0)
     stats = load(featurized.unionByName(reuse.as_featurized(reused)), layout, params.embedding)
-    reuse.finish(spark, layout)
     stats.update(
         featurised=stats["ok"] - reused.n_reused,
         reused=reused.n_reused,
@@ -172,6 +171,8 @@ def main(argv: list[str] | None = None) -> None:
         rows_inferred=params.rows_inferred.value,
         seconds=round(time.monotonic() - started, 2),
     )
+    # last: `curated` (its partition count above) is planned against the staged copy this removes
+    reuse.finish(spark, layout)
     write_stats(spark, layout, "features", stats)
     print(
         f"features: {stats['ok']} embedded ({stats['reused']} reused, history {stats['history']}), "

@@ -176,3 +176,53 @@ def test_a_rerun_reuses_its_own_partition_while_overwriting_it(spark, tmp_path):
     }
     assert (Path(day.root(reuse.INDEX)) / f"dt={TODAY}" / "_SUCCESS").exists()
     assert not Path(reuse.staging_uri(day)).exists()
+
+
+# -- forcing: --recompute from the command line and both DAGs down to the features step ----------------------
+def test_recompute_reaches_the_features_step_only():
+    from fruits_platform.steps import PipelineParams, pipeline_steps
+
+    forced = {s.name: s.args for s in pipeline_steps(PipelineParams("in", "out", TODAY, recompute=True))}
+    default = {s.name: s.args for s in pipeline_steps(PipelineParams("in", "out", TODAY))}
+
+    assert "--recompute" in forced["features"]
+    assert all("--recompute" not in args for name, args in forced.items() if name != "features")
+    assert all("--recompute" not in args for args in default.values())
+
+
+def test_run_local_accepts_recompute():
+    from fruits_platform.cli import build_parser
+
+    args = build_parser().parse_args(["run-local", "--input", "i", "--output", "o", "--recompute"])
+    assert args.recompute is True
+    assert build_parser().parse_args(["run-local", "--input", "i", "--output", "o"]).recompute is False
+
+
+@pytest.mark.parametrize("dag_file", ["fruits_features_local.py", "fruits_features_emr.py"])
+def test_both_dags_have_a_recompute_param_that_defaults_to_reuse(dag_file):
+    import copy
+
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk.exceptions import ParamValidationError
+
+    bag = DagBag(dag_folder=str(Path(__file__).resolve().parents[1] / "dags" / dag_file))
+    assert bag.import_errors == {}
+    (dag,) = bag.dags.values()
+    assert dag.params.validate()["recompute"] is False
+    params = copy.deepcopy(dag.params)
+    with pytest.raises(ParamValidationError):
+        params.update({"recompute": "yes"})  # a ParamsDict validates on update
+
+
+def test_the_local_dag_passes_recompute_into_the_pipeline():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "dags" / "fruits_features_local.py"
+    spec = importlib.util.spec_from_file_location("fruits_features_local_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    params = {name: param.value for name, param in module.PARAMS.items()}
+
+    for recompute in (False, True):
+        context = {"params": {**params, "dt": TODAY, "recompute": recompute}}
+        assert module.pipeline_params(context).recompute is recompute

@@ -22,7 +22,8 @@ Runs daily at 02:00 UTC; each run processes the uploads of its data interval, `u
 
 Params: `bucket` (empty: Variable `fruits_bucket`), `input` (a prefix of the bucket; empty: the day's
 uploads), `output` (a prefix), then the pipeline's `weights` (`imagenet`, `s3://...` or a path on the
-worker), `k`, `input_size` and `refit` (the same contract as `fruits run-local`), and the cluster's
+worker), `k`, `input_size`, `refit`, `engine` and `recompute` (the same contract as
+`fruits run-local`), and the cluster's
 `instance_type`, `core_nodes`, `use_spot`, `region` and `budget_eur`.
 Set up, costs and failure modes: `docs/AWS.md`.
 """
@@ -92,6 +93,7 @@ PARAMS = {
     "k": run_param("k"),
     "input_size": run_param("input_size"),
     "refit": run_param("refit"),
+    "recompute": run_param("recompute"),
     "engine": run_param(
         "engine",
         description="onnx: the default, no TensorFlow on the cluster; tensorflow: the Keras "

@@ -15,6 +15,7 @@ Trigger it from the UI ("Trigger" → the form below) with:
 | `k` | PCA components (1..1280) |
 | `input_size` | model input side in pixels (96..224) |
 | `refit` | fit a new PCA model version instead of applying the current one |
+| `recompute` | run the CNN on every image instead of reusing features of photos already seen |
 | `dt` | upload date (YYYY-MM-DD) of the batch; empty = the run's date |
 
 Each step's Spark log is written to `<output>/_logs/dt=<dt>/<step>.log`. The params, their bounds and
@@ -51,6 +52,7 @@ PARAMS = {
     "input_size": run_param("input_size"),
     "refit": run_param("refit"),
     "engine": run_param("engine"),
+    "recompute": run_param("recompute"),
     "dt": run_param(
         "dt", type=["null", "string"], description="YYYY-MM-DD; empty means the date of the run."
     ),

@@ -1007,3 +1007,61 @@ def test_sensor_on_a_cluster_terminated_with_errors_names_the_cluster_failure(aw
     )
     assert "bootstrap action 1 returned a non-zero return code" in message
     assert pushed["failure"]["log"] == f"s3://{BUCKET}/emr-logs/{cluster_id}/"
+
+
+# -- reuse across days, with the history on S3 -----------------------------------------------------------
+def test_second_day_reuses_day_one_features_from_s3(emr_dag, aws, runner, sample_dir, random_weights):
+    """Two daily runs through the DAG: the second finds day one's features on S3 (index, _SUCCESS markers
+    and partitions survive the round trip through the bucket) and runs the CNN on its one new photo only."""
+    import io
+
+    import numpy as np
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    first_day, second_day = UPLOAD_DAY, "2026-11-06"
+    photos = [p for label in LABELS for p in sorted((sample_dir / label).glob("*.jpg"))[:2]]
+    for day in (first_day, second_day):
+        for path in photos:
+            aws.upload_file(str(path), BUCKET, f"uploads/dt={day}/{path.parent.name}/{path.name}")
+    # a new photo on day two: pixels altered, so its content hash is one no day has seen
+    pixels = np.asarray(Image.open(photos[0]).convert("RGB")).copy()
+    pixels[:10, :10] = [255, 0, 255]
+    altered = io.BytesIO()
+    Image.fromarray(pixels).save(altered, format="JPEG", quality=92)
+    aws.put_object(Bucket=BUCKET, Key=f"uploads/dt={second_day}/apple/new_photo.jpg", Body=altered.getvalue())
+
+    first, _ = run_dag(emr_dag, base_conf(random_weights), dt.datetime(2026, 11, 6, 7, tzinfo=dt.UTC))
+    second, states = run_dag(
+        emr_dag,
+        base_conf(random_weights),
+        dt.datetime(2026, 11, 7, 7, tzinfo=dt.UTC),
+        logical_date=dt.datetime(2026, 11, 7, 2, 0, tzinfo=dt.UTC),
+    )
+
+    assert (first.state, second.state) == ("success", "success"), states
+
+    def s3_json(key: str) -> dict:
+        return json.loads(aws.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+
+    report = s3_json(f"features/reports/dt={second_day}/report.json")
+    assert (report["counts"]["featurised"], report["counts"]["reused"]) == (1, len(photos))
+    assert report["reused_from"] == {first_day: len(photos)}
+    assert report["reconciled"] is True
+    assert s3_json(f"features/_stats/dt={second_day}/features.json")["rows_inferred"] == 1
+    for day in (first_day, second_day):
+        assert f"features/features_index/dt={day}/_SUCCESS" in keys(aws, "features/features_index/")
+    assert keys(aws, "features/_staging/") == []  # the staged copy is removed once the day is written
+
+    def features(day: str) -> dict[str, bytes]:
+        tables = [
+            pq.read_table(io.BytesIO(aws.get_object(Bucket=BUCKET, Key=key)["Body"].read()))
+            for key in keys(aws, f"features/features/dt={day}/")
+            if key.endswith(".parquet")
+        ]
+        rows = [row for table in tables for row in table.to_pylist()]
+        return {r["content_hash"]: np.asarray(r["features"], dtype=np.float32).tobytes() for r in rows}
+
+    day_one, day_two = features(first_day), features(second_day)
+    assert len(day_two) == len(photos) + 1
+    assert all(day_two[h] == day_one[h] for h in day_one)  # copied bit for bit

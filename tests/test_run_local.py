@@ -79,6 +79,8 @@ def test_report_reconciles_with_the_outputs(mixed_run):
     assert counts == {
         "files_seen": len(expected),
         "ok": outcomes.count("ok"),
+        "featurised": outcomes.count("ok"),  # a first day: nothing to reuse
+        "reused": 0,
         "rejected": len(outcomes)
         - outcomes.count("ok")
         - outcomes.count("ignored")

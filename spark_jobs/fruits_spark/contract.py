@@ -170,6 +170,14 @@ RUN_PARAMS: tuple[RunParam, ...] = (
         optional=True,
     ),
     RunParam(
+        "recompute",
+        bool,
+        False,
+        "Recompute every feature",
+        "run the CNN on every image: reuse no feature row computed on an earlier day for the same photo",
+        steps=("features",),
+    ),
+    RunParam(
         "k",
         int,
         100,

@@ -27,7 +27,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from fruits_spark import contract, images, model, onnx_engine, storage
+from fruits_spark import contract, images, model, onnx_engine, reuse, storage
 from fruits_spark.layout import Layout
 
 RESULT_SCHEMA = T.StructType(
@@ -112,8 +112,13 @@ def _featurize_udf(params: FeatureParams):
     return featurize
 
 
-def extract(spark: SparkSession, images_uri: str) -> DataFrame:
+def extract(spark: SparkSession, images_uri: str, skip_hashes: DataFrame | None = None) -> DataFrame:
     curated = spark.read.parquet(images_uri).select("path", "label", "content_hash", "content")
+    if skip_hashes is not None:
+        # images whose features are reused from an earlier run never reach the CNN
+        curated = curated.join(skip_hashes, "content_hash", "left_anti").select(
+            "path", "label", "content_hash", "content"
+        )
     # the ingest output is a handful of files: spread it so that every core gets a share
     partitions = max(spark.sparkContext.defaultParallelism, math.ceil(curated.count() / ROWS_PER_PARTITION))
     return curated.repartition(partitions)
@@ -205,9 +210,16 @@ def main(argv: list[str] | None = None) -> None:
         rows_inferred=spark.sparkContext.accumulator(0),
         engine=args.engine,
     )
-    curated = extract(spark, layout.dataset("images"))
-    stats = load(transform(curated, params), layout, params.embedding)
+    reused = reuse.plan(spark, layout, params.embedding, args.recompute)
+    curated = extract(spark, layout.dataset("images"), reuse.skip_hashes(reused))
+    # nothing left to infer: no UDF at all, so no worker imports TensorFlow or builds the model
+    featurized = transform(curated, params) if reused.n_to_infer else reuse.as_featurized(reused).limit(0)
+    stats = load(featurized.unionByName(reuse.as_featurized(reused)), layout, params.embedding)
     stats.update(
+        featurised=stats["ok"] - reused.n_reused,
+        reused=reused.n_reused,
+        reused_from=reused.reused_from,
+        history=reused.history,
         step="features",
         engine=args.engine,
         onnx_model=args.onnx_model,
@@ -220,8 +232,11 @@ def main(argv: list[str] | None = None) -> None:
         rows_inferred=params.rows_inferred.value,
         seconds=round(time.monotonic() - started, 2),
     )
+    # last: `curated` (its partition count above) is planned against the staged copy this removes
+    reuse.finish(spark, layout)
     storage.write_stats(spark, layout, "features", stats)
     print(
-        f"features: {stats['ok']} embedded, {stats['rejected']} failed, "
+        f"features: {stats['ok']} embedded ({stats['reused']} reused, history {stats['history']}), "
+        f"{stats['rejected']} failed, "
         f"{stats['model_builds']} {args.engine} model builds over {stats['partitions']} partitions"
     )

@@ -26,6 +26,9 @@ def build_summary(dt: str, stats: dict[str, dict]) -> dict:
     counts = {
         "files_seen": ingest.get("files_seen", 0),
         "ok": features.get("ok", 0),
+        # ok = featurised (the CNN ran now) + reused (copied from an earlier run); older stats lack both
+        "featurised": features.get("featurised", features.get("ok", 0)),
+        "reused": features.get("reused", 0),
         "rejected": ingest.get("rejected", 0) + features.get("rejected", 0),
         "duplicates": ingest.get("duplicates", 0),
         "ignored": ingest.get("ignored", 0),
@@ -48,6 +51,9 @@ def build_summary(dt: str, stats: dict[str, dict]) -> dict:
         "weights": features.get("weights"),
         "input_size": features.get("input_size"),
         "model_builds": features.get("model_builds"),
+        "rows_inferred": features.get("rows_inferred"),
+        "history": features.get("history"),
+        "reused_from": features.get("reused_from", {}),
         "step_seconds": {step: stats.get(step, {}).get("seconds") for step in STEP_NAMES},
     }
 
@@ -145,6 +151,8 @@ th,td{{border:1px solid #ccc;padding:4px 10px;text-align:left}}img{{max-width:10
 <p>Input: <code>{html.escape(str(summary["input"]))}</code>. Every file is accounted for:
 {"yes" if summary["reconciled"] else "<strong>NO</strong>"}.</p>
 <h2>Counts</h2><table>{rows}</table>
+<p>Features: {counts.get("featurised", 0)} computed now, {counts.get("reused", 0)} reused from earlier runs
+(same photo, same weights and input size); history: {html.escape(str(summary.get("history")))}.</p>
 <h2>Rejections by reason</h2><table>{reasons}</table>
 <h2>PCA</h2><p>k = {summary["k"]}, cumulative explained variance
 {f"{cumulative[-1]:.1%}" if cumulative else "n/a"}, model {html.escape(str(summary["pca_model_version"]))}

@@ -34,7 +34,8 @@ def _run_local(args: argparse.Namespace) -> int:
         return 1
     counts = report["counts"]
     print(
-        f"done: {counts['ok']} images featurised, {counts['rejected']} rejected, "
+        f"done: {counts['ok']} images featurised ({counts['reused']} of them reused from earlier days), "
+        f"{counts['rejected']} rejected, "
         f"{counts['duplicates']} duplicates, {counts['ignored']} ignored (of {counts['files_seen']} files)"
     )
     layout = Layout(params.output, params.dt)

@@ -25,6 +25,7 @@ class PipelineParams:
     refit: bool = PARAMS["refit"].default
     engine: str = PARAMS["engine"].default
     onnx_model: str = PARAMS["onnx_model"].default
+    recompute: bool = PARAMS["recompute"].default
 
     def __post_init__(self) -> None:
         for field in fields(self):

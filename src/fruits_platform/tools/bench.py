@@ -365,6 +365,131 @@ def pca_fit_time(rows: int, work: Path) -> dict:
     return {"rows": rows, "seconds": seconds}
 
 
+def history_lookup_time(rows: int, work: Path, days: int = 20, today_images: int = 1000) -> dict:
+    """Times the features step's reuse lookup against ``rows`` synthetic historical feature rows.
+
+    ``rows`` rows of 1280 floats spread over ``days`` complete partitions, each with its index, and a day of
+    ``today_images`` uploads, half of them seen before. Measured: the index lookup alone, the whole
+    ``reuse.plan`` (lookup, fetch of the matched rows from their partitions only, staged copy), and for
+    comparison a scan of the whole feature history semi-joined with the same hashes.
+    """
+    import hashlib
+
+    import numpy as np
+    import pandas as pd
+    from pyspark.sql import SparkSession
+    from pyspark.sql import functions as F
+
+    from fruits_spark import reuse
+    from fruits_spark.layout import Layout
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    spark = (
+        SparkSession.builder.master("local[*]")
+        .config("spark.driver.memory", "4g")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "8")
+        .getOrCreate()
+    )
+    embedding = "benchweights0000-s224"
+    day_names = [f"2025-01-{d + 1:02d}" for d in range(days)]
+    output = work / f"history_{rows}"
+
+    def content_hash(i: int) -> str:
+        return hashlib.sha256(str(i).encode()).hexdigest()
+
+    def synthesize(batches):
+        for batch in batches:
+            rng = np.random.default_rng(int(batch["id"].iloc[0]))
+            values = rng.normal(size=(len(batch), 1280)).astype(np.float32)
+            yield pd.DataFrame(
+                {
+                    "path": "s3://b/uploads/" + batch["id"].astype(str) + ".jpg",
+                    "label": "x",
+                    "content_hash": [content_hash(i) for i in batch["id"]],
+                    "features": list(values),
+                }
+            )
+
+    marker = output / "_bench_ready"
+    if not marker.exists():
+        per_day = rows // days
+        for d, day in enumerate(day_names):
+            layout = Layout(str(output), day)
+            spark.range(d * per_day, (d + 1) * per_day, numPartitions=2).mapInPandas(
+                synthesize, "path string, label string, content_hash string, features array<float>"
+            ).withColumn("embedding", F.lit(embedding)).write.mode("overwrite").parquet(
+                layout.dataset("features")
+            )
+            reuse.write_index(spark, layout)
+        marker.write_text(json.dumps({"rows": rows, "days": days}))
+
+    def measure(today: Layout, seen: list[str]) -> dict:
+        new = [content_hash(rows + i) for i in range(today_images - len(seen))]
+        spark.createDataFrame(
+            [(f"s3://b/today/{h}.jpg", "x", h, bytearray(b"png")) for h in seen + new],
+            "path string, label string, content_hash string, content binary",
+        ).write.mode("overwrite").parquet(today.dataset("images"))
+        hashes = spark.read.parquet(today.dataset("images")).select("content_hash")
+        reuse.plan(spark, today, embedding)  # warm-up: JVM, file listings and OS cache alike for all three
+
+        started = time.monotonic()
+        indexed, unindexed = reuse.history_days(spark, today)
+        index = reuse.read_index(spark, today, indexed, unindexed)
+        matched = reuse.find_matches(index, hashes, embedding).count()
+        lookup = time.monotonic() - started
+        started = time.monotonic()
+        plan = reuse.plan(spark, today, embedding)
+        whole = time.monotonic() - started
+        started = time.monotonic()
+        # the naive way: every stored feature row read, then matched
+        spark.read.parquet(str(output / "features")).filter(F.col("embedding") == embedding).join(
+            hashes, "content_hash", "left_semi"
+        ).select("content_hash", "features").write.format("noop").mode("overwrite").save()
+        full_scan = time.monotonic() - started
+        return {
+            "matched": matched,
+            "reused": plan.n_reused,
+            "partitions_read_for_features": len(plan.reused_from),
+            "index_lookup_seconds": round(lookup, 2),
+            "plan_seconds": round(whole, 2),
+            "full_scan_seconds": round(full_scan, 2),
+        }
+
+    half = today_images // 2
+    per_day = rows // days
+    figures = {
+        # worst case for the fetch: the photos seen before are spread over every day of the history
+        "spread": measure(
+            Layout(str(output), "2025-12-30"), [content_hash(i) for i in range(0, rows, rows // half)][:half]
+        ),
+        # re-uploads of yesterday's photos: one partition holds every match
+        "recent": measure(
+            Layout(str(output), "2025-12-31"), [content_hash(rows - per_day + i) for i in range(half)]
+        ),
+    }
+    spark.stop()
+    return {"history_rows": rows, "days": days, "today_images": today_images, **figures}
+
+
+def history(args: argparse.Namespace) -> int:
+    work = Path(args.work_dir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    figures = history_lookup_time(args.history_rows, work)
+    for scenario in ("spread", "recent"):
+        measured = figures[scenario]
+        print(
+            f"reuse lookup, {scenario}: {figures['history_rows']:,} historical rows in {figures['days']} "
+            f"days, {figures['today_images']} uploads ({measured['matched']} seen before, in "
+            f"{measured['partitions_read_for_features']} partitions): index lookup "
+            f"{measured['index_lookup_seconds']} s, "
+            f"whole plan with staged copy {measured['plan_seconds']} s; "
+            f"scanning the whole feature history instead {measured['full_scan_seconds']} s"
+        )
+    (work / f"history_{args.history_rows}.json").write_text(json.dumps(figures, indent=2))
+    return 0
+
+
 def register(commands) -> None:
     parser = commands.add_parser("bench", help="benchmark feature extraction (prints img/s and memory)")
     parser.add_argument(
@@ -377,8 +502,14 @@ def register(commands) -> None:
     parser.add_argument("--sizes", action="store_true", help="also measure every input size and its accuracy")
     parser.add_argument("--skip", action="append", default=[], choices=["bare", "notebook"])
     parser.add_argument("--pca-rows", type=int, default=0, help="also time a PCA fit on this many rows")
+    parser.add_argument(
+        "--history-rows",
+        type=int,
+        default=0,
+        help="only time the features step's reuse lookup over this many synthetic historical rows",
+    )
     parser.add_argument("--work-dir", default=str(PROJECT_ROOT / "out" / "bench"))
-    parser.set_defaults(handler=bench)
+    parser.set_defaults(handler=lambda args: history(args) if args.history_rows else bench(args))
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--bare-worker"]:

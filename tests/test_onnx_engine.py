@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fruits_spark import features, images, model, onnx_engine
+from fruits_spark import contract, features, images, model, onnx_engine
 from fruits_spark.features import FeatureParams, featurize_batch, transform
 
 
@@ -70,7 +70,7 @@ def onnx_for(weights: Path, size: int) -> onnx_engine.OnnxModel:
 # --- the embedding ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("size", images.INPUT_SIZES)
+@pytest.mark.parametrize("size", contract.INPUT_SIZES)
 def test_onnx_features_equal_keras_on_real_images_at_every_input_size(size, shared_weights, real_images):
     exported = onnx_for(shared_weights, size)
     assert exported.embedding == model.embedding_id(
@@ -259,7 +259,7 @@ def test_a_pre_exported_model_is_checked_and_run_without_importing_tensorflow(tm
         check=True,
     )
     result = json.loads(completed.stdout.strip().splitlines()[-1])
-    assert result["shape"] == [2, model.FEATURE_DIM]
+    assert result["shape"] == [2, contract.FEATURE_DIM]
     assert result["heavy"] == []
 
 

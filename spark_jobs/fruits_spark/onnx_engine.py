@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from fruits_spark import model
-from fruits_spark.contract import PARAMS
+from fruits_spark.contract import FEATURE_DIM, PARAMS
 
 DEFAULT_ENGINE = PARAMS["engine"].default
 
@@ -149,7 +149,7 @@ def read_onnx(
     found = OnnxModel(data, metadata[META_DIGEST], int(metadata[META_INPUT_SIZE]))
     inputs, outputs = session.get_inputs(), session.get_outputs()
     size = found.input_size
-    shapes_fit = inputs[0].shape[1:] == [size, size, 3] and outputs[0].shape[1:] == [model.FEATURE_DIM]
+    shapes_fit = inputs[0].shape[1:] == [size, size, 3] and outputs[0].shape[1:] == [FEATURE_DIM]
     if len(inputs) != 1 or not shapes_fit:
         raise OnnxModelUnavailable(
             f"the ONNX model {source} is not MobileNetV2's backbone at {size}x{size}: "
@@ -178,6 +178,6 @@ def onnx_infer(data: bytes, threads: int, session_batch: int = SESSION_BATCH) ->
             session.run(None, {name: batch[start : start + session_batch]})[0]
             for start in range(0, len(batch), session_batch)
         ]
-        return np.concatenate(parts) if parts else np.empty((0, model.FEATURE_DIM), np.float32)
+        return np.concatenate(parts) if parts else np.empty((0, FEATURE_DIM), np.float32)
 
     return infer

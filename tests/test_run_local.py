@@ -94,6 +94,9 @@ def test_report_reconciles_with_the_outputs(mixed_run):
     assert report["cumulative_explained_variance"][-1] == pytest.approx(sum(report["explained_variance"]))
     assert set(report["step_seconds"]) == {"ingest", "features", "pca"}
     assert f"{counts['ok']} images featurised" in completed.stdout
+    # the steps' own lines reach the terminal while they run (progress included), not only the log
+    embedded = counts["ok"] + report["rejected_by_reason"].get("featurization_failed", 0)
+    assert f"features: {embedded} images to embed" in completed.stdout
     for name in (
         "report.html",
         "report_explained_variance.png",

@@ -29,6 +29,7 @@ from pyspark.sql import types as T
 
 from fruits_spark import contract, images, model, onnx_engine, reuse, storage
 from fruits_spark.layout import Layout
+from fruits_spark.progress import Progress
 
 RESULT_SCHEMA = T.StructType(
     [
@@ -214,7 +215,10 @@ def main(argv: list[str] | None = None) -> None:
     curated = extract(spark, layout.dataset("images"), reuse.skip_hashes(reused))
     # nothing left to infer: no UDF at all, so no worker imports TensorFlow or builds the model
     featurized = transform(curated, params) if reused.n_to_infer else reuse.as_featurized(reused).limit(0)
-    stats = load(featurized.unionByName(reuse.as_featurized(reused)), layout, params.embedding)
+    print(f"features: {reused.n_to_infer} images to embed with {args.engine}, {reused.n_reused} reused")
+    # Spark merges the accumulator as tasks finish: progress lines while the outputs are written
+    with Progress("features", reused.n_to_infer, lambda: params.rows_inferred.value):
+        stats = load(featurized.unionByName(reuse.as_featurized(reused)), layout, params.embedding)
     stats.update(
         featurised=stats["ok"] - reused.n_reused,
         reused=reused.n_reused,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -121,3 +122,18 @@ def airflow_db() -> str:
         env=os.environ.copy(),
     )
     return _AIRFLOW_HOME
+
+
+@pytest.fixture
+def emr_dag(airflow_db, monkeypatch):
+    """fruits_features_emr as the scheduler parses it, with 1 s sensor pokes and aws_default carrying the
+    region (the DAG tests and the IAM test)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("FRUITS_EMR_POKE_SECONDS", "1")
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_AWS_DEFAULT", json.dumps({"conn_type": "aws", "extra": {"region_name": "eu-west-3"}})
+    )
+    bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags" / "fruits_features_emr.py"))
+    assert not bag.import_errors
+    return bag.dags["fruits_features_emr"]

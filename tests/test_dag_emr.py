@@ -39,20 +39,6 @@ pytestmark = pytest.mark.slow
 
 
 # -- fixtures ---------------------------------------------------------------------------------------------
-@pytest.fixture
-def emr_dag(airflow_db, monkeypatch):
-    """The DAG as the scheduler parses it, with 1 s sensor pokes and aws_default carrying the region."""
-    from airflow.dag_processing.dagbag import DagBag
-
-    monkeypatch.setenv("FRUITS_EMR_POKE_SECONDS", "1")
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_AWS_DEFAULT", json.dumps({"conn_type": "aws", "extra": {"region_name": REGION}})
-    )
-    bag = DagBag(dag_folder=str(DAG_FILE))
-    assert not bag.import_errors
-    return bag.dags[DAG_ID]
-
-
 def create_subnet(region: str = REGION, *, tagged: bool = True, internet: bool = True) -> str:
     """A VPC and subnet as infra/ creates them (tagged for EMR's v2 policy, public, a route to an internet
     gateway), or without the tag / the route."""
@@ -143,6 +129,27 @@ def task_output(capfd) -> str:
     """What the tasks logged: dag.test() runs them in this process and logs to its stdout/stderr."""
     captured = capfd.readouterr()
     return captured.out + captured.err
+
+
+def step_sensor(cluster_id: str, step_ids: list[str], name: str, deferred: bool):
+    """(a watch_<name> sensor, the XComs it pushes, a task instance recording them)."""
+    from fruits_platform.aws.emr import FruitsStepSensor
+
+    pushed: dict = {}
+
+    class Ti:
+        def xcom_push(self, key, value):
+            pushed[key] = value
+
+    sensor = FruitsStepSensor(
+        task_id=f"watch_{name}",
+        job_flow_id=cluster_id,
+        step_ids=step_ids,
+        step_name=name,
+        region_name=REGION,
+        deferrable=deferred,
+    )
+    return sensor, pushed, Ti()
 
 
 def clusters(region: str = REGION) -> list[dict]:
@@ -810,23 +817,10 @@ def test_sensor_failure_after_deferral_names_step_and_log(aws, monkeypatch):
         Key=f"emr-logs/{cluster_id}/steps/{step_ids[1]}/stderr.gz",
         Body=gzip.compress(b"noise\nfeatures: cannot load weights from s3://x: bad\nmore noise\n"),
     )
-    pushed = {}
-
-    class Ti:
-        def xcom_push(self, key, value):
-            pushed[key] = value
-
-    sensor = FruitsStepSensor(
-        task_id="watch_features",
-        job_flow_id=cluster_id,
-        step_ids=step_ids,
-        step_name="features",
-        region_name=REGION,
-        deferrable=True,
-    )
+    sensor, pushed, ti = step_sensor(cluster_id, step_ids, "features", deferred=True)
     emr_backends[DEFAULT_ACCOUNT_ID][REGION].clusters[cluster_id].steps[1].state = "FAILED"
     with pytest.raises(AirflowFailException) as failed:
-        sensor.execute_complete({"ti": Ti()}, event={"status": "failure", "message": "Step failed"})
+        sensor.execute_complete({"ti": ti}, event={"status": "failure", "message": "Step failed"})
 
     log = f"s3://{BUCKET}/emr-logs/{cluster_id}/steps/{step_ids[1]}/stderr.gz"  # s3n:// read back as s3://
     reason = "features: cannot load weights from s3://x: bad"
@@ -967,8 +961,6 @@ def test_sensor_on_a_cluster_terminated_with_errors_names_the_cluster_failure(aw
     paths (poke, and the trigger's failure event) fail at once with the cluster's reason and its logs."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from fruits_platform.aws.emr import FruitsStepSensor
-
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({"conn_type": "aws"}))
     cluster_id, step_ids = start_cluster(steps=3)
     cluster = moto_cluster(cluster_id)
@@ -978,27 +970,12 @@ def test_sensor_on_a_cluster_terminated_with_errors_names_the_cluster_failure(aw
     cluster.last_state_change_reason = (
         "On the master instance: bootstrap action 1 returned a non-zero return code"
     )
-    pushed = {}
-
-    class Ti:
-        def xcom_push(self, key, value):
-            pushed[key] = value
-
-    sensor = FruitsStepSensor(
-        task_id="watch_ingest",
-        job_flow_id=cluster_id,
-        step_ids=step_ids,
-        step_name="ingest",
-        region_name=REGION,
-        deferrable=deferred,
-    )
+    sensor, pushed, ti = step_sensor(cluster_id, step_ids, "ingest", deferred)
     sensor._resolve_step()  # what execute() does first
     if deferred:
-        check = partial(
-            sensor.execute_complete, {"ti": Ti()}, event={"status": "failure", "message": "failed"}
-        )
+        check = partial(sensor.execute_complete, {"ti": ti}, event={"status": "failure", "message": "failed"})
     else:
-        check = partial(sensor.poke, {"ti": Ti()})
+        check = partial(sensor.poke, {"ti": ti})
     with pytest.raises(AirflowFailException) as failed:
         check()
     message = str(failed.value)

@@ -36,8 +36,6 @@ from moto.core import DEFAULT_ACCOUNT_ID, enable_iam_authentication
 from tests.emr_runner import EmrStepRunner
 from tests.test_dag_emr import (
     BUCKET,
-    DAG_FILE,
-    DAG_ID,
     IMAGES_PER_LABEL,
     JOB_FLOW_ROLE,
     LABELS,
@@ -194,19 +192,6 @@ def enforced(monkeypatch, sample_dir):
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", identities["airflow"]["aws_secret_access_key"])
         with enable_iam_authentication():
             yield identities
-
-
-@pytest.fixture
-def emr_dag(airflow_db, monkeypatch):
-    from airflow.dag_processing.dagbag import DagBag
-
-    monkeypatch.setenv("FRUITS_EMR_POKE_SECONDS", "1")
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_AWS_DEFAULT", json.dumps({"conn_type": "aws", "extra": {"region_name": REGION}})
-    )
-    bag = DagBag(dag_folder=str(DAG_FILE))
-    assert not bag.import_errors
-    return bag.dags[DAG_ID]
 
 
 def client(service: str, identity: dict[str, str]):

@@ -50,7 +50,7 @@ def test_dag_file_imports_without_errors(path):
 
 
 def test_local_dag_is_a_straight_line(local_dag):
-    order = ["resolve_params", "stage_artifacts", "ingest", "features", "pca", "summarize"]
+    order = ["resolve_params", "stage_artifacts", "spark_steps", "summarize"]
     assert set(local_dag.task_ids) == set(order)
     for upstream, task_id in itertools.pairwise(order):
         assert task_id in downstream(local_dag, upstream), f"{upstream} -> {task_id}"

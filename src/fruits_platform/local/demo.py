@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"run succeeded: {report['counts']}")
     print(f"outputs:   {output}/{{{','.join(DATASETS)}}}/dt={report['dt']}/")
     print(f"report:    {layout.report(REPORT_HTML)} (and report.json, report_*.png)")
-    print(f"task logs: {log} (Airflow), {layout.logs()}/<step>.log (Spark)")
+    print(f"task logs: {log} (Airflow), {layout.logs()}/pipeline.log (Spark)")
     return 0
 
 

@@ -133,7 +133,7 @@ def test_both_engines_give_the_same_features_through_spark(spark, request, weigh
     curated = spark.createDataFrame(
         rows, "path string, label string, content_hash string, content binary"
     ).repartition(5)
-    by_engine = {engine: run_engine(spark, curated, weights, engine) for engine in onnx_engine.ENGINES}
+    by_engine = {engine: run_engine(spark, curated, weights, engine) for engine in contract.ENGINES}
 
     good = [str(p) for p in sample_images]
     onnx_rows, onnx_params = by_engine["onnx"]

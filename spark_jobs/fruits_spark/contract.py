@@ -25,7 +25,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 INPUT_SIZES = (96, 128, 160, 192, 224)
 FEATURE_DIM = 1280
 # Every dataset a run writes under its output root, each partitioned by dt=YYYY-MM-DD
-DATASETS = ("images", "features", "pca", "pca_csv", "rejected", "ignored")
+DATASETS = ("images", "features", "features_index", "pca", "pca_csv", "rejected", "ignored")
 # The environment variable that names the weights where a flag or param does not
 WEIGHTS_ENV = "FRUITS_WEIGHTS"
 # The features step's inference engines: ONNX Runtime (no TensorFlow on the workers) and the Keras reference

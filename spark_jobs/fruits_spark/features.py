@@ -156,11 +156,11 @@ def broadcast_weights(spark: SparkSession, weights: str, input_size: int) -> tup
 
 
 def prepare_onnx(
-    spark: SparkSession, weights: str, input_size: int, onnx_model: str | None = None
+    spark: SparkSession, weights: str, input_size: int, onnx_model: str = ""
 ) -> onnx_engine.OnnxModel:
     """The checked ONNX model: the given pre-exported file (no TensorFlow here), else the local cache's,
     exported on its first use."""
-    if onnx_model is None:
+    if not onnx_model:
         local = None if weights == "imagenet" else storage.fetch_to_local(spark, weights)
         return onnx_engine.cached_onnx(model.read_weights(weights, input_size, local), input_size)
     try:

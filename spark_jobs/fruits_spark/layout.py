@@ -40,6 +40,11 @@ class Layout:
     def stats(self, step: str) -> str:
         return f"{self.output}/_stats/dt={self.dt}/{step}.json"
 
+    def staging(self, name: str) -> str:
+        """Scratch space of this date's run: Spark's readers skip paths starting with "_", so no dataset
+        root ever lists it."""
+        return f"{self.output}/_staging/{name}/dt={self.dt}"
+
     def logs(self) -> str:
         """Where the local runner writes each step's Spark log."""
         return f"{self.output}/_logs/dt={self.dt}"

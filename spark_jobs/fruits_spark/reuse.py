@@ -64,8 +64,7 @@ def _delete(spark: SparkSession, uri: str) -> None:
 
 
 def staging_uri(layout: Layout) -> str:
-    # under "_staging": Spark's readers skip paths starting with "_", so no dataset root ever lists it
-    return f"{layout.output}/_staging/features_reused/dt={layout.dt}"
+    return layout.staging("features_reused")
 
 
 def history_days(spark: SparkSession, layout: Layout) -> tuple[list[str], list[str]]:

@@ -77,15 +77,16 @@ class ExecutorSizing:
 
 
 def inference_engine(requirements_text: str) -> str:
-    """The engine the EMR bootstrap installs, read from requirements-emr.txt's pins."""
+    """The engine a bootstrap requirements file is for, read from its pins: TensorFlow's file also holds
+    onnxruntime (it can run both), so TensorFlow decides."""
     names = {
         line.split("#", 1)[0].split("==", 1)[0].strip().lower().replace("_", "-")
         for line in requirements_text.splitlines()
     }
-    if "onnxruntime" in names:
-        return "onnx"
     if names & {"tensorflow", "tensorflow-cpu"}:
         return "tensorflow"
+    if "onnxruntime" in names:
+        return "onnx"
     raise ValueError("the requirements install neither onnxruntime nor tensorflow")
 
 

@@ -276,10 +276,12 @@ def bench(args: argparse.Namespace) -> int:
         pipeline["features_wall_img_per_s"] = _rate(pipeline["ok"], pipeline["step_seconds"]["features"])
         pipeline["whole_img_per_s"] = _rate(pipeline["ok"], pipeline["whole_seconds"])
         figures[f"pipeline_{size}"] = pipeline
+        steps = ", ".join(f"{name} {seconds} s" for name, seconds in pipeline["step_seconds"].items())
         print(
             f"(b) pipeline ({args.engine}), input {size}: features {pipeline['features_img_per_s']} img/s "
-            f"(spark-submit wall {pipeline['features_wall_img_per_s']}), whole run-local "
-            f"{pipeline['whole_img_per_s']} img/s, peak Python worker RSS {pipeline['peak_worker_rss_mb']} MB"
+            f"(step's main() {pipeline['features_wall_img_per_s']}), whole run-local "
+            f"{pipeline['whole_img_per_s']} img/s in {pipeline['whole_seconds']} s ({steps}), "
+            f"peak Python worker RSS {pipeline['peak_worker_rss_mb']} MB"
         )
     if args.sizes:
         outputs = {size: figures[f"pipeline_{size}"]["output"] for size in sizes}
@@ -294,6 +296,8 @@ def bench(args: argparse.Namespace) -> int:
 
     if "bare" not in args.skip:
         for engine, title in (("tensorflow", "TensorFlow"), ("onnx", "ONNX Runtime")):
+            if f"bare-{engine}" in args.skip:
+                continue
             bare = run_bare(paths, weights, args.input_size, work, engine)
             bare["img_per_s_process"] = _rate(bare["images"], bare["seconds_process"])
             bare["img_per_s_inference"] = _rate(bare["images"], bare["seconds_inference"])
@@ -303,10 +307,23 @@ def bench(args: argparse.Namespace) -> int:
                 f"{bare['img_per_s_inference']} img/s decode+inference only"
             )
         # the features step against the bare process of its own engine
-        figures["ratio_features_vs_bare"] = round(
-            main_pipeline["features_img_per_s"] / figures[f"bare_{args.engine}"]["img_per_s_process"], 2
-        )
-        print(f"    ratio (b) features / (a) bare, both {args.engine}: {figures['ratio_features_vs_bare']}")
+        if f"bare_{args.engine}" in figures:
+            figures["ratio_features_vs_bare"] = round(
+                main_pipeline["features_img_per_s"] / figures[f"bare_{args.engine}"]["img_per_s_process"], 2
+            )
+            print(
+                f"    ratio (b) features / (a) bare, both {args.engine}: {figures['ratio_features_vs_bare']}"
+            )
+        # the whole pipeline's wall time against one bare TensorFlow process over the same images
+        if "bare_tensorflow" in figures:
+            figures["ratio_whole_wall_vs_bare_tensorflow"] = round(
+                main_pipeline["whole_seconds"] / figures["bare_tensorflow"]["seconds_process"], 2
+            )
+            print(
+                f"    wall time (b) whole run-local / (a) bare TensorFlow process: "
+                f"{main_pipeline['whole_seconds']} s / {figures['bare_tensorflow']['seconds_process']} s = "
+                f"{figures['ratio_whole_wall_vs_bare_tensorflow']}"
+            )
     if "notebook" not in args.skip:
         notebook = run_notebook(input_dir, weights, work)
         notebook["img_per_s"] = _rate(len(paths), notebook["seconds"])
@@ -500,7 +517,9 @@ def register(commands) -> None:
     PARAMS["input_size"].add_argument(parser)
     PARAMS["engine"].add_argument(parser, help="the features step's engine in (b)")
     parser.add_argument("--sizes", action="store_true", help="also measure every input size and its accuracy")
-    parser.add_argument("--skip", action="append", default=[], choices=["bare", "notebook"])
+    parser.add_argument(
+        "--skip", action="append", default=[], choices=["bare", "bare-tensorflow", "bare-onnx", "notebook"]
+    )
     parser.add_argument("--pca-rows", type=int, default=0, help="also time a PCA fit on this many rows")
     parser.add_argument(
         "--history-rows",

@@ -16,6 +16,7 @@ import pytest
 
 from fruits_spark import contract, features, images, model, onnx_engine
 from fruits_spark.features import FeatureParams, featurize_batch, transform
+from tests.conftest import save_random_backbone
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +206,7 @@ def test_a_missing_tf2onnx_stops_the_step_in_one_line(spark, tmp_path, monkeypat
     assert "\n" not in message
 
 
-def test_a_pre_exported_model_must_match_the_weights_and_input_size(tmp_path, random_weights, shared_weights):
+def test_a_pre_exported_model_must_match_the_weights_and_input_size(tmp_path, random_weights):
     import onnx
 
     exported = onnx_for(random_weights, 224)
@@ -213,7 +214,7 @@ def test_a_pre_exported_model_must_match_the_weights_and_input_size(tmp_path, ra
     path.write_bytes(exported.data)
     with pytest.raises(onnx_engine.OnnxModelUnavailable, match="exported for input size 224, not 96"):
         onnx_engine.read_onnx(exported.data, str(path), exported.weights_digest, 96)
-    other_digest = model.read_weights(str(shared_weights), 224).digest
+    other_digest = model.read_weights(str(save_random_backbone(tmp_path, seed=1)), 224).digest
     with pytest.raises(onnx_engine.OnnxModelUnavailable, match=f"carries weights {exported.weights_digest}"):
         onnx_engine.read_onnx(exported.data, str(path), other_digest, 224)
     anonymous = onnx.load_from_string(exported.data)

@@ -4,13 +4,14 @@
 FROM apache/airflow:3.3.2-python3.11
 
 USER root
-# fruits_features_local runs spark-submit in the scheduler's task processes: PySpark 3.5 needs a JVM (8/11/17).
+# fruits_features_local runs spark-submit in the scheduler's task processes: PySpark 3.5 needs a JVM (8/11/17),
+# and Spark ML's PCA uses OpenBLAS's LAPACK when it is installed (faster than its Java fallback).
 # man1 must exist or the JRE's post-install step fails on the slim Debian base. The JRE is left unpinned on
 # purpose: Debian drops superseded security builds from its mirrors, so a pinned version stops building.
 # hadolint ignore=DL3008
 RUN mkdir -p /usr/share/man/man1 \
     && apt-get update \
-    && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
+    && apt-get install -y --no-install-recommends openjdk-17-jre-headless libopenblas0-pthread \
     && apt-get autoremove -yqq --purge \
     && apt-get clean \
     && rm -rf /var/lib/apt/lists/* \

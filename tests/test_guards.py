@@ -131,7 +131,8 @@ def test_step_limit_has_a_floor_and_grows_with_the_batch():
     assert set(guards.step_limits(10, 8).values()) == {guards.STEP_LIMIT_FLOOR_SECONDS}
     limits = guards.step_limits(1_000_000, 8)
     big = limits["features"]
-    assert big >= guards.STEP_LIMIT_FACTOR * 0.7 * 1_000_000 / (guards.IMAGES_PER_SECOND_PER_VCPU * 8)
+    share = guards.STEP_COMPUTE_SHARE["features"]
+    assert big >= guards.STEP_LIMIT_FACTOR * share * 1_000_000 / (guards.IMAGES_PER_SECOND_PER_VCPU * 8)
     assert guards.step_limits(1_000_000, 16)["features"] < big
     timeouts = guards.sensor_timeouts(limits)
     # every sensor outlasts its step's limit (the cluster's `timeout` says why first); only the first one

@@ -26,9 +26,9 @@ DEFAULT_ENGINE = PARAMS["engine"].default
 
 CACHE_ENV = "FRUITS_CACHE"
 # Images per InferenceSession.run in a worker. ONNX Runtime holds a whole run's activations at once: at
-# 224x224, one process peaked at 938 MB for 64 images, 555 MB for 32 and 364 MB for 16, with no loss of
-# speed on one thread (measured here, 2026-11-23): 16 keeps a Spark Python worker well below 600 MB.
-SESSION_BATCH = 16
+# 224x224 one process peaked at 938 MB for 64 images; in the features step at 20,000 images a Python worker
+# peaked at 611 MB with 16 and 521 MB with 8, at the same speed (docs/BENCHMARKS.md, round 2).
+SESSION_BATCH = 8
 # written into the exported file: the step can check a pre-exported model against --weights/--input-size
 META_DIGEST = "fruits.weights_digest"
 META_INPUT_SIZE = "fruits.input_size"

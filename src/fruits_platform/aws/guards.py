@@ -25,11 +25,14 @@ EU_REGIONS: frozenset[str] = frozenset(
 BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 # Throughput of the whole pipeline (ingest + features + pca) in images per second per executor vCPU.
-# Measured (docs/BENCHMARKS.md): `fruits run-local` on 2,000 images, 2 cores, 15.5 img/s end to end,
-# fixed costs included = 7.7 img/s per core. An m5 vCPU is half a physical core (hyperthread): 5 per vCPU
-# keeps the expectation on the safe side (the cost bound comes from the enforced limits, not from this).
-IMAGES_PER_SECOND_PER_VCPU = 5.0
-THROUGHPUT_SOURCE = "measured 2026-11-23: 7.7 img/s per core end to end (2,000 images), 5 per EMR vCPU"
+# Measured (docs/BENCHMARKS.md, round 2, ONNX Runtime engine): `fruits run-local` on 2,000 images, 2 cores,
+# 39.8 img/s end to end, fixed costs included = 19.9 img/s per core (44.6 at 20,000). An m5 vCPU is half a
+# physical core (hyperthread): 10 per vCPU keeps the expectation on the safe side (the cost bound comes
+# from the enforced limits, not from this).
+IMAGES_PER_SECOND_PER_VCPU = 10.0
+THROUGHPUT_SOURCE = (
+    "measured 2026-11-23 (onnx): 19.9 img/s per core end to end (2,000 images), 10 per EMR vCPU"
+)
 # EMR provisioning + bootstrap (pip install into /opt/fruits-venv) before the first step runs: expected
 CLUSTER_STARTUP_SECONDS = 900
 # ... and enforced: watch_ingest's timeout is this plus the ingest step's bound, after which the teardown
@@ -42,9 +45,9 @@ STEP_OVERHEAD_SECONDS = 120
 # pipeline's expected compute x this factor, plus its overhead, at least the floor.
 STEP_LIMIT_FACTOR = 3.0
 STEP_LIMIT_FLOOR_SECONDS = 900
-# each step's share of the pipeline's compute, measured by `fruits bench` at 20,000 images
-# (docs/BENCHMARKS.md: ingest 139.9 s, features 487.3 s, pca 43.1 s of 670.3 s), rounded up
-STEP_COMPUTE_SHARE: dict[str, float] = {"ingest": 0.21, "features": 0.73, "pca": 0.07}
+# each step's share of the pipeline's compute, measured by `fruits bench` at 20,000 images with the onnx
+# engine (docs/BENCHMARKS.md, round 2: ingest 113.7 s, features 91.1 s, pca 16.8 s of 221.7 s), rounded up
+STEP_COMPUTE_SHARE: dict[str, float] = {"ingest": 0.52, "features": 0.42, "pca": 0.08}
 # a sensor notices the end of its step within one poke: slack over the step's bound so that the cluster
 # side (which says why: exit 124 in the step's log) fires first
 SENSOR_SLACK_SECONDS = 120

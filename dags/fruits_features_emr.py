@@ -307,7 +307,7 @@ with DAG(
     )
     watchers = [
         emr.FruitsStepSensor(
-            task_id=f"watch_{name}",
+            task_id=cost_report.watcher_id(name),
             job_flow_id=create_cluster.output,
             step_ids=add_steps.output,
             step_name=name,

@@ -109,8 +109,10 @@ class RunParam:
         parser.add_argument(self.flag, **options)
 
     def as_args(self, value: Any) -> tuple[str, ...]:
-        if self.kind is bool or self.optional:
-            return () if not value else (self.flag,) if self.kind is bool else (self.flag, str(value))
+        if self.kind is bool:
+            return (self.flag,) if value else ()
+        if self.optional and not value:
+            return ()
         return (self.flag, str(value))
 
 

@@ -25,9 +25,14 @@ from fruits_spark.report import PLOTS, plot_file, report_files
 CONTENT_TYPES = {".json": "application/json", ".html": "text/html"}
 
 
+def watcher_id(step: str) -> str:
+    """The task id of the sensor that watches ``step``."""
+    return f"watch_{step}"
+
+
 def watchers() -> list[str]:
     """The step sensors' task ids: their states decide whether the run succeeded."""
-    return [f"watch_{name}" for name in STEP_NAMES]
+    return [watcher_id(name) for name in STEP_NAMES]
 
 
 def wait_for_termination(client, cluster_id: str, poke_seconds: float, attempts: int = 20) -> dict:

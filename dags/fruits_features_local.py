@@ -36,7 +36,7 @@ from airflow.sdk import DAG, chain, get_current_context, task
 
 from fruits_platform.artifacts import PROJECT_ROOT
 from fruits_platform.dag_params import run_param
-from fruits_platform.local import runner
+from fruits_platform.local import preflight, runner
 from fruits_platform.pipeline import PipelineParams
 from fruits_spark.contract import STEP_NAMES, WEIGHTS_ENV
 from fruits_spark.layout import REPORT_HTML, Layout
@@ -76,11 +76,14 @@ with DAG(
 
     @task
     def resolve_params() -> dict:
-        """Reads and validates the run's params once; every later task gets the result."""
+        """Reads and validates the run's params once, and checks the paths before anything is written;
+        every later task gets the result."""
         context = get_current_context()
         moment = context.get("data_interval_start") or context["dag_run"].run_after
         upload_day = context["params"].get("dt") or moment.date().isoformat()
-        return PipelineParams.from_mapping(context["params"], dt=upload_day).as_dict()
+        params = PipelineParams.from_mapping(context["params"], dt=upload_day)
+        preflight.check_run(params)
+        return params.as_dict()
 
     @task
     def stage_artifacts(run: dict) -> str:

@@ -7,7 +7,16 @@ import pytest
 from pyspark.sql import functions as F
 
 from fruits_spark.layout import Layout
-from fruits_spark.pca import PcaParams, as_csv_matrix, fit, fit_or_load, transform
+from fruits_spark.pca import (
+    MIN_FIT_ROWS,
+    PcaParams,
+    as_csv_matrix,
+    explained_on,
+    fit,
+    fit_or_load,
+    transform,
+    unfit_reason,
+)
 
 N_ROWS, DIM = 240, 1280
 
@@ -52,17 +61,17 @@ def test_csv_matrix_has_one_column_per_component(features_df):
 def test_model_is_versioned_applied_then_refitted(spark, features_df, tmp_path):
     layout = Layout(str(tmp_path), "2026-11-23")
     features_df.withColumn("embedding", F.lit("w1-s224")).write.parquet(layout.dataset("features"))
-    first, version, why = fit_or_load(spark, layout, PcaParams(4), False, "w1-s224")
-    assert why == "first_fit"
-    again, same_version, why_again = fit_or_load(spark, layout, PcaParams(4), False, "w1-s224")
-    assert (same_version, why_again) == (version, "applied")
-    np.testing.assert_allclose(again.pc.toArray(), first.pc.toArray())
-    _, k_version, why_k = fit_or_load(spark, layout, PcaParams(5), False, "w1-s224")
-    assert why_k == "k_changed_from_4"
-    assert k_version != version
-    _, refit_version, why_refit = fit_or_load(spark, layout, PcaParams(5), True, "w1-s224")
-    assert why_refit == "refit"
-    assert refit_version not in (version, k_version)
+    first = fit_or_load(spark, layout, PcaParams(4), False, "w1-s224")
+    assert (first.why, first.rows) == ("first_fit", N_ROWS)
+    again = fit_or_load(spark, layout, PcaParams(4), False, "w1-s224")
+    assert (again.version, again.why, again.rows) == (first.version, "applied", N_ROWS)
+    np.testing.assert_allclose(again.model.pc.toArray(), first.model.pc.toArray())
+    k_changed = fit_or_load(spark, layout, PcaParams(5), False, "w1-s224")
+    assert k_changed.why == "k_changed_from_4"
+    assert k_changed.version != first.version
+    refitted = fit_or_load(spark, layout, PcaParams(5), True, "w1-s224")
+    assert refitted.why == "refit"
+    assert refitted.version not in (first.version, k_changed.version)
 
 
 def test_another_embedding_gets_its_own_model_fitted_on_its_own_features(spark, features_df, tmp_path):
@@ -71,7 +80,7 @@ def test_another_embedding_gets_its_own_model_fitted_on_its_own_features(spark, 
     # a day written before features carried their embedding
     features_df.write.parquet(old_day.dataset("features"))
     features_df.withColumn("embedding", F.lit("w1-s224")).write.parquet(new_day.dataset("features"))
-    _, v224, _ = fit_or_load(spark, new_day, PcaParams(3), False, "w1-s224")
+    v224 = fit_or_load(spark, new_day, PcaParams(3), False, "w1-s224").version
     rng = np.random.default_rng(11)
     other = (rng.normal(size=(60, 2)) * [5, 1]) @ rng.normal(size=(2, DIM))
     other_df = spark.createDataFrame(
@@ -82,15 +91,48 @@ def test_another_embedding_gets_its_own_model_fitted_on_its_own_features(spark, 
         new_day.dataset("features")
     )
 
-    model96, v96, why = fit_or_load(spark, new_day, PcaParams(3), False, "w1-s96")
+    fit96 = fit_or_load(spark, new_day, PcaParams(3), False, "w1-s96")
 
-    assert why == "first_fit"
-    assert v96 != v224
-    assert v96.endswith("-k3-w1-s96")
+    assert fit96.why == "first_fit"
+    assert fit96.version != v224
+    assert fit96.version.endswith("-k3-w1-s96")
     # fitted on the w1-s96 rows alone: neither the old day nor the w1-s224 rows took part
     alone = fit(other_df, PcaParams(3))
     np.testing.assert_allclose(
-        model96.explainedVariance.toArray(), alone.explainedVariance.toArray(), atol=1e-6
+        fit96.model.explainedVariance.toArray(), alone.explainedVariance.toArray(), atol=1e-6
     )
-    _, again224, why224 = fit_or_load(spark, new_day, PcaParams(3), False, "w1-s224")
-    assert (again224, why224) == (v224, "applied")
+    again224 = fit_or_load(spark, new_day, PcaParams(3), False, "w1-s224")
+    assert (again224.version, again224.why) == (v224, "applied")
+
+
+def test_a_small_first_day_never_becomes_the_model_later_days_apply(spark, features_df, tmp_path):
+    """6 rows fit a provisional model that is kept nowhere; the next, larger day fits the first kept one
+    on every row seen, and reports how much of its own variance the model explains."""
+    k = 5
+    small, large = Layout(str(tmp_path), "2026-11-20"), Layout(str(tmp_path), "2026-11-21", staged=True)
+    with_embedding = features_df.withColumn("embedding", F.lit("w1-s224"))
+    with_embedding.limit(6).write.parquet(small.dataset("features"))
+    first = fit_or_load(spark, small, PcaParams(k), False, "w1-s224")
+    assert (first.why, first.version, first.rows) == ("provisional", None, 6)
+    assert f"needs at least {max(k, MIN_FIT_ROWS)}" in first.note
+    assert not (tmp_path / "pca_model").exists()
+
+    # the larger day is staged (as during a run): the fit reads it there, and the small day's partition
+    with_embedding.limit(40).write.parquet(large.dataset("features"))
+    second = fit_or_load(spark, large, PcaParams(k), False, "w1-s224")
+    assert (second.why, second.rows) == ("first_fit", 46)
+    assert second.version is not None and (tmp_path / "pca_model" / second.version / "fit.json").exists()
+    on_day = explained_on(with_embedding.limit(40), second.model)
+    assert len(on_day) == k
+    # the model was fitted on these 40 rows and 6 more of the same distribution: close to its own figure
+    assert sum(on_day) == pytest.approx(sum(second.explained_variance), abs=0.05)
+    third = fit_or_load(spark, large.published, PcaParams(k), False, "w1-s224")
+    assert (third.why, third.version) == ("applied", second.version)
+
+
+def test_a_fit_whose_components_are_mostly_zero_is_not_kept():
+    assert unfit_reason(6, 100, [0.5, 0.3, 0.1, 0.05, 0.05] + [1e-16] * 95).startswith("fitted on 6 rows")
+    assert "95 of its 100 components carry no variance" in unfit_reason(
+        None, 100, [0.5, 0.3, 0.1, 0.05, 0.05] + [1e-16] * 95
+    )
+    assert unfit_reason(MIN_FIT_ROWS, 5, [0.4, 0.3, 0.2, 0.05, 0.05]) is None

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,16 @@ def today() -> str:
     return dt.datetime.now(dt.UTC).date().isoformat()
 
 
+def check_date(text: str) -> None:
+    """ValueError unless ``text`` is a real calendar day written YYYY-MM-DD: a partition name of the outputs."""
+    try:
+        real = bool(re.match(DT_PATTERN, text)) and dt.date.fromisoformat(text).isoformat() == text
+    except ValueError:
+        real = False
+    if not real:
+        raise ValueError(f"must be a real date written YYYY-MM-DD (for example {today()}), got {text!r}")
+
+
 @dataclass(frozen=True)
 class RunParam:
     """One run parameter: its one name, type, default, bounds or choices, help, and the steps that take it."""
@@ -54,6 +64,8 @@ class RunParam:
     pattern: str | None = None
     # an optional param may be left empty: its flag is then not passed at all
     optional: bool = False
+    # a rule the pattern cannot say (a real calendar date); raises ValueError with a human message
+    check: Callable[[str], None] | None = None
 
     @property
     def flag(self) -> str:
@@ -83,7 +95,12 @@ class RunParam:
             and not (self.minimum <= converted <= self.maximum)
         ):
             raise ValueError(f"{self.name} must be within {self.minimum}..{self.maximum}, got {value!r}")
-        if self.pattern is not None and not re.match(self.pattern, converted):
+        if self.check is not None:
+            try:
+                self.check(converted)
+            except ValueError as error:
+                raise ValueError(f"{self.name} {error}") from None
+        elif self.pattern is not None and not re.match(self.pattern, converted):
             raise ValueError(f"{self.name} must match {self.pattern}, got {value!r}")
         if self.kind is str and not converted:
             raise ValueError(f"{self.name} must not be empty")
@@ -134,6 +151,7 @@ RUN_PARAMS: tuple[RunParam, ...] = (
         "upload date of the batch (YYYY-MM-DD): every output goes to its dt= partition",
         steps=ALL_STEPS,
         pattern=DT_PATTERN,
+        check=check_date,
     ),
     RunParam(
         "weights",

@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
     spark = SparkSession.builder.appName("fruits-features").getOrCreate()
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(args.batch_size * 4))
-    layout = Layout(args.output, args.dt)
+    layout = Layout(args.output, args.dt, staged=True)
     try:
         weights, digest = broadcast_model(spark, args)
     except (model.WeightsUnavailable, FileNotFoundError) as error:
@@ -219,6 +219,12 @@ def main(argv: list[str] | None = None) -> None:
     # Spark merges the accumulator as tasks finish: progress lines while the outputs are written
     with Progress("features", reused.n_to_infer, lambda: params.rows_inferred.value):
         stats = load(featurized.unionByName(reuse.as_featurized(reused)), layout, params.embedding)
+    if not stats["ok"]:
+        # like an empty ingest: a day without one feature row never replaces a day that had some
+        raise SystemExit(
+            f"features: no image could be embedded ({stats['rejected']} failed, reasons in "
+            f"{layout.rejected('features')}); the day's outputs were left as they were"
+        )
     stats.update(
         featurised=stats["ok"] - reused.n_reused,
         reused=reused.n_reused,

@@ -202,6 +202,33 @@ def load(classified: DataFrame, layout: Layout) -> dict:
     }
 
 
+def check_paths(spark: SparkSession, input_uri: str, output_uri: str) -> int:
+    """The number of files under the input; SystemExit naming the fix, before anything is written, when
+    the input is missing or empty or the output is a file."""
+    if storage.is_file(spark, output_uri):
+        raise SystemExit(f"ingest: --output {output_uri} is a file, not a folder: pass an output folder")
+    fix = "pass --input a folder of images, one sub-folder per label"
+    if not storage.exists(spark, input_uri):
+        raise SystemExit(f"ingest: --input {input_uri} does not exist: {fix}")
+    files = len(storage.list_files(spark, input_uri))
+    if not files:
+        raise SystemExit(f"ingest: --input {input_uri} holds no files: {fix}")
+    return files
+
+
+def refuse_empty_day(stats: dict, input_uri: str) -> None:
+    """A day without one usable image never replaces a day that had some: the run stops here, before the
+    last step publishes anything."""
+    if stats["ok"]:
+        return
+    reasons = {**stats["rejected_by_reason"], "duplicate": stats["duplicates"], "ignored": stats["ignored"]}
+    found = ", ".join(f"{n} {reason}" for reason, n in reasons.items() if n) or "nothing"
+    raise SystemExit(
+        f"ingest: no usable image under --input {input_uri} ({found}); the day's outputs were left as they "
+        f"were: check --input and --dt (the reasons per file are in the Spark log)"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = contract.step_parser("ingest", "Ingest fruit images into curated Parquet.")
     parser.add_argument("--max-file-bytes", type=int, default=MAX_FILE_BYTES)
@@ -209,10 +236,12 @@ def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
     spark = SparkSession.builder.appName("fruits-ingest").getOrCreate()
     spark.conf.set("spark.sql.files.openCostInBytes", str(FILE_OPEN_COST_BYTES))
-    layout = Layout(args.output, args.dt)
+    check_paths(spark, args.input, args.output)
+    layout = Layout(args.output, args.dt, staged=True)
     files, unlisted, files_seen = extract(spark, args.input)
     params = IngestParams(storage.qualify(spark, args.input), args.max_file_bytes)
     stats = load(transform(files, params, unlisted), layout)
+    refuse_empty_day(stats, args.input)
     # the listing is the ground truth: a file classified nowhere shows up here as a mismatch
     stats.update(
         step="ingest", input=args.input, files_seen=files_seen, seconds=round(time.monotonic() - started, 2)

@@ -7,10 +7,9 @@ the Spark jobs (Hadoop URIs) share it.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from fruits_spark.contract import DATASETS, DT_PATTERN
+from fruits_spark.contract import DATASETS, check_date
 
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
@@ -20,10 +19,16 @@ REPORT_HTML = "report.html"
 class Layout:
     output: str
     dt: str
+    # True for the steps of a run: this date's datasets are written to, and read back from, its staging
+    # area, and the last step publishes them together (fruits_spark.publish): a run that fails half-way
+    # leaves the day's published datasets as they were, never half old and half new
+    staged: bool = False
 
     def __post_init__(self) -> None:
-        if not re.match(DT_PATTERN, self.dt):
-            raise ValueError(f"dt must look like YYYY-MM-DD, got {self.dt!r}")
+        try:
+            check_date(self.dt)
+        except ValueError as error:
+            raise ValueError(f"dt {error}") from None
         object.__setattr__(self, "output", str(self.output).rstrip("/"))
 
     def root(self, name: str) -> str:
@@ -32,7 +37,12 @@ class Layout:
         return f"{self.output}/{name}"
 
     def dataset(self, name: str) -> str:
-        return f"{self.root(name)}/dt={self.dt}"
+        published = f"{self.root(name)}/dt={self.dt}"
+        return self.staging(name) if self.staged else published
+
+    @property
+    def published(self) -> Layout:
+        return replace(self, staged=False)
 
     def rejected(self, stage: str) -> str:
         return f"{self.dataset('rejected')}/stage={stage}"

@@ -106,6 +106,12 @@ def read_weights(weights: str, input_size: int, local_path: str | None = None) -
     return WeightsFile(Path(path).read_bytes(), _suffix(weights), values_digest(arrays))
 
 
+def _first_line(error: BaseException) -> str:
+    """The class and the message: a proxy refusal, an SSL failure and no network read differently."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
+
+
 def _imagenet_weights(input_size: int) -> WeightsFile:
     try:
         from keras.applications import MobileNetV2
@@ -120,7 +126,7 @@ def _imagenet_weights(input_size: int) -> WeightsFile:
         )
     except Exception as error:
         raise WeightsUnavailable(
-            f"cannot download the ImageNet weights ({type(error).__name__}); "
+            f"cannot download the ImageNet weights ({_first_line(error)}); "
             f"pass --weights PATH_OR_URI to a .weights.h5 file or set {WEIGHTS_ENV}"
         ) from error
     # digest of the values, not of the saved file: the same weights must name the same space every day,

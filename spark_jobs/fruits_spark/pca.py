@@ -3,21 +3,40 @@
 Scheduled runs apply the current model so that components stay comparable from day to day; ``--refit``
 (or a first run, or a different k) fits a new version on all features seen so far. Models and refits are
 per embedding (weights and input size): features of another embedding live in another space.
+
+A model is kept for later days only if it deserves it (``unfit_reason``): fitted on at least
+max(k, MIN_FIT_ROWS) rows, with at most half of its components numerically zero. Until the features seen
+reach that, each day is projected with a model fitted on that day alone, marked provisional in the report
+and never saved: one small first day cannot become the basis every later day is projected with.
+The report gives, next to the fit's explained variance, the variance the model explains on the day's data.
+This step runs last: it publishes the day's staged datasets together (``fruits_spark.publish``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from dataclasses import dataclass
 
 from pyspark.ml.feature import PCA, PCAModel
 from pyspark.ml.functions import array_to_vector, vector_to_array
+from pyspark.ml.stat import Summarizer
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from fruits_spark import contract, report, storage
 from fruits_spark.layout import Layout
+from fruits_spark.publish import publish
+
+# a model later days apply is fitted on at least max(k, MIN_FIT_ROWS) rows: fewer describe one batch's
+# noise in 1280 dimensions, not the photos to come
+MIN_FIT_ROWS = 30
+# a component explaining less than this share of the variance is rounding noise (1e-16 measured on a
+# 6-image fit with k=100)
+ZERO_VARIANCE = 1e-9
+# written next to a saved model: the rows it was fitted on
+FIT_RECORD = "fit.json"
 
 
 @dataclass(frozen=True)
@@ -60,31 +79,94 @@ def current_model_version(spark: SparkSession, models_uri: str, embedding: str) 
 
 
 def features_seen(spark: SparkSession, layout: Layout, embedding: str) -> DataFrame:
-    # days written before features carried their embedding have none and are left out
-    every_day = spark.read.option("mergeSchema", "true").parquet(layout.root("features"))
-    return every_day.filter(F.col("embedding") == embedding).select("path", "label", "features")
+    """This day's features (staged while the run runs) and every other day's published ones."""
+    root, today = layout.root("features"), f"dt={layout.dt}"
+    seen = spark.read.parquet(layout.dataset("features")).filter(F.col("embedding") == embedding)
+    seen = seen.select("path", "label", "features")
+    other_days = [name for name in storage.list_dirs(spark, root) if name.startswith("dt=") and name != today]
+    if other_days:
+        # days written before features carried their embedding have none and are left out
+        earlier = spark.read.option("mergeSchema", "true").parquet(*[f"{root}/{day}" for day in other_days])
+        if "embedding" in earlier.columns:
+            seen = seen.unionByName(
+                earlier.filter(F.col("embedding") == embedding).select("path", "label", "features")
+            )
+    return seen
 
 
-def fit_or_load(
-    spark: SparkSession, layout: Layout, params: PcaParams, refit: bool, embedding: str
-) -> tuple[PCAModel, str, str]:
-    """(model, version, why) where why says whether it was fitted now or reused."""
+def unfit_reason(rows: int | None, k: int, variance: list[float]) -> str | None:
+    """Why a fit must not be applied to later days, or None when it may. ``rows`` None: not recorded."""
+    needed = max(k, MIN_FIT_ROWS)
+    if rows is not None and rows < needed:
+        return f"fitted on {rows} rows; a model later days apply needs at least {needed} (max(k, {MIN_FIT_ROWS}))"
+    zero = sum(1 for value in variance if value < ZERO_VARIANCE)
+    if 2 * zero > k:
+        return f"{zero} of its {k} components carry no variance: lower k, or wait for more images"
+    return None
+
+
+@dataclass(frozen=True)
+class Fit:
+    model: PCAModel
+    version: str | None  # None: provisional, fitted on this day alone and saved nowhere
+    why: str  # applied, first_fit, refit, k_changed_from_N, provisional
+    rows: int | None  # rows the model was fitted on (None: a model saved before this was recorded)
+    note: str = ""  # why a fit is provisional
+
+    @property
+    def explained_variance(self) -> list[float]:
+        return [float(v) for v in self.model.explainedVariance.toArray()]
+
+
+def _saved(spark: SparkSession, layout: Layout, version: str) -> Fit:
+    folder = f"{layout.pca_models}/{version}"
+    record = f"{folder}/{FIT_RECORD}"
+    rows = json.loads(storage.read_bytes(spark, record))["rows"] if storage.exists(spark, record) else None
+    return Fit(PCAModel.load(folder), version, "applied", rows)
+
+
+def fit_or_load(spark: SparkSession, layout: Layout, params: PcaParams, refit: bool, embedding: str) -> Fit:
+    """The model this day is projected with: the current version, a new one, or a provisional fit."""
     version = current_model_version(spark, layout.pca_models, embedding)
+    why = "refit" if refit else "first_fit"
     if version and not refit:
-        existing = PCAModel.load(f"{layout.pca_models}/{version}")
-        if existing.getK() == params.k:
-            return existing, version, "applied"
-        why = f"k_changed_from_{existing.getK()}"
-    elif refit:
-        why = "refit"
-    else:
-        why = "first_fit"
+        existing = _saved(spark, layout, version)
+        if existing.model.getK() == params.k and not unfit_reason(
+            existing.rows, params.k, existing.explained_variance
+        ):
+            return existing
+        k_changed = existing.model.getK() != params.k
+        why = f"k_changed_from_{existing.model.getK()}" if k_changed else "replaced_unfit_model"
     # a refit learns from every day seen so far, not only from this run's uploads
-    fitted = fit(features_seen(spark, layout, embedding), params)
+    seen = features_seen(spark, layout, embedding).cache()
+    rows = seen.count()
+    fitted = fit(seen, params)
+    seen.unpersist()
+    note = unfit_reason(rows, params.k, [float(v) for v in fitted.explainedVariance.toArray()])
+    if note:
+        today = spark.read.parquet(layout.dataset("features")).filter(F.col("embedding") == embedding)
+        day_rows = today.count()
+        if day_rows != rows:
+            fitted = fit(today.select("path", "label", "features"), params)
+        kept = f"fitted on this day's {day_rows} rows and kept for no other day ({why} refused: {note})"
+        return Fit(fitted, None, "provisional", day_rows, kept)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
     version = f"v={stamp}-k{params.k}-{embedding}"
     fitted.write().overwrite().save(f"{layout.pca_models}/{version}")
-    return fitted, version, why
+    record = {"rows": rows, "dt": layout.dt, "explained_variance": sum(fitted.explainedVariance.toArray())}
+    storage.write_bytes(spark, f"{layout.pca_models}/{version}/{FIT_RECORD}", json.dumps(record).encode())
+    return Fit(fitted, version, why, rows)
+
+
+def explained_on(features: DataFrame, pca_model: PCAModel) -> list[float]:
+    """The share of ``features``' total variance each component holds: the applied model's figure on the
+    day's own data (a fit's own figures describe the rows it was fitted on)."""
+    projected = pca_model.transform(as_vectors(features))
+    row = projected.select(
+        Summarizer.variance(F.col("vector")).alias("total"), Summarizer.variance(F.col("projected")).alias("pc")
+    ).first()
+    total = float(sum(row["total"].toArray()))
+    return [float(v) / total if total > 0 else 0.0 for v in row["pc"].toArray()]
 
 
 def load(projected: DataFrame, layout: Layout, k: int) -> int:
@@ -102,29 +184,29 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     started = time.monotonic()
     spark = SparkSession.builder.appName("fruits-pca").getOrCreate()
-    layout = Layout(args.output, args.dt)
-    params = PcaParams(args.k)
+    layout = Layout(args.output, args.dt, staged=True)
+    if not storage.exists(spark, layout.dataset("features")):
+        raise SystemExit(f"pca: no features staged for dt={args.dt} under {args.output}: run ingest and features first")
     features = extract(spark, layout.dataset("features"))
-    if features.isEmpty():
-        stats = {"ok": 0, "k": args.k, "model_version": None, "model": "none: no features this run"}
-        projected = None
-    else:
-        embedding = embedding_of(spark.read.parquet(layout.dataset("features")))
-        pca_model, version, why = fit_or_load(spark, layout, params, args.refit, embedding)
-        n_projected = load(transform(features, pca_model), layout, args.k)
-        stats = {
-            "ok": n_projected,
-            "k": args.k,
-            "model_version": version,
-            "model": why,
-            "embedding": embedding,
-            "explained_variance": [float(v) for v in pca_model.explainedVariance.toArray()],
-        }
-        projected = spark.read.parquet(layout.dataset("pca"))
-    stats.update(step="pca", seconds=round(time.monotonic() - started, 2))
+    embedding = embedding_of(spark.read.parquet(layout.dataset("features")))
+    chosen = fit_or_load(spark, layout, PcaParams(args.k), args.refit, embedding)
+    stats = {
+        "ok": load(transform(features, chosen.model), layout, args.k),
+        "k": args.k,
+        "model_version": chosen.version,
+        "model": chosen.why,
+        "model_note": chosen.note,
+        "fit_rows": chosen.rows,
+        "embedding": embedding,
+        "explained_variance": chosen.explained_variance,
+        "explained_variance_on_day": explained_on(features, chosen.model),
+    }
+    published = publish(spark, layout)
+    stats.update(step="pca", published=published, seconds=round(time.monotonic() - started, 2))
     storage.write_stats(spark, layout, "pca", stats)
     summary = report.build_summary(
         layout.dt, {step: storage.read_stats(spark, layout, step) for step in contract.STEP_NAMES}
     )
-    report.write_report(spark, layout, summary, projected)
+    projected = spark.read.parquet(layout.published.dataset("pca"))
+    report.write_report(spark, layout.published, summary, projected)
     print(f"pca: {stats['ok']} rows projected to k={args.k} ({stats['model']}); report at {layout.report()}")

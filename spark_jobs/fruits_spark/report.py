@@ -15,6 +15,8 @@ from fruits_spark.layout import REPORT_HTML, REPORT_JSON, Layout
 
 PLOTS = ("explained_variance", "pca_scatter", "step_seconds")
 SCATTER_MAX_POINTS = 5000
+# files listed by name in the report; the rest are in the datasets it links to
+LISTED_FILES = 20
 
 
 def build_summary(dt: str, stats: dict[str, dict]) -> dict:
@@ -46,9 +48,14 @@ def build_summary(dt: str, stats: dict[str, dict]) -> dict:
         "k": pca.get("k"),
         "explained_variance": variance,
         "cumulative_explained_variance": cumulative,
+        "explained_variance_on_day": pca.get("explained_variance_on_day", []),
         "pca_model_version": pca.get("model_version"),
         "pca_model": pca.get("model"),
+        "pca_model_note": pca.get("model_note", ""),
+        "pca_fit_rows": pca.get("fit_rows"),
         "weights": features.get("weights"),
+        "engine": features.get("engine"),
+        "embedding": features.get("embedding"),
         "input_size": features.get("input_size"),
         "model_builds": features.get("model_builds"),
         "rows_inferred": features.get("rows_inferred"),
@@ -56,6 +63,29 @@ def build_summary(dt: str, stats: dict[str, dict]) -> dict:
         "reused_from": features.get("reused_from", {}),
         "step_seconds": {step: stats.get(step, {}).get("seconds") for step in STEP_NAMES},
     }
+
+
+def describe_reuse(dt: str, reused_from: dict[str, int]) -> str:
+    """Where reused features came from: earlier days, or this day's own previous run (a rerun)."""
+    earlier = {day: n for day, n in sorted(reused_from.items()) if day != dt}
+    parts = []
+    if earlier:
+        parts.append(f"{sum(earlier.values())} from earlier days ({', '.join(earlier)})")
+    if reused_from.get(dt):
+        parts.append(f"{reused_from[dt]} from this day's previous run")
+    return ", ".join(parts)
+
+
+def describe_counts(summary: dict) -> str:
+    """The counts in words, the same wherever they are printed (terminal, report.html)."""
+    counts = summary["counts"]
+    reuse = describe_reuse(summary["dt"], summary.get("reused_from") or {})
+    return (
+        f"{counts['ok']} images ok: {counts['featurised']} featurised now, {counts['reused']} reused"
+        + (f" ({reuse})" if reuse else "")
+        + f"; {counts['rejected']} rejected, {counts['duplicates']} duplicates, {counts['ignored']} ignored"
+        + f" (of {counts['files_seen']} files)"
+    )
 
 
 def _png(figure) -> bytes:
@@ -126,23 +156,59 @@ def plot_step_seconds(summary: dict) -> bytes:
     return _png(figure)
 
 
-def render_html(summary: dict, plots: dict[str, bytes]) -> str:
-    counts = summary["counts"]
-    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{v}</td></tr>" for k, v in counts.items())
-    reasons = (
-        "".join(
-            f"<tr><th>{html.escape(k)}</th><td>{v}</td></tr>"
-            for k, v in summary["rejected_by_reason"].items()
-        )
-        or "<tr><td colspan=2>none</td></tr>"
+def _table(rows: dict) -> str:
+    return "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows.items()
     )
-    cost = summary.get("cost") or {"note": "local run: no cluster cost"}
+
+
+def _file_list(title: str, listed: dict | None) -> str:
+    """The first files of a dataset, with its location for the rest."""
+    if not listed or not listed.get("count"):
+        return f"<h3>{title}</h3><p>none</p>"
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row.values()) + "</tr>"
+        for row in listed["first"]
+    )
+    more = listed["count"] - len(listed["first"])
+    rest = f"{more} more in " if more > 0 else "all in "
+    where = html.escape(listed["dataset"])
+    return (
+        f"<h3>{title} ({listed['count']})</h3><table>{rows}</table>"
+        f'<p>{rest}<a href="{where}"><code>{where}</code></a> (Parquet)</p>'
+    )
+
+
+def _pca_text(summary: dict) -> str:
+    cumulative = summary["cumulative_explained_variance"]
+    if not cumulative:
+        return "<p>Nothing to show: no PCA model this run.</p>"
+    on_day = sum(summary.get("explained_variance_on_day") or [])
+    fit_rows = summary.get("pca_fit_rows")
+    note = summary.get("pca_model_note")
+    return (
+        f"<p>k = {summary['k']}; model {html.escape(str(summary['pca_model_version'] or 'not kept'))} "
+        f"({html.escape(str(summary['pca_model']))}). Cumulative explained variance: "
+        f"{cumulative[-1]:.1%} on the rows it was fitted on ({fit_rows if fit_rows is not None else '?'} rows), "
+        f"{on_day:.1%} on this day's data.</p>" + (f"<p><strong>{html.escape(note)}</strong></p>" if note else "")
+    )
+
+
+def render_html(summary: dict, plots: dict[str, bytes]) -> str:
+    reasons = _table(summary["rejected_by_reason"]) or "<tr><td colspan=2>none</td></tr>"
+    cost = summary.get("cost")
+    cost_html = f"<table>{_table(cost)}</table>" if cost else "<p>local run: no cluster cost</p>"
+    model = {
+        "weights": summary.get("weights"),
+        "engine": summary.get("engine"),
+        "embedding": summary.get("embedding"),
+        "input size": summary.get("input_size"),
+    }
     images = "".join(
         f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
         f"<figcaption>{name.replace('_', ' ')}</figcaption></figure>"
         for name, png in plots.items()
     )
-    cumulative = summary["cumulative_explained_variance"]
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Fruits! run report {html.escape(summary["dt"])}</title>
 <style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}table{{border-collapse:collapse}}
@@ -150,20 +216,34 @@ th,td{{border:1px solid #ccc;padding:4px 10px;text-align:left}}img{{max-width:10
 <body><h1>Fruits! feature pipeline: run of {html.escape(summary["dt"])}</h1>
 <p>Input: <code>{html.escape(str(summary["input"]))}</code>. Every file is accounted for:
 {"yes" if summary["reconciled"] else "<strong>NO</strong>"}.</p>
-<h2>Counts</h2><table>{rows}</table>
-<p>Features: {counts.get("featurised", 0)} computed now, {counts.get("reused", 0)} reused from earlier runs
-(same photo, same weights and input size); history: {html.escape(str(summary.get("history")))}.</p>
-<h2>Rejections by reason</h2><table>{reasons}</table>
-<h2>PCA</h2><p>k = {summary["k"]}, cumulative explained variance
-{f"{cumulative[-1]:.1%}" if cumulative else "n/a"}, model {html.escape(str(summary["pca_model_version"]))}
-({html.escape(str(summary["pca_model"]))}).</p>
-<h2>Cost</h2><pre>{html.escape(json.dumps(cost, indent=2))}</pre>
-<h2>Plots</h2>{images}
+<h2>Counts</h2><p>{html.escape(describe_counts(summary))}.</p><table>{_table(summary["counts"])}</table>
+<p>History: {html.escape(str(summary.get("history")))}.</p>
+<h2>Model</h2><table>{_table(model)}</table>
+<h2>Rejected and ignored files</h2><table>{reasons}</table>
+{_file_list("Rejected", summary.get("rejected_files"))}{_file_list("Ignored", summary.get("ignored_files"))}
+<h2>PCA</h2>{_pca_text(summary)}
+<h2>Cost</h2>{cost_html}
+<h2>Plots</h2>{images or "<p>Nothing to show: no image was projected.</p>"}
 </body></html>
 """
 
 
+def listed_files(spark: SparkSession, layout: Layout) -> dict:
+    """The first rejected and ignored files of the day, their count and where the rest are."""
+    found = {}
+    for key, name in (("rejected_files", "rejected"), ("ignored_files", "ignored")):
+        where = layout.dataset(name)
+        if not storage.exists(spark, where):
+            found[key] = {"count": 0, "first": [], "dataset": where}
+            continue
+        table = spark.read.parquet(where)
+        first = [row.asDict() for row in table.orderBy("path").limit(LISTED_FILES).collect()]
+        found[key] = {"count": table.count(), "first": first, "dataset": where}
+    return found
+
+
 def write_report(spark: SparkSession, layout: Layout, summary: dict, projected: DataFrame | None) -> None:
+    summary = {**summary, **listed_files(spark, layout)}
     points = []
     if projected is not None:
         sample = projected.select("label", "pca").limit(SCATTER_MAX_POINTS).collect()
@@ -171,11 +251,12 @@ def write_report(spark: SparkSession, layout: Layout, summary: dict, projected: 
             (row["label"], float(row["pca"][0]), float(row["pca"][1] if len(row["pca"]) > 1 else 0.0))
             for row in sample
         ]
-    plots = {
-        "explained_variance": plot_explained_variance(summary),
-        "pca_scatter": plot_scatter(points),
-        "step_seconds": plot_step_seconds(summary),
-    }
+    # a plot of nothing is left out: the report says "nothing to show" instead
+    plots = {"step_seconds": plot_step_seconds(summary)}
+    if summary["explained_variance"]:
+        plots["explained_variance"] = plot_explained_variance(summary)
+    if points:
+        plots["pca_scatter"] = plot_scatter(points)
     files = report_files(summary, plots)
     files.update({plot_file(name): png for name, png in plots.items()})
     # the top-level copy is the latest run's; reports/dt=... keeps every date's

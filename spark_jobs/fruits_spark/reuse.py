@@ -12,10 +12,13 @@ an index (written before the index existed) is scanned for its two small columns
 rest).
 
 Reruns: the day's own previous output counts as history (a retry after a failed PCA step, or a backfill,
-infers nothing), but it is never read while it is being overwritten: every reused row is first written to
-``_staging/features_reused/dt=D/`` and read back from there, so the features write depends on the staged
-copy only. The day's index is deleted before its features are rewritten and written again after, so a run
-that dies half-way leaves a partition that no later run takes as history.
+infers nothing). A run writes the day's features and index to its staging area (``Layout(staged=True)``)
+and the last step publishes them together (``fruits_spark.publish``), so the published partition stays
+complete while it is read. Every reused row is still first written to ``_staging/features_reused/dt=D/``
+and read back from there, so the features write never depends on the partition it may replace. Where a
+layout is not staged (a step called on its own), the day's index is deleted before its features are
+rewritten and written again after, so a run that dies half-way leaves a partition that no later run takes
+as history.
 """
 
 from __future__ import annotations
@@ -56,11 +59,6 @@ class ReusePlan:
     def n_to_infer(self) -> int:
         # ingest keeps one row per content hash a day, so every reused hash stands for exactly one image
         return self.n_images - self.n_reused
-
-
-def _delete(spark: SparkSession, uri: str) -> None:
-    fs, path = storage._fs_and_path(spark, uri)
-    fs.delete(path, True)
 
 
 def staging_uri(layout: Layout) -> str:
@@ -186,8 +184,9 @@ def plan(spark: SparkSession, layout: Layout, embedding: str, recompute: bool = 
         except Exception as error:  # history only saves work: whatever is wrong with it, infer everything
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
             result = ReusePlan(empty, 0, n_images, f"unreadable: {type(error).__name__}: {reason}")
-    # from here on features/dt=D is rewritten: no run may take its old index as a promise of complete rows
-    _delete(spark, f"{layout.root(INDEX)}/dt={layout.dt}")
+    # from here on the day's features are rewritten: no run may take their old index as a promise of
+    # complete rows (the staged one when staged: the published index stays until the day is published)
+    storage.delete(spark, layout.dataset(INDEX))
     return result
 
 
@@ -207,9 +206,9 @@ def write_index(spark: SparkSession, layout: Layout) -> None:
     """The day's index, from what features/dt=D now holds; written only once that partition succeeded."""
     spark.read.parquet(layout.dataset("features")).select("content_hash", "embedding").write.mode(
         "overwrite"
-    ).parquet(f"{layout.root(INDEX)}/dt={layout.dt}")
+    ).parquet(layout.dataset(INDEX))
 
 
 def finish(spark: SparkSession, layout: Layout) -> None:
     write_index(spark, layout)
-    _delete(spark, staging_uri(layout))
+    storage.delete(spark, staging_uri(layout))

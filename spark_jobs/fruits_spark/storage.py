@@ -55,6 +55,26 @@ def list_dirs(spark: SparkSession, uri: str) -> list[str]:
     return sorted(str(s.getPath().getName()) for s in fs.listStatus(path) if s.isDirectory())
 
 
+def delete(spark: SparkSession, uri: str) -> None:
+    """Removes ``uri`` and everything below it; nothing to do when it is absent."""
+    fs, path = _fs_and_path(spark, uri)
+    fs.delete(path, True)
+
+
+def move(spark: SparkSession, source: str, target: str) -> None:
+    """Renames ``source`` to ``target`` (which must not exist), creating ``target``'s parent folders."""
+    fs, path = _fs_and_path(spark, source)
+    destination = spark.sparkContext._jvm.org.apache.hadoop.fs.Path(target)
+    fs.mkdirs(destination.getParent())
+    if not fs.rename(path, destination):
+        raise OSError(f"cannot move {source} to {target}")
+
+
+def is_file(spark: SparkSession, uri: str) -> bool:
+    fs, path = _fs_and_path(spark, uri)
+    return bool(fs.exists(path)) and bool(fs.getFileStatus(path).isFile())
+
+
 def write_bytes(spark: SparkSession, uri: str, data: bytes) -> None:
     fs, path = _fs_and_path(spark, uri)
     stream = fs.create(path, True)

@@ -12,6 +12,17 @@ from fruits_platform.pipeline import PipelineParams
 from fruits_platform.tools import bench
 from fruits_spark.contract import DATASETS, RUN_PARAMS, WEIGHTS_ENV, today
 from fruits_spark.layout import REPORT_HTML, Layout
+from fruits_spark.report import describe_counts
+
+
+class DefaultsHelp(argparse.HelpFormatter):
+    """``--help`` shows every option's default, except where there is none (required, flags, empty)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or action.required or action.default in (None, "", False, [], argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def local_path(value: str) -> str:
@@ -32,12 +43,8 @@ def _run_local(args: argparse.Namespace) -> int:
     except (StepFailed, ValueError, FileNotFoundError) as error:
         print(f"fruits: {error}", file=sys.stderr)
         return 1
-    counts = report["counts"]
-    print(
-        f"done: {counts['ok']} images featurised ({counts['reused']} of them reused from earlier days), "
-        f"{counts['rejected']} rejected, "
-        f"{counts['duplicates']} duplicates, {counts['ignored']} ignored (of {counts['files_seen']} files)"
-    )
+    # the report's own words: what the terminal says is what report.json and report.html say
+    print(f"done: {describe_counts(report)}")
     layout = Layout(params.output, params.dt)
     print(f"outputs: {layout.output}/{{{','.join(DATASETS)}}}/dt={params.dt}/")
     print(f"report:  {layout.report(REPORT_HTML)}")
@@ -55,7 +62,7 @@ def _register_run_local(commands) -> None:
             param.add_argument(local, default=os.environ.get(WEIGHTS_ENV, param.default))
         else:
             param.add_argument(local)
-    local.add_argument("--master", default="local[*]", help="Spark master (default: every local core)")
+    local.add_argument("--master", default="local[*]", help="Spark master (local[*]: every local core)")
     local.set_defaults(handler=_run_local)
 
 
@@ -65,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     _register_run_local(commands)
     upload.register(commands)
     bench.register(commands)
+    for command in commands.choices.values():
+        command.formatter_class = DefaultsHelp
     return parser
 
 

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from fruits_platform.artifacts import build_artifacts, content_hash
+from fruits_platform.local.preflight import check_run
 from fruits_platform.pipeline import (
     PipelineParams,
     SparkStep,
@@ -126,7 +127,9 @@ def read_report(params: PipelineParams) -> dict:
 
 
 def run_local(params: PipelineParams, master: str = "local[*]", echo=print) -> tuple[dict, dict[str, float]]:
-    """Runs ingest, features and pca in one Spark application; returns (report.json, seconds per step)."""
+    """Runs ingest, features and pca in one Spark application; returns (report.json, seconds per step).
+    Raises BadRun, before anything is written, when a param cannot work."""
+    check_run(params)
     artifacts = stage_artifacts(params.output)
     echo(f"spark-submit {LOCAL_APP}: {', '.join(STEP_NAMES)} (log: {log_path(params, 'pipeline')})")
     started = time.monotonic()

@@ -26,6 +26,7 @@ from fruits_platform.pipeline import PipelineParams
 from fruits_platform.tools import quality
 from fruits_spark.contract import IMAGE_EXTENSIONS, INPUT_SIZES, PARAMS, STEP_NAMES, WEIGHTS_ENV
 from fruits_spark.layout import Layout
+from fruits_spark.model import WeightsUnavailable, read_weights
 
 # the date partition every bench run writes (its outputs are thrown away)
 BENCH_DAY = "2026-01-01"
@@ -244,6 +245,18 @@ def embedding_quality(outputs: dict[int, str]) -> dict[int, dict]:
     return figures
 
 
+def bench_weights(weights: str, work: Path) -> str:
+    """A weights file every variant loads: ``imagenet`` is downloaded once (by Keras) and saved under
+    ``work``; WeightsUnavailable, with the download's own error, where it cannot be."""
+    if weights != "imagenet":
+        return str(Path(weights).resolve()) if Path(weights).exists() else weights
+    saved = work / "imagenet.weights.h5"
+    if not saved.exists():
+        print("bench: downloading the ImageNet weights once (Keras), for every variant")
+        saved.write_bytes(read_weights("imagenet", 224).data)
+    return str(saved)
+
+
 def _rate(images: int, seconds: float) -> float:
     return round(images / seconds, 1) if seconds else 0.0
 
@@ -251,11 +264,10 @@ def _rate(images: int, seconds: float) -> float:
 def bench(args: argparse.Namespace) -> int:
     work = Path(args.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    weights = str(Path(args.weights).resolve()) if Path(args.weights).exists() else args.weights
-    if weights == "imagenet":
-        print(
-            "bench: needs a weights file (--weights or FRUITS_WEIGHTS): every variant must use the same one"
-        )
+    try:
+        weights = bench_weights(args.weights, work)
+    except WeightsUnavailable as error:
+        print(f"bench: {error}")
         return 2
     input_dir = work / f"images_{args.images}"
     paths = prepare_images(Path(args.source), args.images, input_dir)

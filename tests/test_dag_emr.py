@@ -227,7 +227,8 @@ def test_success_runs_three_steps_and_terminates(emr_dag, aws, uploaded, runner,
         report = json.loads(aws.get_object(Bucket=BUCKET, Key=folder + "report.json")["Body"].read())
         assert report["cost"] == summary["cost"]
         html = aws.get_object(Bucket=BUCKET, Key=folder + "report.html")["Body"].read().decode()
-        assert f"&quot;estimated_cost_eur&quot;: {summary['cost']['estimated_cost_eur']}" in html
+        # the cost as a table, not raw JSON
+        assert f"<tr><th>estimated_cost_eur</th><td>{summary['cost']['estimated_cost_eur']}</td></tr>" in html
 
 
 # -- a failing step ---------------------------------------------------------------------------------------

@@ -114,14 +114,15 @@ def test_a_small_first_day_never_becomes_the_model_later_days_apply(spark, featu
     with_embedding.limit(6).write.parquet(small.dataset("features"))
     first = fit_or_load(spark, small, PcaParams(k), False, "w1-s224")
     assert (first.why, first.version, first.rows) == ("provisional", None, 6)
-    assert f"needs at least {max(k, MIN_FIT_ROWS)}" in first.note
+    assert f"needs {max(k, MIN_FIT_ROWS)} (max(k, {MIN_FIT_ROWS}))" in first.note
     assert not (tmp_path / "pca_model").exists()
 
     # the larger day is staged (as during a run): the fit reads it there, and the small day's partition
     with_embedding.limit(40).write.parquet(large.dataset("features"))
     second = fit_or_load(spark, large, PcaParams(k), False, "w1-s224")
     assert (second.why, second.rows) == ("first_fit", 46)
-    assert second.version is not None and (tmp_path / "pca_model" / second.version / "fit.json").exists()
+    assert second.version is not None
+    assert (tmp_path / "pca_model" / second.version / "fit.json").exists()
     on_day = explained_on(with_embedding.limit(40), second.model)
     assert len(on_day) == k
     # the model was fitted on these 40 rows and 6 more of the same distribution: close to its own figure

@@ -93,7 +93,7 @@ def test_report_reconciles_with_the_outputs(mixed_run):
     assert len(report["explained_variance"]) == 5
     assert report["cumulative_explained_variance"][-1] == pytest.approx(sum(report["explained_variance"]))
     assert set(report["step_seconds"]) == {"ingest", "features", "pca"}
-    assert f"{counts['ok']} images featurised" in completed.stdout
+    assert f"{counts['ok']} images ok: {counts['featurised']} featurised now, 0 reused;" in completed.stdout
     # the steps' own lines reach the terminal while they run (progress included), not only the log
     embedded = counts["ok"] + report["rejected_by_reason"].get("featurization_failed", 0)
     assert f"features: {embedded} images to embed" in completed.stdout

@@ -39,7 +39,34 @@ def first_day(tmp_path_factory, sample_dir, random_weights):
     args = ["--output", str(output), "--dt", DAY, "--weights", str(random_weights), "--k", "5"]
     completed = run_fruits("--input", str(source), *args)
     assert completed.returncode == 0, completed.stderr + completed.stdout
-    return {"root": root, "output": output, "args": args, "stdout": completed.stdout, "before": snapshot(output)}
+    return {
+        "root": root,
+        "output": output,
+        "args": args,
+        "stdout": completed.stdout,
+        "before": snapshot(output),
+    }
+
+
+def test_reused_rows_are_said_to_come_from_earlier_days_only_when_they_do():
+    summary = {
+        "dt": DAY,
+        "counts": {
+            "ok": 40,
+            "featurised": 34,
+            "reused": 6,
+            "rejected": 1,
+            "duplicates": 0,
+            "ignored": 2,
+            "files_seen": 43,
+        },
+        "reused_from": {DAY: 6},
+    }
+    rerun = describe_counts(summary)
+    assert rerun.startswith("40 images ok: 34 featurised now, 6 reused (6 from this day's previous run);")
+    assert "earlier days" not in rerun
+    mixed = describe_counts({**summary, "reused_from": {"2026-11-18": 4, DAY: 2}})
+    assert "(4 from earlier days (2026-11-18), 2 from this day's previous run)" in mixed
 
 
 def last_line(completed) -> str:
@@ -50,7 +77,11 @@ def test_first_small_day_is_provisional_and_reported_in_the_same_words(first_day
     output = first_day["output"]
     report = json.loads((output / "report.json").read_text())
     # 6 images cannot make the model every later day is projected with
-    assert (report["pca_model"], report["pca_model_version"], report["pca_fit_rows"]) == ("provisional", None, 6)
+    assert (report["pca_model"], report["pca_model_version"], report["pca_fit_rows"]) == (
+        "provisional",
+        None,
+        6,
+    )
     assert not (output / "pca_model").exists()
     assert len(report["explained_variance_on_day"]) == 5
     # one truth: the terminal says what report.json says
@@ -61,9 +92,12 @@ def test_first_small_day_is_provisional_and_reported_in_the_same_words(first_day
     assert "on this day&#x27;s data" in html or "on this day's data" in html
     assert "<p>local run: no cluster cost</p>" in html
     assert "<th>engine</th><td>onnx</td>" in html
-    assert report["embedding"] and report["embedding"] in html
-    assert "Rejected (1)" in html and "broken.jpg" in html
-    assert "Ignored (1)" in html and "notes.txt" in html
+    assert report["embedding"]
+    assert report["embedding"] in html
+    assert "Rejected (1)" in html
+    assert "broken.jpg" in html
+    assert "Ignored (1)" in html
+    assert "notes.txt" in html
 
 
 @pytest.mark.parametrize(
@@ -102,8 +136,10 @@ def test_an_output_that_is_a_file_gets_one_line(first_day, random_weights):
     target.write_text("keep me")
     completed = run_fruits("--input", str(first_day["root"] / "in"), "--output", str(target), "--dt", DAY)
     assert completed.returncode == 1
-    assert completed.stderr.strip() == f"fruits: --output {target} is a file, not a folder: pass --output a " \
+    assert (
+        completed.stderr.strip() == f"fruits: --output {target} is a file, not a folder: pass --output a "
         "folder you can write to (created if missing)"
+    )
     assert target.read_text() == "keep me"
 
 

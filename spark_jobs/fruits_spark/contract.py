@@ -39,7 +39,7 @@ def today() -> str:
 
 
 def check_date(text: str) -> None:
-    """ValueError unless ``text`` is a real calendar day written YYYY-MM-DD: a partition name of the outputs."""
+    """ValueError unless ``text`` is a real calendar day written YYYY-MM-DD: it names output partitions."""
     try:
         real = bool(re.match(DT_PATTERN, text)) and dt.date.fromisoformat(text).isoformat() == text
     except ValueError:

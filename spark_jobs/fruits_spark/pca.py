@@ -98,7 +98,7 @@ def unfit_reason(rows: int | None, k: int, variance: list[float]) -> str | None:
     """Why a fit must not be applied to later days, or None when it may. ``rows`` None: not recorded."""
     needed = max(k, MIN_FIT_ROWS)
     if rows is not None and rows < needed:
-        return f"fitted on {rows} rows; a model later days apply needs at least {needed} (max(k, {MIN_FIT_ROWS}))"
+        return f"fitted on {rows} rows; a model later days apply needs {needed} (max(k, {MIN_FIT_ROWS}))"
     zero = sum(1 for value in variance if value < ZERO_VARIANCE)
     if 2 * zero > k:
         return f"{zero} of its {k} components carry no variance: lower k, or wait for more images"
@@ -163,7 +163,8 @@ def explained_on(features: DataFrame, pca_model: PCAModel) -> list[float]:
     day's own data (a fit's own figures describe the rows it was fitted on)."""
     projected = pca_model.transform(as_vectors(features))
     row = projected.select(
-        Summarizer.variance(F.col("vector")).alias("total"), Summarizer.variance(F.col("projected")).alias("pc")
+        Summarizer.variance(F.col("vector")).alias("total"),
+        Summarizer.variance(F.col("projected")).alias("pc"),
     ).first()
     total = float(sum(row["total"].toArray()))
     return [float(v) / total if total > 0 else 0.0 for v in row["pc"].toArray()]
@@ -186,7 +187,9 @@ def main(argv: list[str] | None = None) -> None:
     spark = SparkSession.builder.appName("fruits-pca").getOrCreate()
     layout = Layout(args.output, args.dt, staged=True)
     if not storage.exists(spark, layout.dataset("features")):
-        raise SystemExit(f"pca: no features staged for dt={args.dt} under {args.output}: run ingest and features first")
+        raise SystemExit(
+            f"pca: no features staged for dt={args.dt} under {args.output}: run ingest and features first"
+        )
     features = extract(spark, layout.dataset("features"))
     embedding = embedding_of(spark.read.parquet(layout.dataset("features")))
     chosen = fit_or_load(spark, layout, PcaParams(args.k), args.refit, embedding)

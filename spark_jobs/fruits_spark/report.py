@@ -185,12 +185,14 @@ def _pca_text(summary: dict) -> str:
         return "<p>Nothing to show: no PCA model this run.</p>"
     on_day = sum(summary.get("explained_variance_on_day") or [])
     fit_rows = summary.get("pca_fit_rows")
+    fit_rows = "?" if fit_rows is None else fit_rows
     note = summary.get("pca_model_note")
     return (
         f"<p>k = {summary['k']}; model {html.escape(str(summary['pca_model_version'] or 'not kept'))} "
         f"({html.escape(str(summary['pca_model']))}). Cumulative explained variance: "
-        f"{cumulative[-1]:.1%} on the rows it was fitted on ({fit_rows if fit_rows is not None else '?'} rows), "
-        f"{on_day:.1%} on this day's data.</p>" + (f"<p><strong>{html.escape(note)}</strong></p>" if note else "")
+        f"{cumulative[-1]:.1%} on the rows it was fitted on ({fit_rows} rows), "
+        f"{on_day:.1%} on this day's data.</p>"
+        + (f"<p><strong>{html.escape(note)}</strong></p>" if note else "")
     )
 
 

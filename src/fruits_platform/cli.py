@@ -20,7 +20,11 @@ class DefaultsHelp(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "%(default)" in text or action.required or action.default in (None, "", False, [], argparse.SUPPRESS):
+        if (
+            "%(default)" in text
+            or action.required
+            or action.default in (None, "", False, [], argparse.SUPPRESS)
+        ):
             return text
         return f"{text} (default: %(default)s)"
 

@@ -78,5 +78,7 @@ def check_run(params: PipelineParams) -> None:
             f"pass --weights imagenet or the path of a MobileNetV2 .weights.h5 file (or set {WEIGHTS_ENV})",
         )
     if params.onnx_model:
-        check_file("--onnx-model", params.onnx_model, "pass a .onnx file exported for these weights, or omit it")
+        check_file(
+            "--onnx-model", params.onnx_model, "pass a .onnx file exported for these weights, or omit it"
+        )
     check_output(params.output, params.input)

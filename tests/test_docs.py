@@ -70,7 +70,8 @@ def test_the_example_bound_is_what_check_budget_prints():
 
 def test_the_readme_cost_table_is_the_cost_guards():
     header = re.search(r"\| Images \| Expected run \(.*? images at (\d+) img/s", README)
-    assert header and float(header.group(1)) == estimate(2000).images_per_second
+    assert header
+    assert float(header.group(1)) == estimate(2000).images_per_second
     rows = re.findall(
         r"^\| ([\d,]+) [^|]*\| ~(\d+) min \| ~([\d.]+) € \| ~([\d.]+) € \| ([\d.]+) € \|", README, re.M
     )

@@ -175,3 +175,23 @@ def test_a_run_that_fails_in_pca_leaves_the_whole_day_as_it_was(first_day, sampl
     assert "features: 40 embedded" in completed.stdout
     del after["pca_model"]
     assert after == first_day["before"]
+
+
+def test_the_local_dag_checks_the_paths_before_any_task_writes(airflow_db, first_day, capfd):
+    from airflow.dag_processing.dagbag import DagBag
+
+    from tests.conftest import PROJECT_ROOT
+
+    bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags" / "fruits_features_local.py"))
+    dag = bag.dags["fruits_features_local"]
+    missing = first_day["root"] / "nope"
+    conf = {"input": str(missing), "output": str(first_day["output"]), "dt": DAY}
+
+    dagrun = dag.test(run_conf=conf)
+
+    states = {ti.task_id: ti.state for ti in dagrun.get_task_instances()}
+    assert states["resolve_params"] == "failed"
+    assert {states[task] for task in states if task != "resolve_params"} == {"upstream_failed"}
+    captured = capfd.readouterr()
+    assert f"--input {missing} does not exist: pass --input a folder of images" in captured.out + captured.err
+    assert snapshot(first_day["output"]) == first_day["before"]

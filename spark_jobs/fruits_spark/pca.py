@@ -14,6 +14,7 @@ This step runs last: it publishes the day's staged datasets together (``fruits_s
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import time
@@ -180,9 +181,12 @@ def load(projected: DataFrame, layout: Layout, k: int) -> int:
     return written.count()
 
 
+def parser() -> argparse.ArgumentParser:
+    return contract.step_parser("pca", "Reduce features with PCA (Spark ML) and write the run report.")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = contract.step_parser("pca", "Reduce features with PCA (Spark ML) and write the run report.")
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     started = time.monotonic()
     spark = SparkSession.builder.appName("fruits-pca").getOrCreate()
     layout = Layout(args.output, args.dt, staged=True)

@@ -118,11 +118,11 @@ def test_cli_uploads_to_todays_prefix_and_prints_a_summary(s3, source, capsys):
 
 def test_cli_refuses_non_eu_region_and_a_bucket_elsewhere(s3, source, capsys):
     assert main(["upload", "--source", str(source), "--bucket", BUCKET, "--region", "us-east-1"]) == 2
-    assert "region us-east-1 is not an EU region" in capsys.readouterr().err
+    assert "GDPR: region us-east-1 is not in the EU allow-list" in capsys.readouterr().err
 
     boto3.client("s3", region_name="eu-central-1").create_bucket(
         Bucket="fruits-frankfurt", CreateBucketConfiguration={"LocationConstraint": "eu-central-1"}
     )
     assert main(["upload", "--source", str(source), "--bucket", "fruits-frankfurt"]) == 2
-    assert "bucket fruits-frankfurt is in eu-central-1, not in eu-west-3" in capsys.readouterr().err
+    assert "GDPR: bucket fruits-frankfurt is in eu-central-1, not in --region eu-west-3" in capsys.readouterr().err
     assert objects(s3, "") == {}

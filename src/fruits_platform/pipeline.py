@@ -48,8 +48,10 @@ class SparkStep:
     args: tuple[str, ...]
 
 
-def pipeline_steps(params: PipelineParams) -> list[SparkStep]:
-    values = params.as_dict()
+def pipeline_steps(params: PipelineParams | Mapping) -> list[SparkStep]:
+    """The steps' command lines. A mapping is a ``PipelineParams.as_dict()`` already validated upstream
+    (the EMR DAG passes its resolved run through XCom, with the staged weights' URIs), not validated again."""
+    values = params.as_dict() if isinstance(params, PipelineParams) else dict(params)
     return [SparkStep(name, f"{name}.py", step_args(name, values)) for name in STEP_NAMES]
 
 

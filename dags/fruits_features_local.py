@@ -37,12 +37,12 @@ from airflow.sdk import DAG, chain, get_current_context, task
 from fruits_platform.artifacts import PROJECT_ROOT
 from fruits_platform.dag_params import run_param
 from fruits_platform.local import runner
-from fruits_platform.pipeline import PipelineParams
-from fruits_spark.contract import STEP_NAMES, WEIGHTS_ENV
+from fruits_platform.pipeline import PipelineParams, default_weights
+from fruits_spark.contract import STEP_NAMES
 from fruits_spark.layout import REPORT_HTML, Layout
 
 DAG_ID = "fruits_features_local"
-SPARK_MASTER: str = os.environ.get("FRUITS_SPARK_MASTER", "local[*]")
+SPARK_MASTER: str = os.environ.get("FRUITS_SPARK_MASTER", runner.LOCAL_MASTER)
 
 PARAMS = {
     "input": run_param(
@@ -51,7 +51,7 @@ PARAMS = {
     "output": run_param(
         "output", default=os.environ.get("FRUITS_LOCAL_OUTPUT", str(PROJECT_ROOT / "out" / "local"))
     ),
-    "weights": run_param("weights", default=os.environ.get(WEIGHTS_ENV, "imagenet")),
+    "weights": run_param("weights", default=default_weights()),
     "k": run_param("k"),
     "input_size": run_param("input_size"),
     "refit": run_param("refit"),

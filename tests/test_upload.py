@@ -124,5 +124,6 @@ def test_cli_refuses_non_eu_region_and_a_bucket_elsewhere(s3, source, capsys):
         Bucket="fruits-frankfurt", CreateBucketConfiguration={"LocationConstraint": "eu-central-1"}
     )
     assert main(["upload", "--source", str(source), "--bucket", "fruits-frankfurt"]) == 2
-    assert "GDPR: bucket fruits-frankfurt is in eu-central-1, not in --region eu-west-3" in capsys.readouterr().err
+    refusal = "GDPR: bucket fruits-frankfurt is in eu-central-1, not in --region eu-west-3"
+    assert refusal in capsys.readouterr().err
     assert objects(s3, "") == {}

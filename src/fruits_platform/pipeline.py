@@ -3,13 +3,24 @@ submit, built on the contract in ``fruits_spark.contract``."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 
-from fruits_spark.contract import PARAMS, STEP_NAMES, step_args
+from fruits_spark.contract import PARAMS, STEP_NAMES, WEIGHTS_ENV, step_args
 
 PY_FILES_ZIP = "fruits_spark.zip"
+
+
+def default_weights() -> str:
+    """The ``weights`` default of ``fruits run-local``, ``fruits bench``, the demo and the local DAG:
+    $FRUITS_WEIGHTS where set (the Makefile points it at the team's offline backbone), else the contract's
+    default. The Spark jobs never read it: they are given ``--weights``."""
+    return os.environ.get(WEIGHTS_ENV) or PARAMS["weights"].default
+
+
+WEIGHTS_HELP = f"{PARAMS['weights'].help} (default: ${WEIGHTS_ENV} where set)"
 
 
 @dataclass(frozen=True)

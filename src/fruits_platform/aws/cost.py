@@ -242,5 +242,3 @@ def actual_cost_eur(hourly_eur: float, created: dt.datetime, ended: dt.datetime)
     """(hours, euros) of a cluster that ran from ``created`` to ``ended`` (EMR bills per second)."""
     hours = max((ended - created).total_seconds(), 0.0) / 3600
     return round(hours, 4), round(hours * hourly_eur, 2)
-
-

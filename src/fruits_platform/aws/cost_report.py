@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from botocore.exceptions import ClientError
 
 from fruits_platform.aws import cluster as cluster_spec
-from fruits_platform.aws import cost
+from fruits_platform.aws.cost import actual_cost_eur
 from fruits_platform.aws.settings import RunSettings
 from fruits_platform.aws.staging import SSE_ALGORITHM
 from fruits_spark.contract import STEP_NAMES
@@ -116,7 +116,7 @@ def summarize_run(
     timeline = cluster["Status"].get("Timeline", {})
     ended = timeline.get("EndDateTime") or dt.datetime.now(dt.UTC)
     # priced at the expected rate (typical Spot price): the bound's caps would overstate a Spot run
-    hours, cost = cost.actual_cost_eur(estimate["expected_hourly_eur"], timeline["CreationDateTime"], ended)
+    hours, cost = actual_cost_eur(estimate["expected_hourly_eur"], timeline["CreationDateTime"], ended)
     succeeded, failure = run_outcome(states, watchers(), failures)
     return {
         "dt": run.dt,

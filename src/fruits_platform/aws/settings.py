@@ -61,8 +61,6 @@ def input_prefix(param: str | None, upload_day: str) -> str:
     return prefix if prefix.endswith("/") else prefix + "/"
 
 
-
-
 def require_variables(values: dict[str, str | None]) -> dict[str, str]:
     """The Airflow Variables the run cannot do without, all set; else one refusal naming every missing one.
 
@@ -116,12 +114,12 @@ def resolve_settings(params: Mapping, upload_day: str, variables: Mapping[str, s
     bucket = require_bucket(params["bucket"] or variables.get(VAR_BUCKET))
     # no fallback to EMR's default roles: the stack's policy may pass only its own roles
     required = require_variables({name: variables.get(name) for name in REQUIRED_VARIABLES})
-    input_prefix = input_prefix(params["input"], upload_day)
+    prefix = input_prefix(params["input"], upload_day)
     output_prefix = params["output"].strip().lstrip("/").rstrip("/") + "/"
     try:
         pipeline = PipelineParams.from_mapping(
             params,
-            input=staging.s3_uri(bucket, input_prefix),
+            input=staging.s3_uri(bucket, prefix),
             output=staging.s3_uri(bucket, output_prefix),
             dt=upload_day,
         )
@@ -131,7 +129,7 @@ def resolve_settings(params: Mapping, upload_day: str, variables: Mapping[str, s
         bucket=bucket,
         region=params["region"],
         dt=upload_day,
-        input_prefix=input_prefix,
+        input_prefix=prefix,
         output_prefix=output_prefix,
         pipeline=pipeline.as_dict(),
         instance_type=params["instance_type"],

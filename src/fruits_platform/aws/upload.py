@@ -61,7 +61,7 @@ def plan_upload(source: Path, prefix: str) -> tuple[list[tuple[Path, str]], int]
 
 
 def check_destination(s3, bucket: str, region: str) -> None:
-    """The EMR run's own placement rules (``aws.gdpr``): EU region, valid bucket name, bucket in the region."""
+    """The EMR run's placement rules (``aws.gdpr``): EU region, valid bucket name, bucket in the region."""
     check_region(region)
     check_bucket_name(bucket)
     location = s3.get_bucket_location(Bucket=bucket).get("LocationConstraint")

@@ -1,8 +1,8 @@
 """Runs the pipeline's steps with spark-submit in local mode: the embedded default, no AWS needed.
 
-The one runner behind ``fruits run-local``, ``fruits_features_local`` (one task per step) and the bench:
-the same step definitions as EMR, the same artifacts, one Spark log per step under the output's
-``_logs/dt=<dt>/``.
+The one runner behind ``fruits run-local``, ``fruits_features_local`` and the bench: the same step
+definitions as EMR and the same artifacts. The steps run in one Spark application (in the local DAG, its one
+task ``spark_steps``), whose log goes under the output's ``_logs/dt=<dt>/``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from fruits_spark.layout import Layout
 from fruits_spark.local_app import STEP_MARKER
 
 LOCAL_APP = "local_app.py"
+# every local core: the default master of `fruits run-local`, the local DAG and the bench
+LOCAL_MASTER = "local[*]"
 
 LOCAL_SPARK_CONF = {
     "spark.driver.memory": "4g",
@@ -85,7 +87,7 @@ def local_app_args(params: PipelineParams, names: list[str], artifacts: Path, ma
 
 
 def run_steps(
-    params: PipelineParams, names: list[str], artifacts: Path, master: str = "local[*]", echo=print
+    params: PipelineParams, names: list[str], artifacts: Path, master: str = LOCAL_MASTER, echo=print
 ) -> dict[str, float]:
     """Runs ``names`` in one Spark application; returns each step's seconds. Lines the steps print for
     people (``<step>: ...``, progress included) are echoed; everything goes to the log.
@@ -125,7 +127,9 @@ def read_report(params: PipelineParams) -> dict:
     return json.loads(Path(Layout(params.output, params.dt).report()).read_text())
 
 
-def run_local(params: PipelineParams, master: str = "local[*]", echo=print) -> tuple[dict, dict[str, float]]:
+def run_local(
+    params: PipelineParams, master: str = LOCAL_MASTER, echo=print
+) -> tuple[dict, dict[str, float]]:
     """Runs ingest, features and pca in one Spark application; returns (report.json, seconds per step)."""
     artifacts = stage_artifacts(params.output)
     echo(f"spark-submit {LOCAL_APP}: {', '.join(STEP_NAMES)} (log: {log_path(params, 'pipeline')})")

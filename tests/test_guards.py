@@ -18,6 +18,7 @@ UTC = dt.UTC
 TABLE = {
     "usd_to_eur": 0.5,
     "as_of": "test table",
+    "ebs_gp3_usd_per_gb_month": 0.08,
     "instances": {"m5.xlarge": {"vcpus": 4, "ec2_on_demand_usd": 0.2, "ec2_spot_usd": 0.1, "emr_usd": 0.05}},
 }
 

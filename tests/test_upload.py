@@ -86,6 +86,17 @@ def test_plan_keys_and_ignored_files(source):
     assert "initial/unlabelled/loose.jpg" in keys
 
 
+def test_upload_skips_what_ingest_skips(tmp_path):
+    """One rule with the Spark side (Hadoop's): a component starting with '.' or '_' is hidden, so an upload
+    never sends a file that ingest would not even list."""
+    for relative in ("a/x.jpg", "a/_partial.jpg", "_tmp/y.jpg", "a/.z.jpg", "a/notes.txt"):
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_bytes(b"x")
+    planned, ignored = plan_upload(tmp_path, "p/")
+    assert [key for _, key in planned] == ["p/a/x.jpg"]
+    assert ignored == 4
+
+
 def test_progress_bar_counts_on_one_line():
     class Stream:
         text = ""

@@ -17,7 +17,8 @@ from pathlib import Path
 from botocore.exceptions import ClientError
 
 from fruits_platform.artifacts import build_artifacts, content_hash
-from fruits_spark.contract import IMAGE_EXTENSIONS, PARAMS
+from fruits_spark.contract import PARAMS
+from fruits_spark.images import is_input_image
 
 ARTIFACTS_PREFIX = "artifacts/"
 WEIGHTS_NAME = "mobilenet_v2.weights.h5"
@@ -100,7 +101,7 @@ def count_images(s3, bucket: str, prefix: str) -> tuple[int, int]:
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", []):
             objects += 1
-            images += item["Key"].lower().endswith(IMAGE_EXTENSIONS)
+            images += is_input_image(item["Key"].removeprefix(prefix))
     return objects, images
 
 

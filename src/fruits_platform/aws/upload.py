@@ -22,7 +22,7 @@ from fruits_platform.aws.gdpr import check_bucket_name, check_bucket_region, che
 from fruits_platform.aws.refusal import GuardRefused
 from fruits_platform.aws.settings import uploads_prefix
 from fruits_platform.aws.staging import upload_if_changed
-from fruits_spark.contract import IMAGE_EXTENSIONS
+from fruits_spark.images import is_input_image
 
 UNLABELLED = "unlabelled"
 DEFAULT_REGION = "eu-west-3"
@@ -42,17 +42,15 @@ class UploadResult:
 
 
 def plan_upload(source: Path, prefix: str) -> tuple[list[tuple[Path, str]], int]:
-    """([(file, key)], ignored): the images below ``source`` and their keys; hidden, other files ignored."""
+    """([(file, key)], ignored): the images below ``source`` and their keys; hidden (Hadoop's rule: a
+    component starting with '.' or '_', which ingest would skip) and other files ignored."""
     prefix = prefix.lstrip("/")
     if prefix and not prefix.endswith("/"):
         prefix += "/"
     planned, ignored = [], 0
     for path in sorted(p for p in source.rglob("*") if p.is_file()):
         relative = path.relative_to(source)
-        if (
-            any(part.startswith(".") for part in relative.parts)
-            or path.suffix.lower() not in IMAGE_EXTENSIONS
-        ):
+        if not is_input_image(relative.as_posix()):
             ignored += 1
             continue
         parts = relative.parts if len(relative.parts) > 1 else (UNLABELLED, *relative.parts)

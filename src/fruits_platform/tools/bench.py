@@ -32,7 +32,8 @@ from fruits_platform.pipeline import WEIGHTS_HELP, PipelineParams, default_weigh
 from fruits_platform.tools import quality
 from fruits_platform.tools.bench_bare import run_bare
 from fruits_platform.tools.bench_spark import history, pca_fit_time
-from fruits_spark.contract import IMAGE_EXTENSIONS, INPUT_SIZES, PARAMS, STEP_NAMES
+from fruits_spark.contract import INPUT_SIZES, PARAMS, STEP_NAMES
+from fruits_spark.images import is_input_image
 from fruits_spark.layout import Layout
 
 # the date partition every bench run writes (its outputs are thrown away)
@@ -44,15 +45,21 @@ def default_source() -> Path:
     return SHARED_IMAGES if SHARED_IMAGES.is_dir() else PROJECT_ROOT / "data" / "sample"
 
 
+def _images_below(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.rglob("*") if p.is_file() and is_input_image(p.relative_to(folder).as_posix())
+    )
+
+
 def prepare_images(source: Path, count: int, destination: Path) -> list[Path]:
     """``count`` distinct image files: the source's, then copies made unique by bytes after the JPEG end."""
-    originals = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    originals = _images_below(source)
     if not originals:
         raise SystemExit(f"bench: no images under {source}")
     marker = destination / ".prepared.json"
     wanted = {"source": str(source), "count": count}
     if marker.exists() and json.loads(marker.read_text()) == wanted:
-        return sorted(p for p in destination.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        return _images_below(destination)
     shutil.rmtree(destination, ignore_errors=True)
     prepared = []
     for i in range(count):

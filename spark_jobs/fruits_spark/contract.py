@@ -31,7 +31,6 @@ WEIGHTS_ENV = "FRUITS_WEIGHTS"
 # The features step's inference engines: ONNX Runtime (no TensorFlow on the workers) and the Keras reference
 ENGINES = ("onnx", "tensorflow")
 DT_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
-ALL_STEPS = STEP_NAMES
 
 
 def today() -> str:
@@ -125,14 +124,14 @@ RUN_PARAMS: tuple[RunParam, ...] = (
         "images to process, one sub-folder per label (a path or any Hadoop URI: file://, s3://)",
         steps=("ingest",),
     ),
-    RunParam("output", str, None, "Output", "output root (a path or any Hadoop URI)", steps=ALL_STEPS),
+    RunParam("output", str, None, "Output", "output root (a path or any Hadoop URI)", steps=STEP_NAMES),
     RunParam(
         "dt",
         str,
         None,
         "Upload date",
         "upload date of the batch (YYYY-MM-DD): every output goes to its dt= partition",
-        steps=ALL_STEPS,
+        steps=STEP_NAMES,
         pattern=DT_PATTERN,
     ),
     RunParam(

@@ -107,13 +107,10 @@ def count_images(s3, bucket: str, prefix: str) -> tuple[int, int]:
 
 def imagenet_weights_file(input_size: int, destination: Path) -> Path:
     """Downloads the ImageNet backbone once, here, and saves it: the executors never download anything."""
-    from keras.applications import MobileNetV2
+    from fruits_spark.model import read_weights
 
-    model = MobileNetV2(
-        input_shape=(input_size, input_size, 3), include_top=False, pooling="avg", weights="imagenet"
-    )
     path = destination / WEIGHTS_NAME
-    model.save_weights(path)
+    path.write_bytes(read_weights("imagenet", input_size).data)
     return path
 
 

@@ -56,7 +56,8 @@ def test_the_thread_prints_while_in_the_block_and_nothing_after():
     assert len(lines) == looked >= 3  # every look at a moved count printed, before the block ended
     assert all(line.startswith("features: ") and "/1000 images" in line for line in lines)
     three.clear()
-    assert not three.wait(timeout=0.05) and len(calls) == looked  # the thread stopped with the block
+    assert not three.wait(timeout=0.05)
+    assert len(calls) == looked  # the thread stopped with the block
 
 
 def test_no_progress_for_an_empty_batch():
@@ -64,4 +65,5 @@ def test_no_progress_for_an_empty_batch():
     looked: list[int] = []
     with Progress("features", 0, lambda: looked.append(1) or 0, interval=0.001, echo=lines.append):
         pass
-    assert lines == [] and looked == []
+    assert lines == []
+    assert looked == []

@@ -23,7 +23,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fruits_platform.local.airflow_server import HOST, LocalAirflow, stop_processes, wait_healthy
+from fruits_platform.local.airflow_server import HOST, LocalAirflow, wait_healthy
+from fruits_platform.local.processes import stop_processes
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

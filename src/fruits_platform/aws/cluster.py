@@ -194,6 +194,33 @@ def cluster_tags(dag_id: str, run_id: str, upload_day: str) -> dict[str, str]:
     }
 
 
+def cluster_instances(
+    instance_type: str, core_nodes: int, use_spot: bool, spot_instance_types: Sequence[str], subnet_id: str
+) -> dict[str, Any]:
+    """``Instances`` of the job flow: Spot fleets or On-Demand groups, kept alive for the steps."""
+    if use_spot and core_nodes:
+        instances: dict[str, Any] = {
+            "InstanceFleets": spot_instance_fleets(
+                instance_type, core_nodes, spot_instance_types or [instance_type]
+            )
+        }
+    else:
+        instances = {"InstanceGroups": on_demand_instance_groups(instance_type, core_nodes)}
+    instances.update(
+        {
+            # steps are added after creation: the cluster must wait for them (auto-termination ends it)
+            "KeepJobFlowAliveWhenNoSteps": True,
+            "TerminationProtected": False,
+        }
+    )
+    # required: EMR's v2 service policy launches only in a tagged subnet (gdpr.check_subnet); fleets
+    # take a list (EMR picks among them), groups a single subnet
+    instances["Ec2SubnetIds" if "InstanceFleets" in instances else "Ec2SubnetId"] = (
+        [subnet_id] if "InstanceFleets" in instances else subnet_id
+    )
+    return instances
+
+
 def job_flow_overrides(
     *,
     bucket: str,
@@ -218,27 +245,8 @@ def job_flow_overrides(
     On-Demand: two instance groups. ``use_spot``: instance fleets (EMR cannot mix the two), the core fleet
     on Spot over ``spot_instance_types`` (``pricing.spot_alternatives``; default: ``instance_type`` only)
     with price-capacity-optimized allocation, each type capped at its On-Demand price (the cost guard's
-    bound assumes that cap). The roles and the subnet have no default: see ``guards.require_variables``."""
-    if use_spot and core_nodes:
-        instances: dict[str, Any] = {
-            "InstanceFleets": spot_instance_fleets(
-                instance_type, core_nodes, spot_instance_types or [instance_type]
-            )
-        }
-    else:
-        instances = {"InstanceGroups": on_demand_instance_groups(instance_type, core_nodes)}
-    instances.update(
-        {
-            # steps are added after creation: the cluster must wait for them (auto-termination ends it)
-            "KeepJobFlowAliveWhenNoSteps": True,
-            "TerminationProtected": False,
-        }
-    )
-    # required: EMR's v2 service policy launches only in a tagged subnet (guards.check_subnet); fleets
-    # take a list (EMR picks among them), groups a single subnet
-    instances["Ec2SubnetIds" if "InstanceFleets" in instances else "Ec2SubnetId"] = (
-        [subnet_id] if "InstanceFleets" in instances else subnet_id
-    )
+    bound assumes that cap). The roles and the subnet have no default: see ``settings.require_variables``."""
+    instances = cluster_instances(instance_type, core_nodes, use_spot, spot_instance_types, subnet_id)
     overrides: dict[str, Any] = {
         "Name": f"{CLUSTER_NAME_PREFIX} dt={upload_day}",
         "ReleaseLabel": release_label,

@@ -129,6 +129,10 @@ def ebs_hourly_eur(table: dict, gib_per_instance: int, instances: int) -> float:
     return gib_per_instance * instances * per_gib_hour * float(table["usd_to_eur"])
 
 
+def ipv4_hourly_eur(table: dict, instances: int) -> float:
+    return instances * float(table.get("public_ipv4_usd_per_hour", 0.0)) * float(table["usd_to_eur"])
+
+
 def executor_vcpus(table: dict, instance_type: str, core_nodes: int) -> int:
     """vCPUs running Spark executors: the core nodes', or the primary's on a single-node cluster."""
     return int(instance_prices(table, instance_type)["vcpus"]) * max(core_nodes, 1)
@@ -163,6 +167,16 @@ def sensor_timeouts(limits: Mapping[str, int]) -> dict[str, int]:
     }
 
 
+def bound_hours(limits: Mapping[str, int], idle_timeout_seconds: int) -> tuple[float, float, float]:
+    """(start-up, steps, idle) hours the run's limits allow at most."""
+    return (
+        STARTUP_LIMIT_SECONDS / 3600,
+        # each step within its limit, seen by its sensor within the slack; the sensors' timeouts sum to this
+        sum(limit + SENSOR_SLACK_SECONDS for limit in limits.values()) / 3600,
+        max(idle_timeout_seconds, TERMINATION_SECONDS) / 3600,
+    )
+
+
 def estimate_worst_case(
     table: dict,
     *,
@@ -183,20 +197,11 @@ def estimate_worst_case(
     vcpus = executor_cores or executor_vcpus(table, instance_type, core_nodes)
     instances = 1 + core_nodes
     limits = step_limits(images, vcpus)
-    startup, run, idle = (
-        STARTUP_LIMIT_SECONDS / 3600,
-        # each step within its limit, seen by its sensor within the slack; the sensors' timeouts sum to this
-        sum(limit + SENSOR_SLACK_SECONDS for limit in limits.values()) / 3600,
-        max(idle_timeout_seconds, TERMINATION_SECONDS) / 3600,
-    )
+    startup, run, idle = bound_hours(limits, idle_timeout_seconds)
     hours = startup + run + idle
     instance_rate = cluster_hourly_cap_eur(table, instance_type, core_nodes, use_spot)
     ebs_rate = ebs_hourly_eur(table, ebs_gib_per_instance, instances)
-    ipv4_rate = (
-        instances * float(table.get("public_ipv4_usd_per_hour", 0.0)) * float(table["usd_to_eur"])
-        if public_ipv4
-        else 0.0
-    )
+    ipv4_rate = ipv4_hourly_eur(table, instances) if public_ipv4 else 0.0
     hourly = instance_rate + ebs_rate + ipv4_rate
     expected_hours = (
         CLUSTER_STARTUP_SECONDS + expected_run_seconds(images, vcpus) + TERMINATION_SECONDS

@@ -138,7 +138,7 @@ def encryption_rules(s3, bucket: str) -> list[dict]:
 
 
 def subnet_facts(ec2, subnet_id: str) -> tuple[dict, dict, list[dict]]:
-    """(subnet, its VPC, the route tables that decide its routes) for ``guards.check_subnet``: the subnet's
+    """(subnet, its VPC, the route tables that decide its routes) for ``check_subnet``: the subnet's
     own association if it has one, else its VPC's main route table."""
     subnet = ec2.describe_subnets(SubnetIds=[subnet_id])["Subnets"][0]
     vpc = ec2.describe_vpcs(VpcIds=[subnet["VpcId"]])["Vpcs"][0]

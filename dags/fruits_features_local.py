@@ -90,18 +90,17 @@ with DAG(
     @task
     def spark_steps(run: dict, artifacts: str) -> dict:
         """ingest, features and pca in one Spark application; returns each step's seconds."""
-        pipeline = PipelineParams(**run)
-        log = runner.log_path(pipeline, "pipeline")
+        log = runner.log_path(run, "pipeline")
         print(f"running {', '.join(STEP_NAMES)}; Spark log: {log}")
         return {
-            "seconds": runner.run_steps(pipeline, list(STEP_NAMES), Path(artifacts), SPARK_MASTER),
+            "seconds": runner.run_steps(run, list(STEP_NAMES), Path(artifacts), SPARK_MASTER),
             "log": str(log),
         }
 
     @task
     def summarize(run: dict) -> dict:
         """Publishes the run's report.json figures as this task's XCom and prints where everything is."""
-        report = runner.read_report(PipelineParams(**run))
+        report = runner.read_report(run)
         print(f"outputs: {run['output']}; counts of dt={report['dt']}: {report['counts']}")
         cumulative = report["cumulative_explained_variance"]
         return {

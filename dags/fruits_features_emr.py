@@ -255,7 +255,7 @@ with DAG(
     def report_cost(settings: dict, estimate: dict, cluster_id: str) -> dict:
         """Run summary: the outcome, the cluster's hours priced like the estimate, the cost in the report."""
         run = RunSettings.from_dict(settings)
-        cluster = cost_report.wait_for_termination(aws_client("emr", run.region), cluster_id, POKE_SECONDS)
+        ended = cost_report.wait_for_termination(aws_client("emr", run.region), cluster_id, POKE_SECONDS)
         ti = get_current_context()["ti"]
         # the watchers' states, not only their failure XComs: a timed-out sensor or a task marked failed by
         # hand pushes no XCom, and must not be reported as a success
@@ -264,7 +264,7 @@ with DAG(
             ti.run_id, {}
         )
         failures = ti.xcom_pull(task_ids=watchers, key="failure") or []
-        summary = cost_report.summarize_run(run, estimate, cluster_id, cluster, states, failures)
+        summary = cost_report.summarize_run(run, estimate, cluster_id, ended, states, failures)
         cost_report.publish(aws_client("s3", run.region), run, summary)
         print(cost_report.outcome_line(summary, estimate))
         if summary["cluster_state"] in cluster.ACTIVE_CLUSTER_STATES:
@@ -276,7 +276,7 @@ with DAG(
         return summary
 
     settings = resolve_run()
-    gdpr = check_gdpr(settings)
+    placement = check_gdpr(settings)
     plan = check_budget(settings)
     staged = stage_artifacts(settings)
     spec = cluster_spec(settings, staged, plan["step_limits"])
@@ -331,7 +331,7 @@ with DAG(
 
     chain(
         settings,
-        gdpr,
+        placement,
         plan,
         staged,
         spec,

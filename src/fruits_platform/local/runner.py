@@ -20,6 +20,7 @@ from pathlib import Path
 
 from fruits_platform.artifacts import build_artifacts, content_hash
 from fruits_platform.pipeline import (
+    LOCAL_APP,
     PipelineParams,
     SparkStep,
     failure_reason,
@@ -30,7 +31,6 @@ from fruits_spark.contract import STEP_NAMES
 from fruits_spark.layout import Layout
 from fruits_spark.local_app import STEP_MARKER
 
-LOCAL_APP = "local_app.py"
 # every local core: the default master of `fruits run-local`, the local DAG and the bench
 LOCAL_MASTER = "local[*]"
 
@@ -141,7 +141,8 @@ def read_report(params: RunValues) -> dict:
 def run_local(
     params: PipelineParams, master: str = LOCAL_MASTER, echo=print
 ) -> tuple[dict, dict[str, float]]:
-    """Runs ingest, features and pca in one Spark application; returns (report.json, seconds per step)."""
+    """Runs every step of ``contract.STEPS`` in one Spark application; returns (report.json, seconds per
+    step)."""
     artifacts = stage_artifacts(params.output)
     echo(f"spark-submit {LOCAL_APP}: {', '.join(STEP_NAMES)} (log: {log_path(params, 'pipeline')})")
     started = time.monotonic()

@@ -30,9 +30,9 @@ from fruits_platform.local.runner import (
 )
 from fruits_platform.pipeline import WEIGHTS_HELP, PipelineParams, default_weights
 from fruits_platform.tools import quality
-from fruits_platform.tools.bench_bare import run_bare
+from fruits_platform.tools.bench_bare import BARE_ENGINES, run_bare
 from fruits_platform.tools.bench_spark import history, pca_fit_time
-from fruits_spark.contract import INPUT_SIZES, PARAMS, STEP_NAMES
+from fruits_spark.contract import ENGINES, INPUT_SIZES, PARAMS, STEP_NAMES
 from fruits_spark.images import is_input_image
 from fruits_spark.layout import Layout
 
@@ -198,7 +198,7 @@ def measure_pipelines(args: argparse.Namespace, input_dir: Path, weights: str, w
 def measure_bare(args: argparse.Namespace, paths: list[Path], weights: str, work: Path, main: dict) -> dict:
     """(a) for each engine not skipped, and its ratios to (b)'s figures ``main``."""
     figures = {}
-    for engine, title in (("tensorflow", "TensorFlow"), ("onnx", "ONNX Runtime")):
+    for engine in (record.name for record in ENGINES if record.name in BARE_ENGINES):
         if f"bare-{engine}" in args.skip:
             continue
         bare = run_bare(paths, weights, args.input_size, work, engine)
@@ -206,7 +206,7 @@ def measure_bare(args: argparse.Namespace, paths: list[Path], weights: str, work
         bare["img_per_s_inference"] = _rate(bare["images"], bare["seconds_inference"])
         figures[f"bare_{engine}"] = bare
         print(
-            f"(a) bare {title}: {bare['img_per_s_process']} img/s whole process, "
+            f"(a) bare {engine}: {bare['img_per_s_process']} img/s whole process, "
             f"{bare['img_per_s_inference']} img/s decode+inference only"
         )
     # the features step against the bare process of its own engine
@@ -283,7 +283,10 @@ def register(commands) -> None:
     PARAMS["engine"].add_argument(parser, help="the features step's engine in (b)")
     parser.add_argument("--sizes", action="store_true", help="also measure every input size and its accuracy")
     parser.add_argument(
-        "--skip", action="append", default=[], choices=["bare", "bare-tensorflow", "bare-onnx", "notebook"]
+        "--skip",
+        action="append",
+        default=[],
+        choices=["bare", *(f"bare-{engine}" for engine in BARE_ENGINES), "notebook"],
     )
     parser.add_argument("--pca-rows", type=int, default=0, help="also time a PCA fit on this many rows")
     parser.add_argument(

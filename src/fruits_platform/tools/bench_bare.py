@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from fruits_spark.contract import engine_record
+
 
 def _decoded_batches(paths: list[str], input_size: int, batch_size: int):
     """The same decode and preprocessing for every bare engine: PIL, bilinear resize, [-1, 1]."""
@@ -73,12 +75,14 @@ def bare_onnx(paths: list[str], onnx_file: str, input_size: int, batch_size: int
     return _timed(paths, started, ready)
 
 
+# the (a) baselines, outside Spark, of the engines that have one (contract.ENGINES lists the engines)
 BARE_ENGINES = {"tensorflow": bare_tensorflow, "onnx": bare_onnx}
 
 
 def exported_model(weights: str, input_size: int) -> str:
     """The .onnx file of these weights, from the features step's cache (exported here on a miss)."""
-    from fruits_spark import model, onnx_engine
+    from fruits_spark import model
+    from fruits_spark.engines import onnx as onnx_engine
 
     exported = onnx_engine.cached_onnx(model.read_weights(weights, input_size), input_size)
     return str(onnx_engine.cache_dir() / f"{exported.embedding}.onnx")
@@ -89,7 +93,7 @@ def run_bare(
 ) -> dict:
     listing = work / "bare_paths.json"
     listing.write_text(json.dumps([str(p) for p in paths]))
-    model_file = exported_model(weights, input_size) if engine == "onnx" else weights
+    model_file = exported_model(weights, input_size) if engine_record(engine).staged_onnx else weights
     started = time.monotonic()
     completed = subprocess.run(
         [

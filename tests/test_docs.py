@@ -10,15 +10,9 @@ import re
 
 import pytest
 
-from fruits_platform.aws import pricing
+from fruits_platform.aws import cluster, pricing
+from fruits_platform.aws import cost as costs
 from tests.conftest import PROJECT_ROOT
-
-try:  # the cost guard's module since the aws/ split
-    from fruits_platform.aws import cluster
-    from fruits_platform.aws import cost as costs
-except ImportError:
-    from fruits_platform.aws import emr as cluster
-    from fruits_platform.aws import guards as costs
 
 README = (PROJECT_ROOT / "README.md").read_text()
 AWS = (PROJECT_ROOT / "docs" / "AWS.md").read_text()

@@ -4,8 +4,17 @@
 The same three Spark steps as `fruits_features_local` (**ingest** → **features** → **pca**, defined once in
 `fruits_platform.pipeline`), submitted as EMR steps to a cluster created for this run and terminated after it.
 
-Runs daily at 02:00 UTC; each run processes the uploads of its data interval, `uploads/dt=YYYY-MM-DD/`
-(`fruits upload` puts them there). A manual run without a logical date processes the day it was triggered.
+Runs daily at 02:00 UTC; each scheduled run processes the uploads of the day before, `uploads/dt=YYYY-MM-DD/`
+(`fruits upload` puts them there). A manual run processes the UTC day of its **logical date**, which the
+trigger form pre-fills with now: by default today, the day `fruits upload` wrote (`fruits_platform.run_date`).
+Unpausing never starts a run for a past day at once (no start date, `run_immediately=False`): the first
+scheduled run is the next 02:00 UTC.
+
+Each successful run adds one event per day to the Assets `fruits_features` and `fruits_pca` (aliases of
+`s3://<bucket>/<output>/features` and `.../pca`; `extra`: `dt`, embedding, PCA model version, counts): a
+DAG scheduled on them (`fruits_features_consumer`) starts then. `report_cost` links the run's report (the
+"Report" extra link); a failed run, or one that rejected more than 10 % of its files, is sent to the SNS
+topic of the Variable `fruits_alerts_topic_arn` if set.
 
 | task | what it does |
 | --- | --- |
@@ -39,7 +48,7 @@ from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 from airflow.providers.amazon.aws.operators.emr import EmrAddStepsOperator
 from airflow.sdk import (
     DAG,
-    CronDataIntervalTimetable,
+    CronTriggerTimetable,
     Param,
     Variable,
     chain,
@@ -49,24 +58,30 @@ from airflow.sdk import (
 )
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from fruits_platform.aws import cost_report, emr, guards, pricing, staging
+from fruits_platform import assets, links, run_date
+from fruits_platform.aws import alerts, cost_report, emr, guards, pricing, run_outputs, staging
 from fruits_platform.aws.settings import VAR_SUBNET_ID, VARIABLES, RunSettings, resolve_settings
-from fruits_platform.dag_params import run_param
+from fruits_platform.dag_params import refuse_unknown_keys, run_param
 from fruits_platform.pipeline import PipelineParams
 from fruits_spark.contract import STEP_NAMES
 
 DAG_ID = "fruits_features_emr"
 AWS_CONN_ID: str = emr.AWS_CONN_ID
-# daily data intervals [D-1 02:00, D 02:00) UTC: the run of day D processes uploads/dt=D-1/
-SCHEDULE = CronDataIntervalTimetable("0 2 * * *", timezone="UTC")
+# daily at 02:00 UTC over [D-1 02:00, D 02:00): the run of day D processes uploads/dt=D-1/. Without a
+# start_date and with run_immediately=False, unpausing (the form's "unpause on trigger") waits for the next
+# 02:00 instead of starting the latest past interval beside the manual run: no second cluster at once.
+SCHEDULE = CronTriggerTimetable(
+    "0 2 * * *", timezone="UTC", interval=dt.timedelta(days=1), run_immediately=False
+)
 # docker-compose sets AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE=true (triggerer); tests run without deferral
 DEFERRABLE: bool = conf.getboolean("operators", "default_deferrable", fallback=False)
 POKE_SECONDS: float = float(os.environ.get("FRUITS_EMR_POKE_SECONDS", "60"))
 
 PARAMS = {
+    # null allowed: the form must let these empty (it marks a plain string param as required)
     "bucket": Param(
-        "",
-        type="string",
+        None,
+        type=["null", "string"],
         pattern=r"^$|^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
         title="S3 bucket",
         description="Holds uploads/, artifacts/, emr-logs/ and the outputs; must be in `region`. "
@@ -74,10 +89,12 @@ PARAMS = {
     ),
     "input": run_param(
         "input",
-        default="",
+        default=None,
+        type=["null", "string"],
         minLength=0,
         description="Prefix of the bucket holding the images, one sub-folder per label. "
-        "Empty: uploads/dt=<upload date>/.",
+        "Empty: uploads/dt=<the UTC day of the logical date>/ (a manual run: today, unless you change "
+        "the logical date; a scheduled run: the day before).",
     ),
     "output": run_param(
         "output",
@@ -134,27 +151,29 @@ def variables() -> dict[str, str | None]:
 with DAG(
     dag_id=DAG_ID,
     schedule=SCHEDULE,
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,
     params=PARAMS,
     doc_md=__doc__,
     tags=["fruits", "emr"],
     default_args={"retries": 0},
+    on_failure_callback=alerts.FruitsSnsNotifier(
+        aws_conn_id=AWS_CONN_ID, summary_task="report_cost", report_task="resolve_run"
+    ),
 ) as dag:
 
     @task
     def resolve_run() -> dict:
         """Reads the params and Variables once; a param that cannot work refuses the run, without retry."""
         context = get_current_context()
-        upload_day = guards.upload_date(
-            context.get("data_interval_start"), context.get("logical_date"), context["dag_run"].run_after
-        )
         try:
-            run = resolve_settings(context["params"], upload_day, variables())
-        except guards.GuardRefused as refusal:
+            refuse_unknown_keys(context["dag_run"].conf, PARAMS)
+            run = resolve_settings(context["params"], run_date.of_context(context), variables())
+        except (guards.GuardRefused, ValueError) as refusal:
             raise AirflowFailException(str(refusal)) from None
         print(f"run of dt={run.dt}: {run.input_uri} -> {run.output_uri}, {run.pipeline}")
+        # known before any step: the failure alert names it too
+        context["ti"].xcom_push(key=links.REPORT_URL_KEY, value=run_outputs.report_url(run))
         return run.as_dict()
 
     @task
@@ -253,12 +272,15 @@ with DAG(
             "steps": emr.emr_steps(pipeline, artifacts.artifacts_uri, step_limits),
         }
 
-    @task
+    @task(outlets=[assets.FEATURES, assets.PCA])
     def report_cost(settings: dict, estimate: dict, cluster_id: str) -> dict:
-        """Run summary: the outcome, the cluster's hours priced like the estimate, the cost in the report."""
+        """Run summary: the outcome, the cluster's hours priced like the estimate, the cost in the report;
+        on success the day's asset events."""
         run = RunSettings.from_dict(settings)
         cluster = cost_report.wait_for_termination(aws_client("emr", run.region), cluster_id, POKE_SECONDS)
-        ti = get_current_context()["ti"]
+        context = get_current_context()
+        ti = context["ti"]
+        ti.xcom_push(key=links.REPORT_URL_KEY, value=run_outputs.report_url(run))
         # the watchers' states, not only their failure XComs: a timed-out sensor or a task marked failed by
         # hand pushes no XCom, and must not be reported as a success
         watchers = cost_report.watchers()
@@ -269,6 +291,11 @@ with DAG(
         summary = cost_report.summarize_run(run, estimate, cluster_id, cluster, states, failures)
         cost_report.publish(aws_client("s3", run.region), run, summary)
         print(cost_report.outcome_line(summary, estimate))
+        if summary["succeeded"]:
+            try:
+                run_outputs.publish(context, run, summary, aws_client("s3", run.region), AWS_CONN_ID)
+            except run_outputs.NotPublished as error:
+                raise AirflowFailException(str(error)) from None
         if summary["cluster_state"] in emr.ACTIVE_CLUSTER_STATES:
             raise AirflowFailException(
                 f"cluster {cluster_id} is still {summary['cluster_state']} after terminate_cluster: "
@@ -329,7 +356,7 @@ with DAG(
         retries=3,
         retry_delay=dt.timedelta(seconds=30),
     )
-    summary = report_cost(settings, plan["estimate"], create_cluster.output)
+    summary = links.with_report_link(report_cost(settings, plan["estimate"], create_cluster.output))
 
     chain(
         settings,

@@ -27,9 +27,8 @@ REGION = "eu-west-3"
 BUCKET = "fruits-test-data"
 LABELS = ("apple", "lemon", "mango")
 IMAGES_PER_LABEL = 3
-# runs with a logical date: dag.test() gives them the data interval of a manual run at that date, the last
-# complete one, [2026-11-05 02:00, 2026-11-06 02:00) UTC: they process the uploads of 2026-11-05
-LOGICAL_DATE = dt.datetime(2026, 11, 6, 2, 0, tzinfo=dt.UTC)
+# dag.test() runs are manual: they process the UTC day of their logical date (fruits_platform.run_date)
+LOGICAL_DATE = dt.datetime(2026, 11, 5, 2, 0, tzinfo=dt.UTC)
 UPLOAD_DAY = "2026-11-05"
 SERVICE_ROLE = "fruits-emr-service-eu-west-3"
 JOB_FLOW_ROLE = "fruits-emr-node-eu-west-3"

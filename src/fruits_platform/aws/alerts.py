@@ -105,6 +105,12 @@ class FruitsSnsNotifier(SnsNotifier):
         self.summary_task = summary_task
         self.report_task = report_task
 
+    def render_template_fields(self, context, jinja_env=None) -> None:
+        # dag.test() hands DAG callbacks the serialized DAG, which has no template environment of its own
+        if jinja_env is None and not hasattr(context.get("dag"), "get_template_env"):
+            jinja_env = self.get_template_env()
+        super().render_template_fields(context, jinja_env)
+
     def notify(self, context) -> None:
         topic = (self.target_arn or "").strip()
         if not topic:

@@ -62,7 +62,9 @@ PARAMS = {
     "engine": run_param("engine"),
     "recompute": run_param("recompute"),
     "dt": run_param(
-        "dt", type=["null", "string"], description="YYYY-MM-DD; empty: the UTC day of the run's logical date (today for a run triggered now)."
+        "dt",
+        type=["null", "string"],
+        description="YYYY-MM-DD; empty: the UTC day of the run's logical date (today for a run triggered now).",
     ),
 }
 

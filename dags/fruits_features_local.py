@@ -64,7 +64,7 @@ PARAMS = {
     "dt": run_param(
         "dt",
         type=["null", "string"],
-        description="YYYY-MM-DD; empty: the UTC day of the run's logical date (today for a run triggered now).",
+        description="YYYY-MM-DD; empty: the UTC day of the logical date (today for a run triggered now).",
     ),
 }
 

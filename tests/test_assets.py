@@ -160,3 +160,20 @@ def test_a_local_run_publishes_its_day_and_the_consumer_reads_it(
         (DAY, f"{(output / 'features').as_uri()}/dt={DAY}")
     ]
     assert Path(partitions[0]["partition"].removeprefix("file://")).is_dir()
+
+
+def test_local_dag_refuses_a_conf_key_no_param_declares(airflow_db, capfd):
+    """``input_path`` (the name before the contract) would otherwise run over the default sample."""
+    dagrun = dag_of(LOCAL_DAG_ID).test(
+        run_after=dt.datetime(2026, 11, 5, 11, tzinfo=dt.UTC),
+        logical_date=None,
+        run_conf={"input_path": "/x"},
+    )
+    states = {ti.task_id: ti.state for ti in dagrun.get_task_instances()}
+    assert dagrun.state == "failed"
+    assert states["resolve_params"] == "failed"
+    assert states["spark_steps"] == "upstream_failed"
+    output = capfd.readouterr()
+    assert "run conf key(s) input_path match no param of this DAG; its params are: input, output" in (
+        output.out + output.err
+    )

@@ -295,19 +295,6 @@ def actual_cost_eur(hourly_eur: float, created: dt.datetime, ended: dt.datetime)
     return round(hours, 4), round(hours * hourly_eur, 2)
 
 
-def upload_date(
-    data_interval_start: dt.datetime | None, logical_date: dt.datetime | None, run_after: dt.datetime
-) -> str:
-    """The upload date (UTC, YYYY-MM-DD) a run processes.
-
-    Scheduled and backfill runs process their data interval's first day: the 02:00 UTC run of day D covers
-    [D-1 02:00, D 02:00) and reads ``uploads/dt=D-1/``. A manual run without a logical date (possible in
-    Airflow 3) has no data interval: it processes the date it was triggered for (``run_after``).
-    """
-    moment = data_interval_start or logical_date or run_after
-    return moment.astimezone(dt.UTC).date().isoformat()
-
-
 def uploads_prefix(upload_day: str) -> str:
     """Where ``fruits upload`` puts (and the DAG reads) the images of one upload date."""
     return f"uploads/dt={upload_day}/"

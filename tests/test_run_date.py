@@ -37,12 +37,13 @@ def test_days_are_utc_days():
 
 
 def test_backfill_runs_of_the_dag_timetable_map_to_their_days(emr_dag):
-    """The scheduler's view: each backfill run of the DAG's own timetable reads its own day."""
+    """The scheduler's view: each backfill run of the DAG's own timetable reads its own day, the day before
+    its run date (like the scheduled run of that date): --from-date 2026-11-02 starts with dt=2026-11-01."""
     from airflow.serialization.encoders import coerce_to_core_timetable
     from airflow.timetables.base import DataInterval, TimeRestriction
 
     timetable = coerce_to_core_timetable(emr_dag.timetable)
-    restriction = TimeRestriction(earliest=dt.datetime(2026, 11, 1, tzinfo=UTC), latest=None, catchup=True)
+    restriction = TimeRestriction(earliest=dt.datetime(2026, 11, 2, tzinfo=UTC), latest=None, catchup=True)
     last: DataInterval | None = None
     days = []
     for _ in range(3):

@@ -4,17 +4,11 @@
 The same three Spark steps as `fruits_features_local` (**ingest** → **features** → **pca**, defined once in
 `fruits_platform.pipeline`), submitted as EMR steps to a cluster created for this run and terminated after it.
 
-Runs daily at 02:00 UTC; each scheduled run processes the uploads of the day before, `uploads/dt=YYYY-MM-DD/`
-(`fruits upload` puts them there). A manual run processes the UTC day of its **logical date**, which the
-trigger form pre-fills with now: by default today, the day `fruits upload` wrote (`fruits_platform.run_date`).
-Unpausing never starts a run for a past day at once (no start date, `run_immediately=False`): the first
-scheduled run is the next 02:00 UTC.
-
-Each successful run adds one event per day to the Assets `fruits_features` and `fruits_pca` (aliases of
-`s3://<bucket>/<output>/features` and `.../pca`; `extra`: `dt`, embedding, PCA model version, counts): a
-DAG scheduled on them (`fruits_features_consumer`) starts then. `report_cost` links the run's report (the
-"Report" extra link); a failed run, or one that rejected more than 10 % of its files, is sent to the SNS
-topic of the Variable `fruits_alerts_topic_arn` if set.
+Runs daily at 02:00 UTC, processing the day before's uploads, `uploads/dt=YYYY-MM-DD/` (`fruits upload`
+puts them there); a manual run processes the UTC day of its logical date, today unless changed in the form
+(`fruits_platform.run_date`). Unpausing starts no run for a past day. A successful run adds one event per day
+to the Assets `fruits_features` and `fruits_pca`; `report_cost` links the report ("Report"); a failure is
+sent to the SNS topic of the Variable `fruits_alerts_topic_arn` (docs/AWS.md, *Downstream DAGs and alerts*).
 
 | task | what it does |
 | --- | --- |

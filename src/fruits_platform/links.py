@@ -2,12 +2,12 @@
 
 Airflow 3 computes a task's extra links when the task ends (in the worker) and keeps them as XComs, which the
 UI reads: the task pushes the report's address under ``REPORT_URL_KEY`` and the link returns it. Locally the
-address is the report's ``file://`` URI, on EMR the S3 console page of ``report.html``.
+address is the api-server's page of the report (``fruits_platform.local.report_server``), on EMR the S3
+console page of ``report.html``.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from urllib.parse import quote
 
 from airflow.sdk import BaseOperatorLink
@@ -30,11 +30,16 @@ def with_report_link(output):
 
 
 def report_url(report: str, region: str | None = None) -> str:
-    """The address a browser opens: s3://bucket/key as its S3 console page, a local path as file://."""
+    """The address a browser opens: s3://bucket/key as its S3 console page, a local path as the
+    api-server's page of it (the UI shows no file:// link)."""
     if report.startswith("s3://"):
         bucket, _, key = report.removeprefix("s3://").partition("/")
         return (
             f"https://{region}.console.aws.amazon.com/s3/object/{bucket}"
             f"?region={region}&bucketType=general&prefix={quote(key)}"
         )
-    return report if "://" in report else Path(report).resolve().as_uri()
+    if "://" in report:
+        return report
+    from fruits_platform.local import report_server  # a local report: served by the api-server's plugin
+
+    return report_server.link(report)

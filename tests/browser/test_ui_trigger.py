@@ -279,15 +279,6 @@ def trigger_and_wait(stack, page, images: Path, weights: Path, output: Path, art
     sync_api.expect(task_states.filter(has_text="Success")).to_have_count(local_dag_task_count())
     page.screenshot(path=artifacts / "03-run-succeeded.png")
 
-    # the report, one click from the run: the "Report" extra link of its summarize task
-    page.goto(f"{run_url}/tasks/summarize")
-    report_link = page.get_by_role("link", name="Report")
-    report_link.wait_for()
-    page.screenshot(path=artifacts / "04-report-link.png")
-    assert report_link.get_attribute("href") == (output / "reports").resolve().as_uri() + (
-        f"/dt={today()}/report.html"
-    )
-
     n_images = sum(1 for _ in images.rglob("*.jpg"))
     report = json.loads((output / "report.json").read_text())
     assert report["counts"]["ok"] == n_images
@@ -297,6 +288,21 @@ def trigger_and_wait(stack, page, images: Path, weights: Path, output: Path, art
     assert len(rows) == n_images
     assert "pc_4" in rows[0]
     assert "pc_5" not in rows[0]
+
+    # the report, one click from the run: the "Report" extra link of its summarize task (Details tab),
+    # served by the api-server (the UI shows no file:// link)
+    page.goto(f"{run_url}/tasks/summarize")
+    page.get_by_role("tab", name="Details").click()
+    report_link = page.get_by_role("link", name="Report")
+    report_link.wait_for()
+    page.screenshot(path=artifacts / "04-report-link.png")
+    report_html = (output / "reports" / f"dt={today()}" / "report.html").resolve()
+    assert (
+        report_link.get_attribute("href") == f"/fruits-reports/?path={urllib.parse.quote(str(report_html))}"
+    )
+    page.goto(f"{stack.url}{report_link.get_attribute('href')}")
+    sync_api.expect(page.get_by_text(f"run of {today()}").first).to_be_visible()
+    page.screenshot(path=artifacts / "05-report.png", full_page=True)
 
 
 def today() -> str:
@@ -315,14 +321,14 @@ def test_emr_form_with_empty_bucket_and_input_runs_the_variables_bucket_today(st
         submit = form.get_by_test_id("trigger-dag-submit")
         sync_api.expect(submit).to_be_enabled()
         sync_api.expect(form.get_by_text("This field is required")).to_have_count(0)
-        page.screenshot(path=artifacts / "05-emr-trigger-form.png")
+        page.screenshot(path=artifacts / "06-emr-trigger-form.png")
         submit.click()
 
         page.wait_for_url(lambda address: address.startswith(f"{dag_url}/runs/"))
         run_url = page.url
         run_id = urllib.parse.unquote(run_url.removeprefix(f"{dag_url}/runs/").split("/")[0])
         assert wait_for_end(page, run_url) == "failed"  # at its first AWS call: there is none here
-        page.screenshot(path=artifacts / "06-emr-run.png")
+        page.screenshot(path=artifacts / "07-emr-run.png")
 
     run = api(stack, f"/dags/{EMR_DAG_ID}/dagRuns/{run_id}")
     xcom = api(

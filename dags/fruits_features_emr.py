@@ -286,10 +286,7 @@ with DAG(
         cost_report.publish(aws_client("s3", run.region), run, summary)
         print(cost_report.outcome_line(summary, estimate))
         if summary["succeeded"]:
-            try:
-                run_outputs.publish(context, run, summary, aws_client("s3", run.region), AWS_CONN_ID)
-            except run_outputs.NotPublished as error:
-                raise AirflowFailException(str(error)) from None
+            run_outputs.publish(context, run, summary, aws_client("s3", run.region), AWS_CONN_ID)
         if summary["cluster_state"] in emr.ACTIVE_CLUSTER_STATES:
             raise AirflowFailException(
                 f"cluster {cluster_id} is still {summary['cluster_state']} after terminate_cluster: "

@@ -291,8 +291,7 @@ def trigger_and_wait(stack, page, images: Path, weights: Path, output: Path, art
 
     # the report, one click from the run: the "Report" extra link of its summarize task (Details tab),
     # served by the api-server (the UI shows no file:// link)
-    page.goto(f"{run_url}/tasks/summarize")
-    page.get_by_role("tab", name="Details").click()
+    page.goto(f"{run_url}/tasks/summarize/details")
     report_link = page.get_by_role("link", name="Report")
     report_link.wait_for()
     page.screenshot(path=artifacts / "04-report-link.png")

@@ -4,11 +4,8 @@
 The same three Spark steps as `fruits_features_local` (**ingest** → **features** → **pca**, defined once in
 `fruits_platform.pipeline`), submitted as EMR steps to a cluster created for this run and terminated after it.
 
-Runs daily at 02:00 UTC, processing the day before's uploads, `uploads/dt=YYYY-MM-DD/` (`fruits upload`
-puts them there); a manual run processes the UTC day of its logical date, today unless changed in the form
-(`fruits_platform.run_date`). Unpausing starts no run for a past day. A successful run adds one event per day
-to the Assets `fruits_features` and `fruits_pca`; `report_cost` links the report ("Report"); a failure is
-sent to the SNS topic of the Variable `fruits_alerts_topic_arn` (docs/AWS.md, *Downstream DAGs and alerts*).
+Daily at 02:00 UTC over the day before's uploads, `uploads/dt=YYYY-MM-DD/`; a manual run: the UTC day of its
+logical date (`fruits_platform.run_date`). Assets, the Report link, alerts: docs/AWS.md, *Downstream DAGs*.
 
 | task | what it does |
 | --- | --- |
@@ -42,7 +39,6 @@ from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 from airflow.providers.amazon.aws.operators.emr import EmrAddStepsOperator
 from airflow.sdk import (
     DAG,
-    CronTriggerTimetable,
     Param,
     Variable,
     chain,
@@ -53,30 +49,25 @@ from airflow.sdk import (
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from fruits_platform import assets, links, run_date
-from fruits_platform.aws import alerts, cost_report, emr, guards, pricing, run_outputs, staging
+from fruits_platform.aws import alerts, cluster, cost, cost_report, gdpr, operators, pricing, staging
+from fruits_platform.aws.refusal import GuardRefused
+from fruits_platform.aws.run_outputs import publish_run, report_url
 from fruits_platform.aws.settings import VAR_SUBNET_ID, VARIABLES, RunSettings, resolve_settings
 from fruits_platform.dag_params import refuse_unknown_keys, run_param
-from fruits_platform.pipeline import PipelineParams
 from fruits_spark.contract import STEP_NAMES
 
 DAG_ID = "fruits_features_emr"
-AWS_CONN_ID: str = emr.AWS_CONN_ID
-# daily at 02:00 UTC over [D-1 02:00, D 02:00): the run of day D processes uploads/dt=D-1/. Without a
-# start_date and with run_immediately=False, unpausing (the form's "unpause on trigger") waits for the next
-# 02:00 instead of starting the latest past interval beside the manual run: no second cluster at once.
-SCHEDULE = CronTriggerTimetable(
-    "0 2 * * *", timezone="UTC", interval=dt.timedelta(days=1), run_immediately=False
-)
+AWS_CONN_ID: str = cluster.AWS_CONN_ID
+SCHEDULE = run_date.SCHEDULE
 # docker-compose sets AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE=true (triggerer); tests run without deferral
 DEFERRABLE: bool = conf.getboolean("operators", "default_deferrable", fallback=False)
 POKE_SECONDS: float = float(os.environ.get("FRUITS_EMR_POKE_SECONDS", "60"))
 
 PARAMS = {
-    # null allowed: the form must let these empty (it marks a plain string param as required)
     "bucket": Param(
         None,
         type=["null", "string"],
-        pattern=r"^$|^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
+        pattern=f"^$|{gdpr.BUCKET_NAME_PATTERN}",
         title="S3 bucket",
         description="Holds uploads/, artifacts/, emr-logs/ and the outputs; must be in `region`. "
         "Empty: the Airflow Variable fruits_bucket (what scheduled runs use).",
@@ -87,8 +78,7 @@ PARAMS = {
         type=["null", "string"],
         minLength=0,
         description="Prefix of the bucket holding the images, one sub-folder per label. "
-        "Empty: uploads/dt=<the UTC day of the logical date>/ (a manual run: today, unless you change "
-        "the logical date; a scheduled run: the day before).",
+        "Empty: uploads/dt=<the UTC day of the logical date: today for a manual run>/.",
     ),
     "output": run_param(
         "output",
@@ -151,9 +141,7 @@ with DAG(
     doc_md=__doc__,
     tags=["fruits", "emr"],
     default_args={"retries": 0},
-    on_failure_callback=alerts.FruitsSnsNotifier(
-        aws_conn_id=AWS_CONN_ID, summary_task="report_cost", report_task="resolve_run"
-    ),
+    on_failure_callback=alerts.FruitsSnsNotifier(aws_conn_id=AWS_CONN_ID),
 ) as dag:
 
     @task
@@ -163,11 +151,10 @@ with DAG(
         try:
             refuse_unknown_keys(context["dag_run"].conf, PARAMS)
             run = resolve_settings(context["params"], run_date.of_context(context), variables())
-        except (guards.GuardRefused, ValueError) as refusal:
+        except (GuardRefused, ValueError) as refusal:
             raise AirflowFailException(str(refusal)) from None
         print(f"run of dt={run.dt}: {run.input_uri} -> {run.output_uri}, {run.pipeline}")
-        # known before any step: the failure alert names it too
-        context["ti"].xcom_push(key=links.REPORT_URL_KEY, value=run_outputs.report_url(run))
+        context["ti"].xcom_push(key=links.REPORT_URL_KEY, value=report_url(run))
         return run.as_dict()
 
     @task
@@ -176,7 +163,7 @@ with DAG(
         can launch in and that reaches PyPI."""
         run = RunSettings.from_dict(settings)
         try:
-            algorithm, route = guards.check_gdpr(
+            algorithm, route = gdpr.check_gdpr(
                 aws_client("s3", run.region),
                 aws_client("ec2", run.region),
                 run.bucket,
@@ -184,7 +171,7 @@ with DAG(
                 run.subnet_id,
                 VAR_SUBNET_ID,
             )
-        except guards.GuardRefused as refusal:
+        except GuardRefused as refusal:
             raise AirflowFailException(str(refusal)) from None
         print(f"GDPR checks passed: {run.region}, bucket {run.bucket} ({algorithm})")
         print(f"subnet {run.subnet_id} tagged for EMR, internet through {route}")
@@ -192,31 +179,31 @@ with DAG(
 
     @task(multiple_outputs=True)
     def check_budget(settings: dict) -> dict:
-        """Cost guard: a bound from the limits the run enforces (guards.CostEstimate), against budget_eur."""
+        """Cost guard: a bound from the limits the run enforces (cost.CostEstimate), against budget_eur."""
         run = RunSettings.from_dict(settings)
         objects, images = staging.count_images(aws_client("s3", run.region), run.bucket, run.input_prefix)
         if not images:
             raise AirflowSkipException(f"no images under {run.input_uri} ({objects} objects): no cluster")
         try:
             table = pricing.load_price_table(run.price_table)
-            sizing = emr.executor_sizing(table, run.instance_type, run.core_nodes, run.pipeline["engine"])
-            estimate = guards.estimate_worst_case(
+            sizing = cluster.executor_sizing(table, run.instance_type, run.core_nodes, run.pipeline["engine"])
+            estimate = cost.estimate_worst_case(
                 table,
                 instance_type=run.instance_type,
                 core_nodes=run.core_nodes,
                 use_spot=run.use_spot,
                 images=images,
-                idle_timeout_seconds=emr.IDLE_TIMEOUT_SECONDS,
+                idle_timeout_seconds=cluster.IDLE_TIMEOUT_SECONDS,
                 budget_eur=run.budget_eur,
-                ebs_gib_per_instance=emr.EBS_GIB_PER_INSTANCE,
+                ebs_gib_per_instance=cluster.EBS_GIB_PER_INSTANCE,
                 executor_cores=sizing.total_executor_cores,
             )
             print(f"{images} images ({objects} objects); {estimate.summary()}")
             print(f"executors: {sizing.as_dict()}")
-            guards.check_budget(estimate)
-        except (guards.GuardRefused, pricing.PriceTableError, ValueError) as refusal:
+            cost.check_budget(estimate)
+        except (GuardRefused, pricing.PriceTableError, ValueError) as refusal:
             raise AirflowFailException(str(refusal)) from None
-        timeouts = guards.sensor_timeouts(estimate.step_limits)
+        timeouts = cost.sensor_timeouts(estimate.step_limits)
         return {
             "images": images,
             "objects": objects,
@@ -229,16 +216,16 @@ with DAG(
     def stage_artifacts(settings: dict) -> dict:
         """Code, bootstrap and weights to S3, once per content."""
         run = RunSettings.from_dict(settings)
-        pipeline = PipelineParams(**run.pipeline)
+        pipeline = run.pipeline  # validated by resolve_run
         try:
             with tempfile.TemporaryDirectory(prefix="fruits-stage-") as scratch:
                 staged = staging.stage_artifacts(
                     aws_client("s3", run.region),
                     run.bucket,
-                    pipeline.weights,
-                    pipeline.input_size,
+                    pipeline["weights"],
+                    pipeline["input_size"],
                     Path(scratch),
-                    pipeline.engine,
+                    pipeline["engine"],
                 )
         except staging.StagingError as error:
             raise AirflowFailException(str(error)) from None
@@ -256,25 +243,21 @@ with DAG(
         artifacts = staging.StagedArtifacts(**staged)
         table = pricing.load_price_table(run.price_table)
         # the steps read the staged copies: weights, and the exported model that spares the nodes TensorFlow
-        pipeline = PipelineParams(
-            **{**run.pipeline, "weights": artifacts.weights_uri, "onnx_model": artifacts.onnx_model_uri}
-        )
+        pipeline = {**run.pipeline, "weights": artifacts.weights_uri, "onnx_model": artifacts.onnx_model_uri}
         return {
-            "job_flow_overrides": emr.cluster_definition(
+            "job_flow_overrides": cluster.cluster_definition(
                 run, artifacts, table, DAG_ID, get_current_context()["run_id"]
             ),
-            "steps": emr.emr_steps(pipeline, artifacts.artifacts_uri, step_limits),
+            "steps": cluster.emr_steps(pipeline, artifacts.artifacts_uri, step_limits),
         }
 
     @task(outlets=[assets.FEATURES, assets.PCA])
     def report_cost(settings: dict, estimate: dict, cluster_id: str) -> dict:
-        """Run summary: the outcome, the cluster's hours priced like the estimate, the cost in the report;
-        on success the day's asset events."""
+        """Run summary: outcome, cluster hours priced like the estimate, cost in the report; asset events."""
         run = RunSettings.from_dict(settings)
-        cluster = cost_report.wait_for_termination(aws_client("emr", run.region), cluster_id, POKE_SECONDS)
+        ended = cost_report.wait_for_termination(aws_client("emr", run.region), cluster_id, POKE_SECONDS)
         context = get_current_context()
         ti = context["ti"]
-        ti.xcom_push(key=links.REPORT_URL_KEY, value=run_outputs.report_url(run))
         # the watchers' states, not only their failure XComs: a timed-out sensor or a task marked failed by
         # hand pushes no XCom, and must not be reported as a success
         watchers = cost_report.watchers()
@@ -282,27 +265,26 @@ with DAG(
             ti.run_id, {}
         )
         failures = ti.xcom_pull(task_ids=watchers, key="failure") or []
-        summary = cost_report.summarize_run(run, estimate, cluster_id, cluster, states, failures)
+        summary = cost_report.summarize_run(run, estimate, cluster_id, ended, states, failures)
         cost_report.publish(aws_client("s3", run.region), run, summary)
         print(cost_report.outcome_line(summary, estimate))
-        if summary["succeeded"]:
-            run_outputs.publish(context, run, summary, aws_client("s3", run.region), AWS_CONN_ID)
-        if summary["cluster_state"] in emr.ACTIVE_CLUSTER_STATES:
+        publish_run(context, run, summary, aws_client("s3", run.region), AWS_CONN_ID)
+        if summary["cluster_state"] in cluster.ACTIVE_CLUSTER_STATES:
             raise AirflowFailException(
                 f"cluster {cluster_id} is still {summary['cluster_state']} after terminate_cluster: "
                 f"terminate it (aws emr terminate-clusters --cluster-ids {cluster_id}); auto-termination "
-                f"ends it after {emr.IDLE_TIMEOUT_SECONDS} s idle"
+                f"ends it after {cluster.IDLE_TIMEOUT_SECONDS} s idle"
             )
         return summary
 
     settings = resolve_run()
-    gdpr = check_gdpr(settings)
+    placement = check_gdpr(settings)
     plan = check_budget(settings)
     staged = stage_artifacts(settings)
     spec = cluster_spec(settings, staged, plan["step_limits"])
 
     region = "{{ params.region }}"
-    create_cluster = emr.FruitsCreateJobFlowOperator(
+    create_cluster = operators.FruitsCreateJobFlowOperator(
         task_id="create_cluster",
         job_flow_overrides=spec["job_flow_overrides"],
         emr_conn_id=None,
@@ -324,7 +306,7 @@ with DAG(
         deferrable=False,  # adding is instant; the watch_<step> sensors wait, one step each
     )
     watchers = [
-        emr.FruitsStepSensor(
+        operators.FruitsStepSensor(
             task_id=cost_report.watcher_id(name),
             job_flow_id=create_cluster.output,
             step_ids=add_steps.output,
@@ -338,7 +320,7 @@ with DAG(
         )
         for name in STEP_NAMES
     ]
-    terminate_cluster = emr.FruitsTerminateJobFlowOperator(
+    terminate_cluster = operators.FruitsTerminateJobFlowOperator(
         task_id="terminate_cluster",
         job_flow_id=create_cluster.output,
         aws_conn_id=AWS_CONN_ID,
@@ -351,7 +333,7 @@ with DAG(
 
     chain(
         settings,
-        gdpr,
+        placement,
         plan,
         staged,
         spec,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from fruits_platform.aws import guards
+from fruits_platform.aws import settings
 from fruits_platform.run_date import upload_day
 
 UTC = dt.UTC
@@ -51,4 +51,4 @@ def test_backfill_runs_of_the_dag_timetable_map_to_their_days(emr_dag):
         last = info.data_interval
         days.append(upload_day("backfill", last.start, info.logical_date, info.run_after))
     assert days == ["2026-11-01", "2026-11-02", "2026-11-03"]
-    assert guards.uploads_prefix(days[0]) == "uploads/dt=2026-11-01/"
+    assert settings.uploads_prefix(days[0]) == "uploads/dt=2026-11-01/"

@@ -14,6 +14,16 @@ from __future__ import annotations
 
 import datetime as dt
 
+from airflow.sdk import CronTriggerTimetable
+
+# The EMR DAG's schedule: daily at 02:00 UTC over [D-1 02:00, D 02:00), so the run of day D processes
+# uploads/dt=D-1/. Used without a start_date and with run_immediately=False, unpausing (the trigger form's
+# "unpause on trigger") waits for the next 02:00 instead of starting the latest past interval beside the
+# manual run: no second cluster at once.
+SCHEDULE = CronTriggerTimetable(
+    "0 2 * * *", timezone="UTC", interval=dt.timedelta(days=1), run_immediately=False
+)
+
 # run types whose data interval is a complete day of uploads (DagRunType values)
 INTERVAL_RUN_TYPES = frozenset({"scheduled", "backfill"})
 

@@ -14,9 +14,12 @@ def report_url(run: RunSettings) -> str:
     return links.report_url(Layout(run.output_uri, run.dt).report(REPORT_HTML), run.region)
 
 
-def publish(context, run: RunSettings, summary: dict, s3, aws_conn_id: str) -> list[str]:
-    """Adds the day's asset events to the running task's alias outlets, alerts on too many rejections;
-    returns the partitions announced. Call it only for a succeeded run."""
+def publish_run(context, run: RunSettings, summary: dict, s3, aws_conn_id: str) -> list[str]:
+    """The Report link's address; if the run succeeded, the day's asset events (the running task's alias
+    outlets) and an alert on too many rejections. Returns the partitions announced."""
+    context["ti"].xcom_push(key=links.REPORT_URL_KEY, value=report_url(run))
+    if not summary["succeeded"]:
+        return []
     folder = Layout(run.output_prefix, run.dt).report_folders()[1]
     report = cost_report.report_of_run(s3, run.bucket, folder, run.dt, summary["created"])
     if report is None:  # steps marked successful by hand, or a report lost: nothing proves the day's data

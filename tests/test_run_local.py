@@ -16,6 +16,9 @@ from fruits_platform.pipeline import PipelineParams
 from tests.corpus import write_mixed_folder
 from tests.inprocess import run_pipeline
 
+# whole `fruits run-local` runs: `make test-fast` leaves them to `make test`
+pytestmark = pytest.mark.slow
+
 FRUITS = str(Path(sys.executable).parent / "fruits")
 DAY_ONE, DAY_TWO = "2026-11-21", "2026-11-22"
 

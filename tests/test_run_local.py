@@ -13,7 +13,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from fruits_platform.pipeline import PipelineParams
 from tests.corpus import write_mixed_folder
+from tests.inprocess import run_pipeline
+
+# whole `fruits run-local` runs: `make test-fast` leaves them to `make test`
+pytestmark = pytest.mark.slow
 
 FRUITS = str(Path(sys.executable).parent / "fruits")
 DAY_ONE, DAY_TWO = "2026-11-21", "2026-11-22"
@@ -128,7 +133,9 @@ def test_curated_images_carry_no_exif(mixed_run):
     assert all(b"FruitPhone" not in row["content"] and b"Exif" not in row["content"] for row in curated)
 
 
-def test_rerun_replaces_its_date_only_and_applies_the_current_model(mixed_run, sample_dir, random_weights):
+def test_rerun_replaces_its_date_only_and_applies_the_current_model(
+    mixed_run, sample_dir, random_weights, spark
+):
     """Day one is too small for a model later days apply (provisional); day two brings the rows seen to
     enough and fits the first kept version; the rerun of day one applies it."""
     _, root, output, _ = mixed_run
@@ -139,13 +146,18 @@ def test_rerun_replaces_its_date_only_and_applies_the_current_model(mixed_run, s
         (day_two_input / label).mkdir(parents=True)
         for source in sorted((sample_dir / label).glob("*.jpg"))[3:10]:
             (day_two_input / label / source.name).write_bytes(source.read_bytes())
-    second = run_day(day_two_input, output, DAY_TWO, random_weights)
-    assert second.returncode == 0, second.stderr
+    # the CLI's part is mixed_run's: these runs take its arguments, their steps in process
+    code, printed = run_pipeline(
+        PipelineParams(str(day_two_input), str(output), DAY_TWO, weights=str(random_weights), k=5)
+    )
+    assert code == 0, printed[-3000:]
     second_report = json.loads((output / "report.json").read_text())
     assert second_report["pca_model"] == "first_fit"
     assert second_report["pca_fit_rows"] == first_report["counts"]["ok"] + 28
-    rerun = run_day(root / "in", output, DAY_ONE, random_weights)
-    assert rerun.returncode == 0, rerun.stderr
+    code, printed = run_pipeline(
+        PipelineParams(str(root / "in"), str(output), DAY_ONE, weights=str(random_weights), k=5)
+    )
+    assert code == 0, printed[-3000:]
 
     by_day = {day: len(read_table(output / "features" / f"dt={day}")) for day in (DAY_ONE, DAY_TWO)}
     assert by_day == {DAY_ONE: first_report["counts"]["ok"], DAY_TWO: 28}

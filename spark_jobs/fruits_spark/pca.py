@@ -57,9 +57,15 @@ def fit(features: DataFrame, params: PcaParams) -> PCAModel:
     return PCA(k=params.k, inputCol="vector", outputCol="projected").fit(as_vectors(features))
 
 
-def transform(features: DataFrame, pca_model: PCAModel) -> DataFrame:
+def transform(features: DataFrame, pca_model: PCAModel, version: str) -> DataFrame:
+    """Each row names the model version that made it: a refit changes the space, consumers must see it."""
     projected = pca_model.transform(as_vectors(features))
-    return projected.select("path", "label", vector_to_array("projected", "float32").alias("pca"))
+    return projected.select(
+        "path",
+        "label",
+        vector_to_array("projected", "float32").alias("pca"),
+        F.lit(version).alias("pca_model_version"),
+    )
 
 
 def as_csv_matrix(projected: DataFrame, k: int) -> DataFrame:
@@ -198,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     embedding = embedding_of(spark.read.parquet(layout.dataset("features")))
     chosen = fit_or_load(spark, layout, PcaParams(args.k), args.refit, embedding)
     stats = {
-        "ok": load(transform(features, chosen.model), layout, args.k),
+        "ok": load(transform(features, chosen.model, chosen.version or "provisional"), layout, args.k),
         "k": args.k,
         "model_version": chosen.version,
         "model": chosen.why,

@@ -69,4 +69,4 @@ def test_duplicates_keep_the_first_path_and_name_it(spark):
     assert rows[f"{ROOT}/b/2.jpg"]["status"] == "duplicate"
     assert rows[f"{ROOT}/b/2.jpg"]["detail"] == f"same content as {ROOT}/a/1.jpg"
     assert rows[f"{ROOT}/a/1.jpg"]["content_hash"] == rows[f"{ROOT}/b/2.jpg"]["content_hash"]
-    assert rows[f"{ROOT}/a/1.jpg"]["content"].startswith(b"\x89PNG")
+    assert rows[f"{ROOT}/a/1.jpg"]["content"].startswith(b"P6\n")

@@ -71,7 +71,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def inspect_image(data: bytes | None, max_pixels: int = MAX_PIXELS, side: int = STORED_SIDE) -> Inspection:
-    """Hash one file, validate it by decoding it at the size needed, and return metadata-free pixels."""
+    """Hash one file, validate it by decoding it at the size needed, and return metadata-free pixels.
+
+    JPEGs decode at 1/2..1/8 scale to no less than twice ``side``: against the plain computation (full
+    decode, orientation, bilinear resize) the pretrained features keep cosine >= 0.9997 on 12 MP photos,
+    where decoding to ``side`` itself gives 0.9992 (docs/BENCHMARKS.md); it is still 4x faster than a full
+    decode of 12 MP.
+    """
     if not data:
         return Inspection("empty", "zero bytes")
     # hashed here, in the pass that decodes: the original bytes are read once
@@ -83,9 +89,9 @@ def inspect_image(data: bytes | None, max_pixels: int = MAX_PIXELS, side: int = 
             width, height = image.size
             if width * height > max_pixels:
                 return Inspection("too_large", f"{width}x{height} pixels > {max_pixels}", digest)
-            # JPEG: the DCT scales by 1/2..1/8 to no less than `side`, yet every coefficient is still read,
-            # so a truncated or corrupt stream fails as in a full decode. Other formats ignore the draft.
-            image.draft("RGB", (side, side))
+            # JPEG: the DCT scales down, yet every coefficient is still read, so a truncated or corrupt
+            # stream fails as in a full decode. Other formats ignore the draft.
+            image.draft("RGB", (2 * side, 2 * side))
             image.load()
     except (UnidentifiedImageError, SyntaxError) as error:
         return Inspection("not_an_image", str(error)[:200], digest)

@@ -41,14 +41,16 @@ def phone_exif(orientation: int) -> Image.Exif:
     return exif
 
 
-def phone_photo(source: Image.Image, orientation: int, seed: int, size=PHONE_SIZE, quality: int = 92) -> bytes:
+def phone_photo(
+    source: Image.Image, orientation: int, seed: int, size=PHONE_SIZE, quality: int = 92, noise: float = 6.0
+) -> bytes:
     """``source`` upscaled to ``size`` (landscape: the sensor's frame), with noise, as a JPEG with EXIF."""
     upright = source.convert("RGB").resize(
         size if orientation in (1, 3) else size[::-1], Image.Resampling.BICUBIC
     )
     rng = np.random.default_rng(seed)
     # a sensor's read noise: independent per pixel and channel; it is what makes a photo weigh megabytes
-    noise = rng.normal(0.0, 6.0, (upright.height, upright.width, 3)).astype(np.float32)
+    noise = rng.normal(0.0, noise, (upright.height, upright.width, 3)).astype(np.float32)
     pixels = np.clip(np.asarray(upright, dtype=np.float32) + noise, 0, 255).astype(np.uint8)
     frame = Image.fromarray(pixels, "RGB")
     if _STORED_TURN[orientation] is not None:
@@ -87,9 +89,9 @@ def plain_pixels(data: bytes, input_size: int) -> np.ndarray:
 
 
 def draft_pixels(data: bytes, input_size: int) -> np.ndarray:
-    """The reference's decode: JPEG draft to no less than the input size, orientation, one resize."""
+    """The reference's decode: JPEG draft to no less than twice the input size, orientation, one resize."""
     image = Image.open(io.BytesIO(data))
-    image.draft("RGB", (input_size, input_size))
+    image.draft("RGB", (2 * input_size, 2 * input_size))
     image = ImageOps.exif_transpose(image).convert("RGB")
     return np.asarray(image.resize((input_size, input_size), Image.Resampling.BILINEAR), dtype=np.float32)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from fruits_platform.artifacts import PROJECT_ROOT
 from fruits_platform.local.runner import LOCAL_SPARK_CONF, run_local, spark_env, spark_submit_binary
 from fruits_platform.pipeline import PipelineParams
-from fruits_platform.tools import quality
+from fruits_platform.tools import phone_photos, quality
 from fruits_spark.contract import IMAGE_EXTENSIONS, INPUT_SIZES, PARAMS, STEP_NAMES, WEIGHTS_ENV
 from fruits_spark.layout import Layout
 
@@ -212,6 +212,7 @@ def run_pipeline(input_dir: Path, weights: str, input_size: int, work: Path, eng
     return {
         "ok": report["counts"]["ok"],
         "features_seconds_in_job": report["step_seconds"]["features"],
+        "step_seconds_in_job": report["step_seconds"],
         "step_seconds": {name: wall[name] for name in STEP_NAMES},
         "whole_seconds": wall["spark_submit"],
         "peak_worker_rss_mb": round(memory.peak_mb),
@@ -257,6 +258,8 @@ def bench(args: argparse.Namespace) -> int:
             "bench: needs a weights file (--weights or FRUITS_WEIGHTS): every variant must use the same one"
         )
         return 2
+    if args.phone_photos:
+        return phone_photos.bench_phone_photos(args, work, weights)
     input_dir = work / f"images_{args.images}"
     paths = prepare_images(Path(args.source), args.images, input_dir)
     figures: dict = {
@@ -519,6 +522,12 @@ def register(commands) -> None:
     parser.add_argument("--sizes", action="store_true", help="also measure every input size and its accuracy")
     parser.add_argument(
         "--skip", action="append", default=[], choices=["bare", "bare-tensorflow", "bare-onnx", "notebook"]
+    )
+    parser.add_argument(
+        "--phone-photos",
+        action="store_true",
+        help="12 MP JPEGs with EXIF orientation and GPS made from the source: ingest, features, whole run "
+        "against a bare one-process reference",
     )
     parser.add_argument("--pca-rows", type=int, default=0, help="also time a PCA fit on this many rows")
     parser.add_argument(

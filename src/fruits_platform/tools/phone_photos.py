@@ -8,9 +8,14 @@ decoding: hash the bytes, decode with JPEG draft, apply the orientation, resize,
 
 from __future__ import annotations
 
+import argparse
+import functools
 import hashlib
 import io
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -41,6 +46,16 @@ def phone_exif(orientation: int) -> Image.Exif:
     return exif
 
 
+_NOISE_MARGIN = 64
+
+
+@functools.lru_cache(maxsize=2)
+def _noise_field(height: int, width: int, sigma: float) -> np.ndarray:
+    rng = np.random.default_rng(20261129)
+    shape = (height + _NOISE_MARGIN, width + _NOISE_MARGIN, 3)
+    return np.round(rng.normal(0.0, sigma, shape)).astype(np.int16)
+
+
 def phone_photo(
     source: Image.Image, orientation: int, seed: int, size=PHONE_SIZE, quality: int = 92, noise: float = 6.0
 ) -> bytes:
@@ -48,10 +63,12 @@ def phone_photo(
     upright = source.convert("RGB").resize(
         size if orientation in (1, 3) else size[::-1], Image.Resampling.BICUBIC
     )
-    rng = np.random.default_rng(seed)
-    # a sensor's read noise: independent per pixel and channel; it is what makes a photo weigh megabytes
-    noise = rng.normal(0.0, noise, (upright.height, upright.width, 3)).astype(np.float32)
-    pixels = np.clip(np.asarray(upright, dtype=np.float32) + noise, 0, 255).astype(np.uint8)
+    # a sensor's read noise, independent per pixel and channel: it is what makes a photo weigh megabytes.
+    # One field per size, shifted per photo: drawing 36 M normals for every photo would dominate the set-up
+    field = _noise_field(upright.height, upright.width, noise)
+    dy, dx = np.random.default_rng(seed).integers(0, _NOISE_MARGIN, 2)
+    shifted = field[dy : dy + upright.height, dx : dx + upright.width]
+    pixels = np.clip(np.asarray(upright, dtype=np.int16) + shifted, 0, 255).astype(np.uint8)
     frame = Image.fromarray(pixels, "RGB")
     if _STORED_TURN[orientation] is not None:
         frame = frame.transpose(_STORED_TURN[orientation])
@@ -119,3 +136,67 @@ def bare_phone_reference(paths: list[str], onnx_file: str, input_size: int, batc
         "seconds_total": round(finished - started, 2),
         "seconds_decode_inference": round(finished - ready, 2),
     }
+
+
+def run_bare_reference(paths: list[Path], onnx_file: str, input_size: int, work: Path) -> dict:
+    """The bare reference in its own process, so that its memory and threads are its own."""
+    listing = work / "phone_bare_paths.json"
+    listing.write_text(json.dumps([str(p) for p in paths]))
+    started = time.monotonic()
+    command = [sys.executable, "-m", "fruits_platform.tools.phone_photos", str(listing), onnx_file]
+    completed = subprocess.run(command + [str(input_size)], capture_output=True, text=True, check=True)
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    result["seconds_process"] = round(time.monotonic() - started, 2)
+    return result
+
+
+def bench_phone_photos(args: argparse.Namespace, work: Path, weights: str) -> int:
+    """``fruits bench --phone-photos``: ingest, features and the whole run on phone photos against the bare
+    reference, with the Spark Python workers' peak RSS."""
+    from fruits_platform.tools import bench
+
+    input_dir = work / f"phone_{args.images}"
+    started = time.monotonic()
+    paths = prepare_phone_photos(Path(args.source), args.images, input_dir)
+    total_bytes = sum(p.stat().st_size for p in paths)
+    print(
+        f"bench: {len(paths)} phone photos {PHONE_SIZE[0]}x{PHONE_SIZE[1]}, {total_bytes / len(paths) / 2**20:.2f} "
+        f"MB each on average (ready in {time.monotonic() - started:.0f} s), {os.cpu_count()} cores"
+    )
+    figures: dict = {
+        "images": len(paths),
+        "photo_size": list(PHONE_SIZE),
+        "mean_bytes": round(total_bytes / len(paths)),
+        "cpus": os.cpu_count(),
+        "load_average_at_start": os.getloadavg(),
+    }
+    pipeline = bench.run_pipeline(input_dir, weights, args.input_size, work, args.engine)
+    in_job = pipeline["step_seconds_in_job"]
+    pipeline["ingest_img_per_s"] = round(pipeline["ok"] / in_job["ingest"], 2)
+    pipeline["features_img_per_s"] = round(pipeline["ok"] / in_job["features"], 2)
+    figures["pipeline"] = pipeline
+    print(
+        f"(b) pipeline: ingest {in_job['ingest']} s ({pipeline['ingest_img_per_s']} photos/s), features "
+        f"{in_job['features']} s in their jobs; whole run-local {pipeline['whole_seconds']} s; "
+        f"peak Python worker RSS {pipeline['peak_worker_rss_mb']} MB"
+    )
+    if "bare" not in args.skip:
+        bare = run_bare_reference(paths, bench.exported_model(weights, args.input_size), args.input_size, work)
+        figures["bare_reference"] = bare
+        figures["ratio_ingest_features_vs_bare"] = round(
+            (in_job["ingest"] + in_job["features"]) / bare["seconds_decode_inference"], 2
+        )
+        print(
+            f"(a) bare reference (hash, draft decode, orientation, resize, ONNX Runtime): "
+            f"{bare['seconds_decode_inference']} s decode+inference, {bare['seconds_process']} s process"
+        )
+        print(f"    ratio (b) ingest + features / (a) decode+inference: {figures['ratio_ingest_features_vs_bare']}")
+    result_file = work / f"bench_phone_{args.images}.json"
+    result_file.write_text(json.dumps(figures, indent=2))
+    print(f"figures: {result_file}")
+    return 0
+
+
+if __name__ == "__main__":
+    listing_file, model_file, size = sys.argv[1:4]
+    print(json.dumps(bare_phone_reference(json.loads(Path(listing_file).read_text()), model_file, int(size))))

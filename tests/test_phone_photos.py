@@ -16,6 +16,7 @@ from PIL import Image
 
 from fruits_platform.tools.phone_photos import DEVICE_MODEL, draft_pixels, phone_photo, plain_pixels
 from fruits_spark import features, images, ingest, model
+from fruits_spark.engines import onnx as onnx_engine
 from fruits_spark.layout import Layout
 
 SIZE = (2016, 1512)
@@ -25,7 +26,9 @@ DAY = "2026-11-29"
 
 @pytest.fixture(scope="module")
 def phone_folder(tmp_path_factory, sample_dir) -> Path:
-    sources = [sorted((sample_dir / label).glob("*.jpg"))[0] for label in ("apple", "lemon", "mango", "raspberry")]
+    sources = [
+        sorted((sample_dir / label).glob("*.jpg"))[0] for label in ("apple", "lemon", "mango", "raspberry")
+    ]
     root = tmp_path_factory.mktemp("phone") / "in"
     for i, (source, orientation) in enumerate(zip(sources, ORIENTATIONS, strict=True)):
         (root / source.parent.name).mkdir(parents=True)
@@ -39,7 +42,9 @@ def phone_folder(tmp_path_factory, sample_dir) -> Path:
     (root / "apple" / "IMG_again.jpg").write_bytes(data)
     (root / "apple" / "IMG_cut.jpg").write_bytes(data[: len(data) // 2])
     scan = data.index(b"\xff\xda")
-    (root / "apple" / "IMG_bad.jpg").write_bytes(data[: scan + 200] + bytes(range(256)) * 200 + data[scan + 51400 :])
+    (root / "apple" / "IMG_bad.jpg").write_bytes(
+        data[: scan + 200] + bytes(range(256)) * 200 + data[scan + 51400 :]
+    )
     return root
 
 
@@ -48,7 +53,9 @@ def ingested(spark, phone_folder, tmp_path_factory):
     output = tmp_path_factory.mktemp("phone-out")
     layout = Layout(str(output), DAY)
     files, unlisted, listing = ingest.extract(spark, str(phone_folder))
-    params = ingest.IngestParams("file:" + str(phone_folder), rows_inspected=spark.sparkContext.accumulator(0))
+    params = ingest.IngestParams(
+        "file:" + str(phone_folder), rows_inspected=spark.sparkContext.accumulator(0)
+    )
     stats = ingest.load(ingest.transform(files, params, unlisted), layout)
     return layout, stats, params, listing
 
@@ -117,7 +124,8 @@ def test_curated_rows_keep_the_displayed_size_and_no_metadata(ingested, phone_fo
         assert (row["width"], row["height"]) == expected
         stored = Image.open(io.BytesIO(row["content"]))
         assert stored.size == (224, 224)
-        assert not stored.getexif() and "exif" not in stored.info
+        assert not stored.getexif()
+        assert "exif" not in stored.info
     # everything ingest wrote (images, rejections, stats), as bytes on disk
     output = Path(layout.output.removeprefix("file:"))
     written = b"".join(p.read_bytes() for p in output.rglob("*") if p.is_file())
@@ -127,7 +135,7 @@ def test_curated_rows_keep_the_displayed_size_and_no_metadata(ingested, phone_fo
 
 
 def _pipeline_features(spark, layout: Layout, weights: Path) -> dict[str, np.ndarray]:
-    exported = features.prepare_onnx(spark, str(weights), 224)
+    exported = onnx_engine.prepare_model(spark, str(weights), 224)
     params = features.FeatureParams(spark.sparkContext.broadcast(exported), exported.weights_digest)
     rows = features.transform(features.extract(spark, layout.dataset("images")), params).collect()
     assert all(row["error"] is None for row in rows)
@@ -158,7 +166,9 @@ def test_pipeline_features_equal_the_plain_computation(spark, ingested, phone_fo
     layout, *_ = ingested
     actual = _pipeline_features(spark, layout, shared_weights)
     expected = _keras(shared_weights, [plain_pixels(data, 224) for data in _originals(phone_folder)])
-    cosines = {name: _cosine(actual[name], reference) for name, reference in zip(NAMES, expected, strict=True)}
+    cosines = {
+        name: _cosine(actual[name], reference) for name, reference in zip(NAMES, expected, strict=True)
+    }
     assert min(cosines.values()) >= 0.999, cosines
 
 
@@ -181,6 +191,8 @@ def test_pipeline_features_follow_the_photo_as_displayed(spark, ingested, phone_
     for name, reference in zip(NAMES, expected, strict=True):
         assert _cosine(actual[name], reference) >= 0.9999, name
     # the orientation matters: the photo as stored (unrotated) gives other features
-    unrotated = Image.open(io.BytesIO(originals[0])).convert("RGB").resize((224, 224), Image.Resampling.BILINEAR)
+    unrotated = (
+        Image.open(io.BytesIO(originals[0])).convert("RGB").resize((224, 224), Image.Resampling.BILINEAR)
+    )
     wrong = _keras(random_weights, [np.asarray(unrotated, dtype=np.float32)])[0]
     assert _cosine(actual[NAMES[0]], wrong) < 0.999

@@ -143,8 +143,15 @@ def run_bare_reference(paths: list[Path], onnx_file: str, input_size: int, work:
     listing = work / "phone_bare_paths.json"
     listing.write_text(json.dumps([str(p) for p in paths]))
     started = time.monotonic()
-    command = [sys.executable, "-m", "fruits_platform.tools.phone_photos", str(listing), onnx_file]
-    completed = subprocess.run(command + [str(input_size)], capture_output=True, text=True, check=True)
+    command = [
+        sys.executable,
+        "-m",
+        "fruits_platform.tools.phone_photos",
+        str(listing),
+        onnx_file,
+        str(input_size),
+    ]
+    completed = subprocess.run(command, capture_output=True, text=True, check=True)
     result = json.loads(completed.stdout.strip().splitlines()[-1])
     result["seconds_process"] = round(time.monotonic() - started, 2)
     return result
@@ -159,9 +166,10 @@ def bench_phone_photos(args: argparse.Namespace, work: Path, weights: str) -> in
     started = time.monotonic()
     paths = prepare_phone_photos(Path(args.source), args.images, input_dir)
     total_bytes = sum(p.stat().st_size for p in paths)
+    mean_mb = total_bytes / len(paths) / 2**20
     print(
-        f"bench: {len(paths)} phone photos {PHONE_SIZE[0]}x{PHONE_SIZE[1]}, {total_bytes / len(paths) / 2**20:.2f} "
-        f"MB each on average (ready in {time.monotonic() - started:.0f} s), {os.cpu_count()} cores"
+        f"bench: {len(paths)} phone photos {PHONE_SIZE[0]}x{PHONE_SIZE[1]}, {mean_mb:.2f} MB each on average "
+        f"(ready in {time.monotonic() - started:.0f} s), {os.cpu_count()} cores"
     )
     figures: dict = {
         "images": len(paths),
@@ -181,7 +189,9 @@ def bench_phone_photos(args: argparse.Namespace, work: Path, weights: str) -> in
         f"peak Python worker RSS {pipeline['peak_worker_rss_mb']} MB"
     )
     if "bare" not in args.skip:
-        bare = run_bare_reference(paths, bench.exported_model(weights, args.input_size), args.input_size, work)
+        bare = run_bare_reference(
+            paths, bench.exported_model(weights, args.input_size), args.input_size, work
+        )
         figures["bare_reference"] = bare
         figures["ratio_ingest_features_vs_bare"] = round(
             (in_job["ingest"] + in_job["features"]) / bare["seconds_decode_inference"], 2
@@ -190,7 +200,10 @@ def bench_phone_photos(args: argparse.Namespace, work: Path, weights: str) -> in
             f"(a) bare reference (hash, draft decode, orientation, resize, ONNX Runtime): "
             f"{bare['seconds_decode_inference']} s decode+inference, {bare['seconds_process']} s process"
         )
-        print(f"    ratio (b) ingest + features / (a) decode+inference: {figures['ratio_ingest_features_vs_bare']}")
+        print(
+            "    ratio (b) ingest + features / (a) decode+inference: "
+            f"{figures['ratio_ingest_features_vs_bare']}"
+        )
     result_file = work / f"bench_phone_{args.images}.json"
     result_file.write_text(json.dumps(figures, indent=2))
     print(f"figures: {result_file}")

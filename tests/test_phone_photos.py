@@ -14,7 +14,15 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from fruits_platform.tools.phone_photos import DEVICE_MODEL, draft_pixels, phone_photo, plain_pixels
+from fruits_platform.tools.phone_photos import (
+    DEVICE_MODEL,
+    PHONE_SIZE,
+    draft_pixels,
+    phone_photo,
+    plain_pixels,
+    prepare_phone_photos,
+)
+from fruits_platform.tools.phone_photos import ORIENTATIONS as PHONE_ORIENTATIONS
 from fruits_spark import features, images, ingest, model
 from fruits_spark.engines import onnx as onnx_engine
 from fruits_spark.layout import Layout
@@ -196,3 +204,20 @@ def test_pipeline_features_follow_the_photo_as_displayed(spark, ingested, phone_
     )
     wrong = _keras(random_weights, [np.asarray(unrotated, dtype=np.float32)])[0]
     assert _cosine(actual[NAMES[0]], wrong) < 0.999
+
+
+def test_bench_photos_weigh_like_phone_photos_and_carry_their_metadata(sample_dir, tmp_path):
+    """`fruits bench --phone-photos`: 12 MP JPEGs of 2-5 MB, portrait ones stored landscape, GPS on all."""
+    paths = prepare_phone_photos(sample_dir, 2, tmp_path / "phone")
+    assert len(paths) == 2
+    for path, orientation in zip(paths, PHONE_ORIENTATIONS, strict=False):
+        assert 2 * 2**20 <= path.stat().st_size <= 5 * 2**20, path.stat().st_size
+        with Image.open(path) as image:
+            assert image.size == PHONE_SIZE
+            exif = image.getexif()
+            assert exif[0x0112] == orientation
+            assert exif.get_ifd(0x8825)  # GPS
+    # asked again for the same set, the photos are kept, not made again
+    before = [path.stat().st_mtime_ns for path in paths]
+    assert prepare_phone_photos(sample_dir, 2, tmp_path / "phone") == paths
+    assert [path.stat().st_mtime_ns for path in paths] == before

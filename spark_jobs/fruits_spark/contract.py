@@ -34,7 +34,7 @@ class Step:
     name: str
     module: str
     # What it costs, in core-seconds per input image and per MB of input bytes (both known from the S3
-    # listing before launch): its expected time and time limit on EMR follow (aws/guards.py). Measured by
+    # listing before launch): its expected time and time limit on EMR follow (aws/cost.py). Measured by
     # `fruits bench` (docs/BENCHMARKS.md): per image on 20,000 thumbnails, per MB on 12 MP phone photos.
     core_seconds_per_image: float
     core_seconds_per_mb: float = 0.0
@@ -72,7 +72,7 @@ class Engine:
 # features 42 %, pca 8 %, rounded up). Per MB (round 3, 200 phone photos of 2.6 MB, 4032x3024): the
 # ingest tasks that decode them took up to 0.22 core-seconds a MB (8.0 s for the last 37 MB, 21.5-21.8 s
 # for 128 MB), on a machine loaded by other work: an upper bound. The step's fixed costs are its overhead
-# (aws/guards.py). Features and pca read the curated copies (at most 224 px a side): their cost does not
+# (aws/cost.py). Features and pca read the curated copies (at most 224 px a side): their cost does not
 # follow the originals' size.
 STEPS: tuple[Step, ...] = (
     Step("ingest", "fruits_spark.ingest", core_seconds_per_image=0.026, core_seconds_per_mb=0.22),
@@ -219,7 +219,7 @@ RUN_PARAMS: tuple[RunParam, ...] = (
         str,
         "imagenet",
         "Model weights",
-        f"imagenet (Keras download), or a MobileNetV2 .weights.h5 path or URI; ${WEIGHTS_ENV} where set",
+        "imagenet (Keras download), or a MobileNetV2 .weights.h5 path or URI",
         steps=("features",),
     ),
     RunParam(

@@ -160,7 +160,7 @@ def run_bare_reference(paths: list[Path], onnx_file: str, input_size: int, work:
 def bench_phone_photos(args: argparse.Namespace, work: Path, weights: str) -> int:
     """``fruits bench --phone-photos``: ingest, features and the whole run on phone photos against the bare
     reference, with the Spark Python workers' peak RSS."""
-    from fruits_platform.tools import bench
+    from fruits_platform.tools import bench, bench_bare
 
     input_dir = work / f"phone_{args.images}"
     started = time.monotonic()
@@ -190,7 +190,7 @@ def bench_phone_photos(args: argparse.Namespace, work: Path, weights: str) -> in
     )
     if "bare" not in args.skip:
         bare = run_bare_reference(
-            paths, bench.exported_model(weights, args.input_size), args.input_size, work
+            paths, bench_bare.exported_model(weights, args.input_size), args.input_size, work
         )
         figures["bare_reference"] = bare
         figures["ratio_ingest_features_vs_bare"] = round(

@@ -1,5 +1,5 @@
-"""The EMR side of the pipeline: the job flow (cluster) definition, the EMR steps, and two thin operator
-subclasses (an idempotent cluster creation, a step sensor whose failure names the step and its log).
+"""The run's EMR cluster as data: the job flow definition (instances, volumes, bootstrap, configurations,
+tags) and the EMR steps. Pure: no AWS call, no Airflow import; ``aws.operators`` submits it.
 
 The steps are not defined here: they are ``pipeline.pipeline_steps`` turned into ``command-runner.jar``
 ``spark-submit`` calls by ``pipeline.spark_submit_args``, exactly what ``fruits run-local`` submits.
@@ -7,21 +7,14 @@ The steps are not defined here: they are ``pipeline.pipeline_steps`` turned into
 
 from __future__ import annotations
 
-import ast
 import copy
-import gzip
-import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.amazon.aws.operators.emr import EmrCreateJobFlowOperator, EmrTerminateJobFlowOperator
-from airflow.providers.amazon.aws.sensors.emr import EmrStepSensor
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
-
 from fruits_platform.aws import pricing
+from fruits_platform.aws.gdpr import EMR_MANAGED_TAG
 from fruits_platform.aws.sizing import ExecutorSizing, size_executors
-from fruits_platform.pipeline import PipelineParams, failure_reason, pipeline_steps, spark_submit_args
-from fruits_spark.contract import STEP_NAMES
+from fruits_platform.pipeline import PipelineParams, pipeline_steps, spark_submit_args
 
 if TYPE_CHECKING:
     from fruits_platform.aws.settings import RunSettings
@@ -48,7 +41,9 @@ CLUSTER_NAME_PREFIX = "fruits-features"
 LOG_PREFIX = "emr-logs/"
 # states in which a cluster still costs money and can still run this run's steps
 ACTIVE_CLUSTER_STATES = ("STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING")
-STEP_FAILED_STATES = ("CANCELLED", "FAILED", "INTERRUPTED")
+# what a cluster is once terminate_cluster has done its job: TERMINATED_WITH_ERRORS is how a cluster ends
+# after a failed step's ActionOnFailure TERMINATE_CLUSTER (or a bootstrap failure), before the teardown ran
+ENDED_CLUSTER_STATES = ("TERMINATED", "TERMINATED_WITH_ERRORS")
 # spark-submit --conf of every EMR step (the cluster's spark-defaults provide the rest)
 EMR_SPARK_CONF: dict[str, str] = {"spark.python.worker.reuse": "true"}
 # EMRFS writes every object (the Spark outputs) with SSE-S3, whatever the bucket's default
@@ -59,7 +54,7 @@ EMRFS_SSE: dict[str, Any] = {
 
 
 def emr_steps(
-    params: PipelineParams, artifacts_uri: str, step_limits: Mapping[str, int]
+    params: PipelineParams | Mapping[str, Any], artifacts_uri: str, step_limits: Mapping[str, int]
 ) -> list[dict[str, Any]]:
     """The pipeline's steps as EMR steps: ``timeout <limit> spark-submit --deploy-mode client`` through
     command-runner; a step past its limit exits 124, EMR marks it FAILED and TERMINATE_CLUSTER follows."""
@@ -186,11 +181,6 @@ def ebs_configuration() -> dict[str, Any]:
     }
 
 
-# AmazonEMRServicePolicy_v2 only manages EC2 resources carrying this tag; infra/'s Airflow policy refuses a
-# RunJobFlow without it (see infra/README.md)
-EMR_MANAGED_POLICY_TAG = {"for-use-with-amazon-emr-managed-policies": "true"}
-
-
 def cluster_tags(dag_id: str, run_id: str, upload_day: str) -> dict[str, str]:
     """Tags of the run's cluster: cost allocation, and how a retried create task finds it (run_id)."""
     return {
@@ -198,8 +188,37 @@ def cluster_tags(dag_id: str, run_id: str, upload_day: str) -> dict[str, str]:
         "dag_id": dag_id,
         "run_id": run_id,
         "dt": upload_day,
-        **EMR_MANAGED_POLICY_TAG,
+        # AmazonEMRServicePolicy_v2 only manages EC2 resources carrying this tag; infra/'s Airflow policy
+        # refuses a RunJobFlow without it (see infra/README.md)
+        EMR_MANAGED_TAG[0]: EMR_MANAGED_TAG[1],
     }
+
+
+def cluster_instances(
+    instance_type: str, core_nodes: int, use_spot: bool, spot_instance_types: Sequence[str], subnet_id: str
+) -> dict[str, Any]:
+    """``Instances`` of the job flow: Spot fleets or On-Demand groups, kept alive for the steps."""
+    if use_spot and core_nodes:
+        instances: dict[str, Any] = {
+            "InstanceFleets": spot_instance_fleets(
+                instance_type, core_nodes, spot_instance_types or [instance_type]
+            )
+        }
+    else:
+        instances = {"InstanceGroups": on_demand_instance_groups(instance_type, core_nodes)}
+    instances.update(
+        {
+            # steps are added after creation: the cluster must wait for them (auto-termination ends it)
+            "KeepJobFlowAliveWhenNoSteps": True,
+            "TerminationProtected": False,
+        }
+    )
+    # required: EMR's v2 service policy launches only in a tagged subnet (gdpr.check_subnet); fleets
+    # take a list (EMR picks among them), groups a single subnet
+    instances["Ec2SubnetIds" if "InstanceFleets" in instances else "Ec2SubnetId"] = (
+        [subnet_id] if "InstanceFleets" in instances else subnet_id
+    )
+    return instances
 
 
 def job_flow_overrides(
@@ -226,27 +245,8 @@ def job_flow_overrides(
     On-Demand: two instance groups. ``use_spot``: instance fleets (EMR cannot mix the two), the core fleet
     on Spot over ``spot_instance_types`` (``pricing.spot_alternatives``; default: ``instance_type`` only)
     with price-capacity-optimized allocation, each type capped at its On-Demand price (the cost guard's
-    bound assumes that cap). The roles and the subnet have no default: see ``guards.require_variables``."""
-    if use_spot and core_nodes:
-        instances: dict[str, Any] = {
-            "InstanceFleets": spot_instance_fleets(
-                instance_type, core_nodes, spot_instance_types or [instance_type]
-            )
-        }
-    else:
-        instances = {"InstanceGroups": on_demand_instance_groups(instance_type, core_nodes)}
-    instances.update(
-        {
-            # steps are added after creation: the cluster must wait for them (auto-termination ends it)
-            "KeepJobFlowAliveWhenNoSteps": True,
-            "TerminationProtected": False,
-        }
-    )
-    # required: EMR's v2 service policy launches only in a tagged subnet (guards.check_subnet); fleets
-    # take a list (EMR picks among them), groups a single subnet
-    instances["Ec2SubnetIds" if "InstanceFleets" in instances else "Ec2SubnetId"] = (
-        [subnet_id] if "InstanceFleets" in instances else subnet_id
-    )
+    bound assumes that cap). The roles and the subnet have no default: see ``settings.require_variables``."""
+    instances = cluster_instances(instance_type, core_nodes, use_spot, spot_instance_types, subnet_id)
     overrides: dict[str, Any] = {
         "Name": f"{CLUSTER_NAME_PREFIX} dt={upload_day}",
         "ReleaseLabel": release_label,
@@ -272,186 +272,21 @@ def job_flow_overrides(
     return overrides
 
 
+def s3_scheme(uri: str) -> str:
+    """EMR reports its LogUri (and a step's LogFile) as ``s3n://...``: the same objects as ``s3://...``."""
+    return "s3://" + uri.removeprefix("s3n://") if uri.startswith("s3n://") else uri
+
+
 def normalise_log_uri(log_uri: str | None) -> str | None:
-    """EMR reports its LogUri as ``s3n://...``: the same objects as ``s3://...``."""
     if not log_uri:
         return None
-    uri = "s3://" + log_uri.split("://", 1)[1] if "://" in log_uri else log_uri
+    uri = s3_scheme(log_uri)
     return uri if uri.endswith("/") else uri + "/"
 
 
 def step_log_uri(log_uri: str | None, cluster_id: str, step_id: str) -> str:
     base = normalise_log_uri(log_uri) or "(no LogUri) "
     return f"{base}{cluster_id}/steps/{step_id}/stderr.gz"
-
-
-def find_run_cluster(emr, dag_id: str, run_id: str) -> str | None:
-    """The still-active cluster an earlier try of this run created, found by its dag_id/run_id tags."""
-    for page in emr.get_paginator("list_clusters").paginate(ClusterStates=list(ACTIVE_CLUSTER_STATES)):
-        for summary in page.get("Clusters", []):
-            if not summary.get("Name", "").startswith(CLUSTER_NAME_PREFIX):
-                continue
-            cluster = emr.describe_cluster(ClusterId=summary["Id"])["Cluster"]
-            tags = {tag["Key"]: tag["Value"] for tag in cluster.get("Tags", [])}
-            if tags.get("dag_id") == dag_id and tags.get("run_id") == run_id:
-                return summary["Id"]
-    return None
-
-
-class FruitsCreateJobFlowOperator(EmrCreateJobFlowOperator):
-    """``EmrCreateJobFlowOperator`` that never leaves two clusters for one run.
-
-    EMR's RunJobFlow has no idempotency token: a retried create task (worker lost after the call, a
-    failure after creation) would start a second cluster. Before creating, this looks for an active
-    cluster tagged with this DAG run's id and adopts it.
-    """
-
-    adopted_cluster_id: str | None = None
-
-    def execute(self, context) -> str | None:
-        run_id = context["run_id"]
-        existing = find_run_cluster(self.hook.conn, self.dag_id, run_id)
-        if existing:
-            self.log.warning("Adopting cluster %s, created for run %s by an earlier try", existing, run_id)
-            # kept on this subclass (on_kill below), not in the provider's private state
-            self.adopted_cluster_id = existing
-            return existing
-        return super().execute(context)
-
-    def on_kill(self) -> None:
-        if self.adopted_cluster_id:
-            self.log.info("Terminating adopted cluster %s", self.adopted_cluster_id)
-            self.hook.conn.terminate_job_flows(JobFlowIds=[self.adopted_cluster_id])
-            return
-        super().on_kill()
-
-
-# what a cluster is once terminate_cluster has done its job: TERMINATED_WITH_ERRORS is how a cluster ends
-# after a failed step's ActionOnFailure TERMINATE_CLUSTER (or a bootstrap failure), before the teardown ran
-ENDED_CLUSTER_STATES = ("TERMINATED", "TERMINATED_WITH_ERRORS")
-
-
-class FruitsTerminateJobFlowOperator(EmrTerminateJobFlowOperator):
-    """``EmrTerminateJobFlowOperator`` whose deferred wait accepts a cluster that ended with errors.
-
-    The provider's trigger waits with the ``job_flow_terminated`` waiter, whose acceptors make
-    TERMINATED_WITH_ERRORS a terminal *failure*: in deferrable mode every failed run (a failed step ends
-    the cluster that way) would also fail its teardown. Whatever the trigger reports, this asks EMR for the
-    cluster's state: ended (either way) is what terminating wanted; anything else still fails the task.
-    """
-
-    def execute_complete(self, context, event: dict[str, Any] | None = None) -> None:
-        if event and event.get("status") == "success":
-            self.log.info("Cluster %s terminated", self.job_flow_id)
-            return
-        status = self.hook.conn.describe_cluster(ClusterId=self.job_flow_id)["Cluster"]["Status"]
-        state = status["State"]
-        if state in ENDED_CLUSTER_STATES:
-            change = status.get("StateChangeReason") or {}
-            self.log.info(
-                "Cluster %s is %s (%s): terminated, as intended",
-                self.job_flow_id,
-                state,
-                " ".join(filter(None, [change.get("Code"), change.get("Message")])) or "no reason given",
-            )
-            return
-        raise AirflowException(f"cluster {self.job_flow_id} is still {state} after termination: {event}")
-
-
-class FruitsStepSensor(EmrStepSensor):
-    """``EmrStepSensor`` for one named step of the run, with a timeout sized at run time.
-
-    ``step_ids`` is ``EmrAddStepsOperator``'s XCom (one id per name in ``STEP_NAMES``);
-    ``timeout_seconds`` comes from the cost guard (sized from the image count). A failed step fails the
-    task without retry, with one line naming the step, the reason and the step's log in S3; the same
-    facts go to the XCom key ``failure`` for the run summary.
-    """
-
-    template_fields: Sequence[str] = (*EmrStepSensor.template_fields, "step_ids", "timeout_seconds")
-
-    def __init__(
-        self,
-        *,
-        step_name: str,
-        step_ids: Any,
-        timeout_seconds: Any = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(step_id="", **kwargs)
-        if step_name not in STEP_NAMES:
-            raise ValueError(f"unknown step {step_name!r}; steps are {STEP_NAMES}")
-        self.step_name = step_name
-        self.step_ids = step_ids
-        self.timeout_seconds = timeout_seconds
-
-    def _resolve_step(self) -> None:
-        ids = ast.literal_eval(self.step_ids) if isinstance(self.step_ids, str) else list(self.step_ids)
-        self.step_id = ids[STEP_NAMES.index(self.step_name)]
-        if self.timeout_seconds not in (None, ""):
-            self.timeout = float(self.timeout_seconds)
-            self.max_attempts = max(1, math.ceil(self.timeout / self.poke_interval))
-
-    def execute(self, context) -> None:
-        self._resolve_step()
-        self.log.info("Watching step %s (%s), timeout %.0f s", self.step_name, self.step_id, self.timeout)
-        return super().execute(context)
-
-    def poke(self, context) -> bool:
-        response = self.get_emr_response(context=context)
-        state = response["Step"]["Status"]["State"]
-        self.log.info("Step %s (%s) is %s", self.step_name, self.step_id, state)
-        if state in self.target_states:
-            return True
-        if state in self.failed_states:
-            self._fail(context, response)
-        return False
-
-    def execute_complete(self, context, event: dict[str, Any] | None = None) -> None:
-        self._resolve_step()
-        if event and event.get("status") == "success":
-            self.log.info("Step %s completed", self.step_name)
-            return
-        self._fail(context, self.hook.conn.describe_step(ClusterId=self.job_flow_id, StepId=self.step_id))
-
-    def _fail(self, context, response: dict[str, Any]) -> None:
-        failure = self.describe_failure(response)
-        context["ti"].xcom_push(key="failure", value=failure)
-        raise AirflowFailException(failure["message"])
-
-    def describe_failure(self, response: dict[str, Any]) -> dict[str, str]:
-        status = response["Step"]["Status"]
-        state = status["State"]
-        cluster = self.hook.conn.describe_cluster(ClusterId=self.job_flow_id)["Cluster"]
-        details = status.get("FailureDetails") or {}
-        log = details.get("LogFile") or step_log_uri(cluster.get("LogUri"), self.job_flow_id, self.step_id)
-        if log.startswith("s3n://"):
-            log = "s3://" + log.removeprefix("s3n://")
-        reason = details.get("Message") or details.get("Reason") or self._reason_from_log(log)
-        if state == "CANCELLED" or not reason:
-            cluster_status = cluster.get("Status", {})
-            change = cluster_status.get("StateChangeReason", {})
-            cluster_reason = " ".join(filter(None, [change.get("Code"), change.get("Message")]))
-            reason = reason or f"cluster {cluster_status.get('State')}" + (
-                f" ({cluster_reason})" if cluster_reason else ""
-            )
-        if state == "CANCELLED":
-            # the step never ran: the cluster's own logs (bootstrap, nodes) say why
-            log = f"{normalise_log_uri(cluster.get('LogUri'))}{self.job_flow_id}/"
-        message = f"step {self.step_name} {state} on cluster {self.job_flow_id}: {reason}; log: {log}"
-        return {"step": self.step_name, "state": state, "reason": reason, "log": log, "message": message}
-
-    def _reason_from_log(self, log: str) -> str | None:
-        """The explaining line of the step's stderr, when EMR has pushed it to S3 already (best effort)."""
-        try:
-            bucket, _, key = log.removeprefix("s3://").partition("/")
-            s3 = self.hook.get_session(region_name=self.hook.conn_region_name).client("s3")
-            text = gzip.decompress(s3.get_object(Bucket=bucket, Key=key)["Body"].read()).decode(
-                errors="replace"
-            )
-        except Exception as error:  # logs reach S3 a few minutes late: the location is enough then
-            self.log.info("Step log not readable yet (%s)", error)
-            return None
-        return failure_reason(self.step_name, text)
 
 
 def executor_sizing(

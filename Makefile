@@ -8,7 +8,7 @@ FRUITS_WEIGHTS ?= $(if $(wildcard $(SHARED_WEIGHTS)),$(abspath $(SHARED_WEIGHTS)
 export FRUITS_WEIGHTS
 DEMO_OUTPUT ?= out/demo
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup demo test test-fast lint format bench clean
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,10 @@ demo: setup
 
 test: setup
 	$(BIN)/pytest
+
+# everything but the whole-pipeline, DAG and browser runs (marked slow): a minute or two while editing
+test-fast: setup
+	$(BIN)/pytest -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check .

@@ -4,8 +4,8 @@
 The same three Spark steps as `fruits_features_local` (**ingest** → **features** → **pca**, defined once in
 `fruits_platform.pipeline`), submitted as EMR steps to a cluster created for this run and terminated after it.
 
-Runs daily at 02:00 UTC; each run processes the uploads of its data interval, `uploads/dt=YYYY-MM-DD/`
-(`fruits upload` puts them there). A manual run without a logical date processes the day it was triggered.
+Daily at 02:00 UTC over the day before's uploads, `uploads/dt=YYYY-MM-DD/`; a manual run: the UTC day of its
+logical date (`fruits_platform.run_date`). Assets, the Report link, alerts: docs/AWS.md, *Downstream DAGs*.
 
 | task | what it does |
 | --- | --- |
@@ -39,7 +39,6 @@ from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 from airflow.providers.amazon.aws.operators.emr import EmrAddStepsOperator
 from airflow.sdk import (
     DAG,
-    CronDataIntervalTimetable,
     Param,
     Variable,
     chain,
@@ -49,24 +48,25 @@ from airflow.sdk import (
 )
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from fruits_platform.aws import cluster, cost, cost_report, gdpr, operators, pricing, staging
+from fruits_platform import assets, links, run_date
+from fruits_platform.aws import alerts, cluster, cost, cost_report, gdpr, operators, pricing, staging
 from fruits_platform.aws.refusal import GuardRefused
-from fruits_platform.aws.settings import VAR_SUBNET_ID, VARIABLES, RunSettings, resolve_settings, upload_date
-from fruits_platform.dag_params import run_param
+from fruits_platform.aws.run_outputs import publish_run, report_url
+from fruits_platform.aws.settings import VAR_SUBNET_ID, VARIABLES, RunSettings, resolve_settings
+from fruits_platform.dag_params import refuse_unknown_keys, run_param
 from fruits_spark.contract import STEP_NAMES
 
 DAG_ID = "fruits_features_emr"
 AWS_CONN_ID: str = cluster.AWS_CONN_ID
-# daily data intervals [D-1 02:00, D 02:00) UTC: the run of day D processes uploads/dt=D-1/
-SCHEDULE = CronDataIntervalTimetable("0 2 * * *", timezone="UTC")
+SCHEDULE = run_date.SCHEDULE
 # docker-compose sets AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE=true (triggerer); tests run without deferral
 DEFERRABLE: bool = conf.getboolean("operators", "default_deferrable", fallback=False)
 POKE_SECONDS: float = float(os.environ.get("FRUITS_EMR_POKE_SECONDS", "60"))
 
 PARAMS = {
     "bucket": Param(
-        "",
-        type="string",
+        None,
+        type=["null", "string"],
         pattern=f"^$|{gdpr.BUCKET_NAME_PATTERN}",
         title="S3 bucket",
         description="Holds uploads/, artifacts/, emr-logs/ and the outputs; must be in `region`. "
@@ -74,10 +74,11 @@ PARAMS = {
     ),
     "input": run_param(
         "input",
-        default="",
+        default=None,
+        type=["null", "string"],
         minLength=0,
         description="Prefix of the bucket holding the images, one sub-folder per label. "
-        "Empty: uploads/dt=<upload date>/.",
+        "Empty: uploads/dt=<the UTC day of the logical date: today for a manual run>/.",
     ),
     "output": run_param(
         "output",
@@ -134,27 +135,26 @@ def variables() -> dict[str, str | None]:
 with DAG(
     dag_id=DAG_ID,
     schedule=SCHEDULE,
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,
     params=PARAMS,
     doc_md=__doc__,
     tags=["fruits", "emr"],
     default_args={"retries": 0},
+    on_failure_callback=alerts.FruitsSnsNotifier(aws_conn_id=AWS_CONN_ID),
 ) as dag:
 
     @task
     def resolve_run() -> dict:
         """Reads the params and Variables once; a param that cannot work refuses the run, without retry."""
         context = get_current_context()
-        upload_day = upload_date(
-            context.get("data_interval_start"), context.get("logical_date"), context["dag_run"].run_after
-        )
         try:
-            run = resolve_settings(context["params"], upload_day, variables())
-        except GuardRefused as refusal:
+            refuse_unknown_keys(context["dag_run"].conf, PARAMS)
+            run = resolve_settings(context["params"], run_date.of_context(context), variables())
+        except (GuardRefused, ValueError) as refusal:
             raise AirflowFailException(str(refusal)) from None
         print(f"run of dt={run.dt}: {run.input_uri} -> {run.output_uri}, {run.pipeline}")
+        context["ti"].xcom_push(key=links.REPORT_URL_KEY, value=report_url(run))
         return run.as_dict()
 
     @task
@@ -255,12 +255,13 @@ with DAG(
             "steps": cluster.emr_steps(pipeline, artifacts.artifacts_uri, step_limits),
         }
 
-    @task
+    @task(outlets=[assets.FEATURES, assets.PCA])
     def report_cost(settings: dict, estimate: dict, cluster_id: str) -> dict:
-        """Run summary: the outcome, the cluster's hours priced like the estimate, the cost in the report."""
+        """Run summary: outcome, cluster hours priced like the estimate, cost in the report; asset events."""
         run = RunSettings.from_dict(settings)
         ended = cost_report.wait_for_termination(aws_client("emr", run.region), cluster_id, POKE_SECONDS)
-        ti = get_current_context()["ti"]
+        context = get_current_context()
+        ti = context["ti"]
         # the watchers' states, not only their failure XComs: a timed-out sensor or a task marked failed by
         # hand pushes no XCom, and must not be reported as a success
         watchers = cost_report.watchers()
@@ -271,6 +272,7 @@ with DAG(
         summary = cost_report.summarize_run(run, estimate, cluster_id, ended, states, failures)
         cost_report.publish(aws_client("s3", run.region), run, summary)
         print(cost_report.outcome_line(summary, estimate))
+        publish_run(context, run, summary, aws_client("s3", run.region), AWS_CONN_ID)
         if summary["cluster_state"] in cluster.ACTIVE_CLUSTER_STATES:
             raise AirflowFailException(
                 f"cluster {cluster_id} is still {summary['cluster_state']} after terminate_cluster: "
@@ -331,7 +333,7 @@ with DAG(
         retries=3,
         retry_delay=dt.timedelta(seconds=30),
     )
-    summary = report_cost(settings, plan["estimate"], create_cluster.output)
+    summary = links.with_report_link(report_cost(settings, plan["estimate"], create_cluster.output))
 
     chain(
         settings,

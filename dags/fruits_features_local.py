@@ -21,6 +21,9 @@ Trigger it from the UI ("Trigger" → the form below) with:
 | `recompute` | run the CNN on every image instead of reusing features of photos already seen |
 | `dt` | upload date (YYYY-MM-DD) of the batch; empty = the run's date |
 
+Each successful run adds an event per day to the Assets `fruits_features` and `fruits_pca`
+(`file://<output>/features`, `.../pca`); the task `summarize` links the run's report ("Report").
+
 The Spark log is written to `<output>/_logs/dt=<dt>/pipeline.log`; the task log shows each step's lines
 and the features step's progress. The params, their bounds and
 their help are the pipeline contract's (`fruits_spark.contract`), the same as `fruits run-local --help`.
@@ -34,8 +37,9 @@ from pathlib import Path
 
 from airflow.sdk import DAG, chain, get_current_context, task
 
+from fruits_platform import assets, links, run_date
 from fruits_platform.artifacts import PROJECT_ROOT
-from fruits_platform.dag_params import run_param
+from fruits_platform.dag_params import refuse_unknown_keys, run_param
 from fruits_platform.local import runner
 from fruits_platform.pipeline import PipelineParams, default_weights
 from fruits_spark.contract import STEP_NAMES
@@ -58,7 +62,9 @@ PARAMS = {
     "engine": run_param("engine"),
     "recompute": run_param("recompute"),
     "dt": run_param(
-        "dt", type=["null", "string"], description="YYYY-MM-DD; empty means the date of the run."
+        "dt",
+        type=["null", "string"],
+        description="YYYY-MM-DD; empty: the UTC day of the logical date (today for a run triggered now).",
     ),
 }
 
@@ -78,8 +84,8 @@ with DAG(
     def resolve_params() -> dict:
         """Reads and validates the run's params once; every later task gets the result."""
         context = get_current_context()
-        moment = context.get("data_interval_start") or context["dag_run"].run_after
-        upload_day = context["params"].get("dt") or moment.date().isoformat()
+        refuse_unknown_keys(context["dag_run"].conf, PARAMS)
+        upload_day = context["params"].get("dt") or run_date.of_context(context)
         return PipelineParams.from_mapping(context["params"], dt=upload_day).as_dict()
 
     @task
@@ -97,11 +103,17 @@ with DAG(
             "log": str(log),
         }
 
-    @task
+    @task(outlets=[assets.FEATURES, assets.PCA])
     def summarize(run: dict) -> dict:
-        """Publishes the run's report.json figures as this task's XCom and prints where everything is."""
+        """Publishes the run's report.json figures as this task's XCom, the day's features and PCA asset
+        events, and prints where everything is."""
         report = runner.read_report(run)
         print(f"outputs: {run['output']}; counts of dt={report['dt']}: {report['counts']}")
+        context = get_current_context()
+        for partition in assets.emit(context["outlet_events"], run["output"], [report]):
+            print(f"asset event: {partition}")
+        report_html = Layout(run["output"], run["dt"]).report(REPORT_HTML)
+        context["ti"].xcom_push(key=links.REPORT_URL_KEY, value=links.report_url(report_html))
         cumulative = report["cumulative_explained_variance"]
         return {
             "dt": report["dt"],
@@ -110,9 +122,9 @@ with DAG(
             "k": report["k"],
             "explained_variance_at_k": cumulative[-1] if cumulative else None,
             "pca_model_version": report["pca_model_version"],
-            "report": Layout(run["output"], run["dt"]).report(REPORT_HTML),
+            "report": report_html,
         }
 
     run = resolve_params()
     artifacts = stage_artifacts(run)
-    chain(artifacts, spark_steps(run, artifacts), summarize(run))
+    chain(artifacts, spark_steps(run, artifacts), links.with_report_link(summarize(run)))

@@ -96,3 +96,13 @@ def test_both_dags_name_and_bound_the_run_params_like_the_cli(dag_id):
             triggered_with(dag, conf)
     for name in ("k", "input_size", "refit"):
         assert dag.params[name] == contract.PARAMS[name].default, name
+
+
+@pytest.mark.parametrize("command", [[], ["run-local"], ["upload"], ["bench"]])
+def test_help_is_plain_text_for_a_terminal(command, capsys):
+    """No reST markup (``fruits``) leaks from docstrings into --help."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*command, "--help"])
+    out = capsys.readouterr().out
+    assert "usage: fruits" in out
+    assert "``" not in out

@@ -19,6 +19,7 @@ import pytest
 from moto import mock_aws
 
 from tests.emr_runner import EmrStepRunner
+from tests.test_assets import asset_events
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DAG_FILE = PROJECT_ROOT / "dags" / "fruits_features_emr.py"
@@ -27,9 +28,8 @@ REGION = "eu-west-3"
 BUCKET = "fruits-test-data"
 LABELS = ("apple", "lemon", "mango")
 IMAGES_PER_LABEL = 3
-# runs with a logical date: dag.test() gives them the data interval of a manual run at that date, the last
-# complete one, [2026-11-05 02:00, 2026-11-06 02:00) UTC: they process the uploads of 2026-11-05
-LOGICAL_DATE = dt.datetime(2026, 11, 6, 2, 0, tzinfo=dt.UTC)
+# dag.test() runs are manual: they process the UTC day of their logical date (fruits_platform.run_date)
+LOGICAL_DATE = dt.datetime(2026, 11, 5, 2, 0, tzinfo=dt.UTC)
 UPLOAD_DAY = "2026-11-05"
 SERVICE_ROLE = "fruits-emr-service-eu-west-3"
 JOB_FLOW_ROLE = "fruits-emr-node-eu-west-3"
@@ -239,6 +239,18 @@ def test_success_runs_three_steps_and_terminates(emr_dag, aws, uploaded, submitt
         assert report["cost"] == summary["cost"]
         html = aws.get_object(Bucket=BUCKET, Key=folder + "report.html")["Body"].read().decode()
         assert f"&quot;estimated_cost_eur&quot;: {summary['cost']['estimated_cost_eur']}" in html
+    # the day's asset events at the real location, with what a consumer needs; the report one click away
+    report = json.loads(aws.get_object(Bucket=BUCKET, Key="features/report.json")["Body"].read())
+    for alias, dataset in (("fruits_features", "features"), ("fruits_pca", "pca")):
+        events = [event for event in asset_events(alias) if event[2] == dagrun.run_id]
+        assert [(uri, extra["dt"], extra["rows"]) for uri, extra, _ in events] == [
+            (f"s3://{BUCKET}/features/{dataset}", UPLOAD_DAY, uploaded)
+        ]
+        assert events[0][1]["pca_model_version"] == report["pca_model_version"]
+    assert xcom(dagrun, "report_cost", key="report_url") == (
+        f"https://{REGION}.console.aws.amazon.com/s3/object/{BUCKET}?region={REGION}&bucketType=general"
+        f"&prefix=features/reports/dt%3D{UPLOAD_DAY}/report.html"
+    )
 
 
 # -- a failing step ---------------------------------------------------------------------------------------
@@ -276,6 +288,7 @@ def test_failing_features_step_fails_run_names_step_and_terminates(
     summary = xcom(dagrun, "report_cost")
     assert summary["succeeded"] is False
     assert summary["failure"]["step"] == "features"
+    assert not [event for event in asset_events("fruits_features") if event[2] == dagrun.run_id]
 
 
 def test_weights_the_onnx_export_refuses_stop_the_run_before_any_cluster(

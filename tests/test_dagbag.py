@@ -125,7 +125,8 @@ def test_params_reject_bad_values(emr_dag, conf):
 
 def test_params_defaults_and_limits_validate(emr_dag):
     defaults = emr_dag.params.validate()
-    assert defaults["bucket"] == ""  # deliberately empty: the guard says "param bucket is required"
+    # empty (null) as the form sends them: the Variable fruits_bucket, the day's uploads
+    assert (defaults["bucket"], defaults["input"]) == (None, None)
     assert (defaults["k"], defaults["region"], defaults["instance_type"]) == (100, "eu-west-3", "m5.xlarge")
     for k in (1, 1280):
         assert validated(emr_dag, {"k": k, "bucket": "fruits-data"})["k"] == k

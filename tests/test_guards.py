@@ -280,47 +280,6 @@ def test_default_encryption_is_required():
 
 
 # -- run date -> uploads prefix ---------------------------------------------------------------------------
-def test_scheduled_run_reads_its_interval_start_day():
-    start = dt.datetime(2026, 11, 4, 2, tzinfo=UTC)
-    run_after = dt.datetime(2026, 11, 5, 2, tzinfo=UTC)
-    assert settings.upload_date(start, start, run_after) == "2026-11-04"
-
-
-def test_manual_run_without_logical_date_reads_its_trigger_day():
-    assert settings.upload_date(None, None, dt.datetime(2026, 11, 23, 9, 30, tzinfo=UTC)) == "2026-11-23"
-
-
-def test_logical_date_without_interval_and_timezones():
-    paris = dt.timezone(dt.timedelta(hours=1))
-    assert settings.upload_date(
-        None, dt.datetime(2026, 11, 3, 12, tzinfo=UTC), dt.datetime(2026, 11, 9, tzinfo=UTC)
-    ) == ("2026-11-03")
-    # 00:30 in Paris is still the previous day in UTC
-    assert (
-        settings.upload_date(
-            dt.datetime(2026, 11, 4, 0, 30, tzinfo=paris), None, dt.datetime(2026, 11, 9, tzinfo=UTC)
-        )
-        == "2026-11-03"
-    )
-
-
-def test_backfill_runs_of_the_dag_timetable_map_to_their_days():
-    """The scheduler's view: each backfill/scheduled run of the daily timetable reads its own day."""
-    from airflow.timetables.base import DataInterval, TimeRestriction
-    from airflow.timetables.interval import CronDataIntervalTimetable
-
-    timetable = CronDataIntervalTimetable("0 2 * * *", timezone="UTC")
-    restriction = TimeRestriction(earliest=dt.datetime(2026, 11, 1, tzinfo=UTC), latest=None, catchup=True)
-    last: DataInterval | None = None
-    days = []
-    for _ in range(3):
-        info = timetable.next_dagrun_info(last_automated_data_interval=last, restriction=restriction)
-        last = info.data_interval
-        days.append(settings.upload_date(last.start, info.logical_date, info.run_after))
-    assert days == ["2026-11-01", "2026-11-02", "2026-11-03"]
-    assert settings.uploads_prefix(days[0]) == "uploads/dt=2026-11-01/"
-
-
 @pytest.mark.parametrize(
     ("param", "expected"),
     [

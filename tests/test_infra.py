@@ -292,3 +292,13 @@ def test_outputs_name_what_the_dag_needs(template: dict):
         "EmrNodeRoleName",
         "AirflowPolicyArn",
     }
+
+
+def test_airflow_may_only_publish_to_the_alerts_topic(template: dict):
+    (topic,) = resources_of_type(template, "AWS::SNS::Topic")
+    sns = [s for s in airflow_statements(template) if any(a.startswith("sns:") for a in as_list(s["Action"]))]
+    assert [(s["Effect"], as_list(s["Action"]), s["Resource"]) for s in sns] == [
+        ("Allow", ["sns:Publish"], {"Ref": topic})
+    ]
+    # the stack hands the ARN over as the Variable the DAG reads
+    assert template["Outputs"]["AlertsTopicArn"]["Value"] == {"Ref": topic}

@@ -18,6 +18,7 @@ from fruits_spark import contract, features, images, model
 from fruits_spark.engines import onnx as onnx_engine
 from fruits_spark.features import FeatureParams, featurize_batch, transform
 from tests.conftest import save_random_backbone
+from tests.similarity import assert_same_features
 
 
 @pytest.fixture(scope="module")
@@ -50,21 +51,6 @@ def keras_features(weights: Path, size: int, batch: np.ndarray) -> np.ndarray:
     return backbone.predict(batch, verbose=0)
 
 
-def assert_same_features(actual: np.ndarray, expected: np.ndarray, min_cosine: float = 0.9999) -> None:
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    assert actual.shape == expected.shape
-    assert np.isfinite(actual).all()
-
-    def cosines(a, b):
-        return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-
-    assert cosines(actual, expected).min() >= min_cosine, cosines(actual, expected)
-    # Random weights give every image nearly the same direction (cosine ~0.99 between images): what makes
-    # one image's features its own must agree as well, so the common part is removed and compared again
-    mean = expected.mean(axis=0)
-    assert cosines(actual - mean, expected - mean).min() >= 0.999, cosines(actual - mean, expected - mean)
-
-
 def onnx_for(weights: Path, size: int) -> onnx_engine.OnnxModel:
     return onnx_engine.cached_onnx(model.read_weights(str(weights), size), size)
 
@@ -72,8 +58,9 @@ def onnx_for(weights: Path, size: int) -> onnx_engine.OnnxModel:
 # --- the embedding ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("size", contract.INPUT_SIZES)
-def test_onnx_features_equal_keras_on_real_images_at_every_input_size(size, shared_weights, real_images):
+def test_onnx_features_equal_keras_on_real_images_with_pretrained_weights(shared_weights, real_images):
+    # the embedding that matters, at the product's input size; every size is compared on random weights below
+    size = 224
     exported = onnx_for(shared_weights, size)
     assert exported.embedding == model.embedding_id(
         model.read_weights(str(shared_weights), size).digest, size
@@ -83,8 +70,8 @@ def test_onnx_features_equal_keras_on_real_images_at_every_input_size(size, shar
     assert_same_features(actual, keras_features(shared_weights, size, batch))
 
 
-@pytest.mark.parametrize("size", [96, 224])
-def test_onnx_features_equal_keras_with_random_weights(size, random_weights, sample_images):
+@pytest.mark.parametrize("size", contract.INPUT_SIZES)
+def test_onnx_features_equal_keras_at_every_input_size(size, random_weights, sample_images):
     batch = pixels(sample_images, size)
     # runs of 3 images: the split of a batch into session runs is part of what is compared
     actual = onnx_engine.onnx_infer(onnx_for(random_weights, size).data, threads=2, session_batch=3)(batch)

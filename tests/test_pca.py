@@ -9,7 +9,9 @@ from pyspark.sql import functions as F
 from fruits_spark.layout import Layout
 from fruits_spark.pca import PcaParams, as_csv_matrix, fit, fit_or_load, transform
 
-N_ROWS, DIM = 240, 1280
+# Spark ML's PCA is the same code for any width: 64 columns instead of the embedding's 1280 make each fit's
+# covariance 400x smaller, and the comparisons with numpy prove as much
+N_ROWS, DIM = 240, 64
 
 
 @pytest.fixture(scope="module")
@@ -36,15 +38,18 @@ def test_pca_equals_numpy_svd(features_df, features_matrix):
     for j in range(k):
         assert abs(spark_components[:, j] @ components[j]) > 0.999  # equal up to sign
 
-    projected = {r["path"]: r["pca"] for r in transform(features_df, pca_model).collect()}
+    rows = transform(features_df, pca_model, "v=1-k6-w1-s224").collect()
+    projected = {r["path"]: r["pca"] for r in rows}
     assert len(projected) == N_ROWS
+    # every row names the model that made it: a consumer sees when a refit changed the space
+    assert {r["pca_model_version"] for r in rows} == {"v=1-k6-w1-s224"}
     expected_first = features_matrix[0].astype(np.float64) @ spark_components
     np.testing.assert_allclose(projected["img0.jpg"], expected_first, rtol=1e-4, atol=1e-3)
 
 
 def test_csv_matrix_has_one_column_per_component(features_df):
     pca_model = fit(features_df, PcaParams(3))
-    matrix = as_csv_matrix(transform(features_df, pca_model), 3)
+    matrix = as_csv_matrix(transform(features_df, pca_model, "v=1"), 3)
     assert matrix.columns == ["path", "label", "pc_1", "pc_2", "pc_3"]
     assert matrix.count() == N_ROWS
 

@@ -92,6 +92,7 @@ def with_toy(toy_package: Path) -> dict:
     return dict(os.environ, PYTHONPATH=os.pathsep.join([str(toy_package), os.environ.get("PYTHONPATH", "")]))
 
 
+@pytest.mark.slow
 def test_a_toy_step_and_engine_run_through_fruits_run_local(toy_package, tmp_path, sample_dir):
     images = tmp_path / "in"
     for label in ("apple", "lemon"):

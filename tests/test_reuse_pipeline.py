@@ -1,4 +1,4 @@
-"""`fruits run-local` over several days: a photo seen before is copied, not inferred again.
+"""Runs over several days: a photo seen before is copied, not inferred again.
 
 Day one: the 40 bundled images. Day two: the same 40 files again plus 8 new ones (sample images with altered
 pixels, so their hashes differ). Random weights (the `random_weights` fixture): runs on a clean clone.
@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tests.test_run_local import run_fruits
+from fruits_platform.pipeline import PipelineParams
+from tests.inprocess import run_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -42,12 +43,11 @@ def add_altered_images(sample_dir: Path, target: Path) -> list[Path]:
     return made
 
 
-def run(input_dir: Path, output: Path, day: str, weights: Path, *extra: str) -> dict:
-    completed = run_fruits(
-        *("--input", str(input_dir), "--output", str(output), "--dt", day),
-        *("--weights", str(weights), "--k", "3", *extra),
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:] + completed.stdout[-3000:]
+def run(input_dir: Path, output: Path, day: str, weights: Path, **options) -> dict:
+    """One day's run, its steps in process (``tests.inprocess``) with the arguments run-local submits."""
+    params = PipelineParams(str(input_dir), str(output), day, weights=str(weights), k=3, **options)
+    code, printed = run_pipeline(params)
+    assert code == 0, printed[-3000:]
     report = json.loads((output / "reports" / f"dt={day}" / "report.json").read_text())
     features_stats = json.loads((output / "_stats" / f"dt={day}" / "features.json").read_text())
     return {"report": report, "features": features_stats}
@@ -64,7 +64,7 @@ def float32_bytes(values) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def days(tmp_path_factory, sample_dir, random_weights):
+def days(tmp_path_factory, sample_dir, random_weights, spark):
     """Day one, day two (40 repeated + 8 new), then a backfill rerun of day one; outputs kept per stage."""
     root = tmp_path_factory.mktemp("reuse")
     day_two_input = root / "day_two"
@@ -142,7 +142,7 @@ def test_backfill_rerun_of_a_processed_day_infers_nothing_and_changes_nothing(da
 
 
 def test_another_input_size_reuses_nothing(days, random_weights):
-    third = run(days["day_two_input"], days["output"], DAY_THREE, random_weights, "--input-size", "96")
+    third = run(days["day_two_input"], days["output"], DAY_THREE, random_weights, input_size=96)
     counts = third["report"]["counts"]
     assert (counts["featurised"], counts["reused"]) == (48, 0)
     assert third["features"]["rows_inferred"] == 48
@@ -150,7 +150,7 @@ def test_another_input_size_reuses_nothing(days, random_weights):
 
 
 def test_recompute_infers_every_image(days, random_weights):
-    again = run(days["day_two_input"], days["output"], DAY_TWO, random_weights, "--recompute")
+    again = run(days["day_two_input"], days["output"], DAY_TWO, random_weights, recompute=True)
     counts = again["report"]["counts"]
     assert (counts["ok"], counts["featurised"], counts["reused"]) == (48, 48, 0)
     assert again["features"]["rows_inferred"] == 48

@@ -12,7 +12,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from fruits_platform.pipeline import PipelineParams
 from tests.corpus import write_mixed_folder
+from tests.inprocess import run_pipeline
+
+# whole `fruits run-local` runs: `make test-fast` leaves them to `make test`
+pytestmark = pytest.mark.slow
 
 FRUITS = str(Path(sys.executable).parent / "fruits")
 DAY_ONE, DAY_TWO = "2026-11-21", "2026-11-22"
@@ -127,7 +132,9 @@ def test_curated_images_carry_no_exif(mixed_run):
     assert all(b"FruitPhone" not in row["content"] and b"Exif" not in row["content"] for row in curated)
 
 
-def test_rerun_replaces_its_date_only_and_applies_the_current_model(mixed_run, sample_dir, random_weights):
+def test_rerun_replaces_its_date_only_and_applies_the_current_model(
+    mixed_run, sample_dir, random_weights, spark
+):
     _, root, output, _ = mixed_run
     first_report = json.loads((output / "report.json").read_text())
     day_two_input = root / "day_two"
@@ -135,10 +142,12 @@ def test_rerun_replaces_its_date_only_and_applies_the_current_model(mixed_run, s
         (day_two_input / label).mkdir(parents=True)
         for source in sorted((sample_dir / label).glob("*.jpg"))[5:7]:
             (day_two_input / label / source.name).write_bytes(source.read_bytes())
-    second = run_day(day_two_input, output, DAY_TWO, random_weights)
-    assert second.returncode == 0, second.stderr
-    rerun = run_day(root / "in", output, DAY_ONE, random_weights)
-    assert rerun.returncode == 0, rerun.stderr
+    # the CLI's part is mixed_run's: these runs take its arguments, their steps in process
+    for input_dir, day in ((day_two_input, DAY_TWO), (root / "in", DAY_ONE)):
+        code, printed = run_pipeline(
+            PipelineParams(str(input_dir), str(output), day, weights=str(random_weights), k=5)
+        )
+        assert code == 0, printed[-3000:]
 
     by_day = {day: len(read_table(output / "features" / f"dt={day}")) for day in (DAY_ONE, DAY_TWO)}
     assert by_day == {DAY_ONE: first_report["counts"]["ok"], DAY_TWO: 4}

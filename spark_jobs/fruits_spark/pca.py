@@ -38,9 +38,15 @@ def fit(features: DataFrame, params: PcaParams) -> PCAModel:
     return PCA(k=params.k, inputCol="vector", outputCol="projected").fit(as_vectors(features))
 
 
-def transform(features: DataFrame, pca_model: PCAModel) -> DataFrame:
+def transform(features: DataFrame, pca_model: PCAModel, version: str) -> DataFrame:
+    """Each row names the model version that made it: a refit changes the space, consumers must see it."""
     projected = pca_model.transform(as_vectors(features))
-    return projected.select("path", "label", vector_to_array("projected", "float32").alias("pca"))
+    return projected.select(
+        "path",
+        "label",
+        vector_to_array("projected", "float32").alias("pca"),
+        F.lit(version).alias("pca_model_version"),
+    )
 
 
 def as_csv_matrix(projected: DataFrame, k: int) -> DataFrame:
@@ -115,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         embedding = embedding_of(spark.read.parquet(layout.dataset("features")))
         pca_model, version, why = fit_or_load(spark, layout, params, args.refit, embedding)
-        n_projected = load(transform(features, pca_model), layout, args.k)
+        n_projected = load(transform(features, pca_model, version), layout, args.k)
         stats = {
             "ok": n_projected,
             "k": args.k,

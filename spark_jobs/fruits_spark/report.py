@@ -48,6 +48,7 @@ def build_summary(dt: str, stats: dict[str, dict]) -> dict:
         "explained_variance": variance,
         "cumulative_explained_variance": cumulative,
         "pca_model_version": pca.get("model_version"),
+        "embedding": pca.get("embedding"),
         "pca_model": pca.get("model"),
         "weights": features.get("weights"),
         "input_size": features.get("input_size"),

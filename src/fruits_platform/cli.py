@@ -61,8 +61,26 @@ def _register_run_local(commands) -> None:
     local.set_defaults(handler=_run_local)
 
 
+# what `fruits --help` says: plain text for a terminal (the module docstring is reST for developers)
+DESCRIPTION = """Fruits! feature pipeline: turns folders of labelled fruit photos into MobileNetV2 features
+and their PCA projection, on this machine (Spark local mode) or, through Airflow, on a transient EMR
+cluster."""
+EPILOG = """examples:
+  fruits run-local --input data/sample --output out/local    the 40 bundled images, no AWS needed
+  fruits upload --source photos/ --bucket my-fruits-bucket   today's photos to uploads/dt=<today>/
+  fruits bench --images 600                                  images per second and memory
+
+`fruits <command> --help` lists a command's options. The Airflow DAGs (make airflow) run the same steps:
+fruits_features_local on this machine, fruits_features_emr on EMR (docs/AWS.md)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fruits", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="fruits",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     _register_run_local(commands)
     upload.register(commands)

@@ -3,6 +3,7 @@ defaults, bounds and help as ``fruits run-local --help`` and the Spark jobs."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from airflow.sdk import Param
@@ -32,3 +33,14 @@ def run_param(name: str, **overrides: Any) -> Param:
     schema.update(overrides)
     default = schema.pop("default", param.default)
     return Param(default, **schema)
+
+
+def refuse_unknown_keys(conf: Mapping | None, params: Mapping) -> None:
+    """ValueError naming the run conf keys no param declares, and the params: Airflow would ignore them, and
+    a stale name (``input_path``) would silently run over the default input."""
+    unknown = sorted(set(conf or {}) - set(params))
+    if unknown:
+        raise ValueError(
+            f"run conf key(s) {', '.join(unknown)} match no param of this DAG; its params are: "
+            f"{', '.join(params)}"
+        )

@@ -3,7 +3,10 @@
 Starts `python -m fruits_platform.local.airflow_server` (what `make airflow` runs) on a free loopback port
 with a fresh AIRFLOW_HOME, opens the UI in headless Chromium (Debian's /usr/bin/chromium through
 Playwright), triggers `fruits_features_local` on a copy of 8 sample images, waits for the run page to say
-Success, then checks the outputs on disk. Screenshots go to test-artifacts/browser/, the stack's logs too.
+Success, then checks the outputs on disk and that the run's page reaches its report ("Report" link).
+Then triggers `fruits_features_emr` from its form with `bucket` and `input` left empty: the run takes the
+Variable's bucket and the day of the form's logical date (today), and unpausing starts no second run.
+Screenshots go to test-artifacts/browser/, the stack's logs too.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
@@ -42,6 +48,19 @@ CHROMIUM_ARGS = [
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "browser"
 DAG_ID = "fruits_features_local"
+EMR_DAG_ID = "fruits_features_emr"
+# the Variables the EMR DAG reads (what docs/AWS.md has set from the stack's outputs); no AWS here: the
+# endpoint is a closed port, so the run stops at its first AWS call, after resolve_run
+EMR_VARIABLES = {
+    "AIRFLOW_VAR_FRUITS_BUCKET": "fruits-ui-test",
+    "AIRFLOW_VAR_FRUITS_EMR_SERVICE_ROLE": "fruits-emr-service-eu-west-3",
+    "AIRFLOW_VAR_FRUITS_EMR_JOB_FLOW_ROLE": "fruits-emr-node-eu-west-3",
+    "AIRFLOW_VAR_FRUITS_EMR_SUBNET_ID": "subnet-0123456789abcdef0",
+    "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
 IMAGES_PER_LABEL = 2
 # bounds of the waits below: generous, the machine is shared (2 cores, other test runs)
 STACK_READY_SECONDS = 600
@@ -103,7 +122,7 @@ def stack(tmp_path_factory, artifacts: Path, random_weights: Path):
     local = LocalAirflow(home, port, 2, worker_log_port, trigger_log_port)
     # nothing of this pytest's own Airflow settings (tests/conftest.py) leaks into the stack
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    env.update(AIRFLOW_HOME=str(home), FRUITS_WEIGHTS=str(random_weights))
+    env.update(AIRFLOW_HOME=str(home), FRUITS_WEIGHTS=str(random_weights), **EMR_VARIABLES)
     command = [
         sys.executable,
         "-m",
@@ -168,6 +187,34 @@ def log_in_if_asked(page, url: str) -> None:
         page.locator("input[name=password]").fill("admin")
         page.get_by_role("button", name="Sign in").click()
         page.wait_for_url(lambda address: address.startswith(url))
+
+
+def api(stack, path: str) -> dict:
+    """GET on the stack's REST API, with a token for the UI's user."""
+    login = urllib.request.Request(
+        f"{stack.url}/auth/token",
+        data=json.dumps({"username": "admin", "password": "admin"}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(login, timeout=30) as response:
+        token = json.load(response)["access_token"]
+    request = urllib.request.Request(
+        f"{stack.url}/api/v2{path}", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
+def wait_for_end(page, run_url: str) -> str:
+    deadline = time.monotonic() + RUN_DONE_SECONDS
+    state = run_state(page, run_url)
+    while state not in ("success", "failed"):
+        assert time.monotonic() < deadline, (
+            f"the run is still {state!r} after {RUN_DONE_SECONDS} s: {run_url}"
+        )
+        time.sleep(10)
+        state = run_state(page, run_url)
+    return state
 
 
 def open_dag(page, url: str) -> None:
@@ -236,14 +283,7 @@ def trigger_and_wait(stack, page, images: Path, weights: Path, output: Path, art
 
     page.wait_for_url(lambda address: address.startswith(f"{dag_url}/runs/"))
     run_url = page.url
-    deadline = time.monotonic() + RUN_DONE_SECONDS
-    state = run_state(page, run_url)
-    while state not in ("success", "failed"):
-        assert time.monotonic() < deadline, (
-            f"the run is still {state!r} after {RUN_DONE_SECONDS} s: {run_url}"
-        )
-        time.sleep(10)
-        state = run_state(page, run_url)
+    state = wait_for_end(page, run_url)
     if state != "success":
         page.screenshot(path=artifacts / "03-run-failed.png")
         pytest.fail(f"the run ended {state}: {run_url} (logs: {artifacts / 'logs'})")
@@ -261,3 +301,57 @@ def trigger_and_wait(stack, page, images: Path, weights: Path, output: Path, art
     assert len(rows) == n_images
     assert "pc_4" in rows[0]
     assert "pc_5" not in rows[0]
+
+    # the report, one click from the run: the "Report" extra link of its summarize task (Details tab),
+    # served by the api-server (the UI shows no file:// link)
+    page.goto(f"{run_url}/tasks/summarize/details")
+    report_link = page.get_by_role("link", name="Report")
+    report_link.wait_for()
+    page.screenshot(path=artifacts / "04-report-link.png")
+    report_html = (output / "reports" / f"dt={today()}" / "report.html").resolve()
+    assert (
+        report_link.get_attribute("href") == f"/fruits-reports/?path={urllib.parse.quote(str(report_html))}"
+    )
+    page.goto(f"{stack.url}{report_link.get_attribute('href')}")
+    sync_api.expect(page.get_by_text(f"run of {today()}").first).to_be_visible()
+    page.screenshot(path=artifacts / "05-report.png", full_page=True)
+
+
+def today() -> str:
+    return datetime.now(UTC).date().isoformat()
+
+
+def test_emr_form_with_empty_bucket_and_input_runs_the_variables_bucket_today(stack, page, artifacts: Path):
+    with screenshot_on_failure(page, artifacts / "zz-emr-failure.png"):
+        dag_url = f"{stack.url}/dags/{EMR_DAG_ID}"
+        open_dag(page, dag_url)
+        page.get_by_test_id("trigger-dag-button").click()
+        form = page.get_by_role("dialog")
+        # bucket and input left empty: the form must not refuse them ("This field is required")
+        sync_api.expect(form.locator("#element_bucket")).to_have_value("")
+        sync_api.expect(form.locator("#element_input")).to_have_value("")
+        submit = form.get_by_test_id("trigger-dag-submit")
+        sync_api.expect(submit).to_be_enabled()
+        sync_api.expect(form.get_by_text("This field is required")).to_have_count(0)
+        page.screenshot(path=artifacts / "06-emr-trigger-form.png")
+        submit.click()
+
+        page.wait_for_url(lambda address: address.startswith(f"{dag_url}/runs/"))
+        run_url = page.url
+        run_id = urllib.parse.unquote(run_url.removeprefix(f"{dag_url}/runs/").split("/")[0])
+        assert wait_for_end(page, run_url) == "failed"  # at its first AWS call: there is none here
+        page.screenshot(path=artifacts / "07-emr-run.png")
+
+    run = api(stack, f"/dags/{EMR_DAG_ID}/dagRuns/{run_id}")
+    xcom = api(
+        stack, f"/dags/{EMR_DAG_ID}/dagRuns/{run_id}/taskInstances/resolve_run/xcomEntries/return_value"
+    )
+    settings = json.loads(xcom["value"]) if isinstance(xcom["value"], str) else xcom["value"]
+    moment = run["logical_date"] or run["run_after"]  # the form's logical date, if it sent one
+    logical_day = datetime.fromisoformat(moment).astimezone(UTC).date().isoformat()
+    assert settings["bucket"] == EMR_VARIABLES["AIRFLOW_VAR_FRUITS_BUCKET"]
+    assert settings["dt"] == logical_day == today()
+    assert settings["input_prefix"] == f"uploads/dt={logical_day}/"
+    # "unpause on trigger" unpaused the DAG: no scheduled run for a past day started beside this one
+    runs = api(stack, f"/dags/{EMR_DAG_ID}/dagRuns")
+    assert [r["dag_run_id"] for r in runs["dag_runs"]] == [run_id]

@@ -7,7 +7,6 @@ Pure: no AWS call, no Airflow import.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
@@ -33,19 +32,6 @@ VARIABLES = (
     VAR_SUBNET_ID,
     VAR_SECURITY_CONFIGURATION,
 )
-
-
-def upload_date(
-    data_interval_start: dt.datetime | None, logical_date: dt.datetime | None, run_after: dt.datetime
-) -> str:
-    """The upload date (UTC, YYYY-MM-DD) a run processes.
-
-    Scheduled and backfill runs process their data interval's first day: the 02:00 UTC run of day D covers
-    [D-1 02:00, D 02:00) and reads ``uploads/dt=D-1/``. A manual run without a logical date (possible in
-    Airflow 3) has no data interval: it processes the date it was triggered for (``run_after``).
-    """
-    moment = data_interval_start or logical_date or run_after
-    return moment.astimezone(dt.UTC).date().isoformat()
 
 
 def uploads_prefix(upload_day: str) -> str:

@@ -170,6 +170,8 @@ def _originals(phone_folder: Path) -> list[bytes]:
     return [found[name] for name in NAMES]
 
 
+# ingest and features over Spark with an ONNX export and a Keras reference: minutes, not seconds
+@pytest.mark.slow
 def test_pipeline_features_equal_the_plain_computation(spark, ingested, phone_folder, shared_weights):
     """The property that matters, on the pretrained weights: Pillow full decode, exif_transpose, bilinear
     resize to 224 and Keras predict give the features the pipeline computes from its draft decode."""
@@ -182,6 +184,7 @@ def test_pipeline_features_equal_the_plain_computation(spark, ingested, phone_fo
     assert min(cosines.values()) >= 0.999, cosines
 
 
+@pytest.mark.slow
 def test_pipeline_features_follow_the_photo_as_displayed(spark, ingested, phone_folder, random_weights):
     """Without ../shared: random weights amplify sub-grey-level differences (i.i.d. noise of 0.3 grey
     levels alone drops them to cosine 0.998), so the plain computation is compared in pixels, and the

@@ -181,7 +181,9 @@ with DAG(
     def check_budget(settings: dict) -> dict:
         """Cost guard: a bound from the limits the run enforces (cost.CostEstimate), against budget_eur."""
         run = RunSettings.from_dict(settings)
-        objects, images = staging.count_images(aws_client("s3", run.region), run.bucket, run.input_prefix)
+        objects, images, image_bytes = staging.count_images(
+            aws_client("s3", run.region), run.bucket, run.input_prefix
+        )
         if not images:
             raise AirflowSkipException(f"no images under {run.input_uri} ({objects} objects): no cluster")
         try:
@@ -193,12 +195,13 @@ with DAG(
                 core_nodes=run.core_nodes,
                 use_spot=run.use_spot,
                 images=images,
+                image_bytes=image_bytes,
                 idle_timeout_seconds=cluster.IDLE_TIMEOUT_SECONDS,
                 budget_eur=run.budget_eur,
                 ebs_gib_per_instance=cluster.EBS_GIB_PER_INSTANCE,
                 executor_cores=sizing.total_executor_cores,
             )
-            print(f"{images} images ({objects} objects); {estimate.summary()}")
+            print(f"{images} images, {image_bytes / 1e9:.2f} GB ({objects} objects); {estimate.summary()}")
             print(f"executors: {sizing.as_dict()}")
             cost.check_budget(estimate)
         except (GuardRefused, pricing.PriceTableError, ValueError) as refusal:
@@ -206,6 +209,7 @@ with DAG(
         timeouts = cost.sensor_timeouts(estimate.step_limits)
         return {
             "images": images,
+            "image_bytes": image_bytes,
             "objects": objects,
             "estimate": estimate.as_dict(),
             "step_limits": estimate.step_limits,

@@ -30,13 +30,19 @@ def test_hourly_price_counts_every_node_and_spot_only_on_core_nodes():
     assert cost.cluster_hourly_eur(TABLE, "m5.xlarge", core_nodes=2, use_spot=True) == pytest.approx(0.275)
 
 
-def bound(images=96_000, use_spot=False, core_nodes=2, budget_eur=10.0, **kwargs):
+# Fruits-360 thumbnails weigh ~5 KB; the app's phone photos 2-5 MB
+THUMBNAIL_BYTES = 5_000
+PHONE_PHOTO_BYTES = 2_500_000
+
+
+def bound(images=96_000, use_spot=False, core_nodes=2, budget_eur=10.0, image_bytes=None, **kwargs):
     return cost.estimate_worst_case(
         pricing.load_price_table(),
         instance_type="m5.xlarge",
         core_nodes=core_nodes,
         use_spot=use_spot,
         images=images,
+        image_bytes=images * THUMBNAIL_BYTES if image_bytes is None else image_bytes,
         idle_timeout_seconds=900,
         budget_eur=budget_eur,
         ebs_gib_per_instance=94,
@@ -51,6 +57,10 @@ def test_bound_covers_the_longest_run_the_limits_allow():
     timeouts = cost.sensor_timeouts(estimate.step_limits)
     assert list(timeouts) == ["ingest", "features", "pca"]
     assert estimate.hours * 3600 >= sum(timeouts.values()) + 900 - 1
+    # each limit leaves room for its step's expected compute: a normal run is never killed by it
+    expected = cost.expected_step_seconds(96_000, 96_000 * THUMBNAIL_BYTES, estimate.executor_vcpus)
+    for name, seconds in expected.items():
+        assert estimate.step_limits[name] >= cost.STEP_OVERHEAD_SECONDS + 2 * seconds, name
     assert estimate.expected_hours < estimate.hours
     assert estimate.expected_eur < estimate.worst_case_eur
 
@@ -66,6 +76,7 @@ def test_bound_of_a_tiny_batch_worked_out_by_hand():
         core_nodes=2,
         use_spot=False,
         images=100,
+        image_bytes=100 * THUMBNAIL_BYTES,
         idle_timeout_seconds=900,
         budget_eur=1,
         ebs_gib_per_instance=0,
@@ -85,7 +96,7 @@ def test_each_step_limit_leaves_twice_its_measured_time(images, vcpus):
     """A limit that kills a normal run is worse than none. An EMR vCPU is half a physical core (a
     hyperthread): the measured seconds scale by images / 20,000 and by 4 / vcpus (2 cores = 4 vCPUs).
     Each step gets at least twice that, plus 60 s for spark-submit and YARN to start."""
-    limits = cost.step_limits(images, vcpus)
+    limits = cost.step_limits(images, images * THUMBNAIL_BYTES, vcpus)
     assert list(limits) == list(MEASURED_SECONDS_20K_2_CORES)
     for name, seconds in MEASURED_SECONDS_20K_2_CORES.items():
         expected = seconds * images / 20_000 * 4 / vcpus
@@ -106,6 +117,26 @@ def test_spot_is_bounded_at_its_cap_and_ebs_is_counted():
     assert on_demand.ebs_hourly_eur == pytest.approx(ebs, abs=1e-3)
     assert on_demand.hourly_eur > on_demand.instance_hourly_eur + on_demand.ebs_hourly_eur - 1e-3
     assert bound(public_ipv4=False).hourly_eur < on_demand.hourly_eur
+
+
+def test_a_night_of_phone_photos_is_neither_killed_by_its_limits_nor_under_budgeted():
+    """100,000 phone photos of 2.5 MB on the default cluster, against the ingest rate `fruits bench` measured
+    on 200 such photos (docs/BENCHMARKS.md, round 3: 145.2 s in its job on 2 cores for 548.8 MB). The old
+    guard counted images only, at 10 per vCPU per second: its ingest limit (2,070 s) was a fraction of
+    this, so the run was killed after paying for it."""
+    photos, size = 100_000, PHONE_PHOTO_BYTES
+    estimate = bound(images=photos, image_bytes=photos * size)
+    # the measured rate per core, scaled to the cluster (an m5 vCPU is half a core)
+    core_seconds_per_photo = 145.2 * 2 / 548.8e6 * size
+    ingest_runtime = photos * core_seconds_per_photo * cost.VCPUS_PER_CORE / estimate.executor_vcpus
+    assert estimate.step_limits["ingest"] >= ingest_runtime
+    # the bound the budget is checked against pays for start-up and that ingest, and the other steps
+    assert estimate.hours * 3600 >= cost.STARTUP_LIMIT_SECONDS + ingest_runtime + sum(
+        limit for step, limit in estimate.step_limits.items() if step != "ingest"
+    )
+    assert estimate.worst_case_eur >= estimate.hours * estimate.hourly_eur - 0.01
+    # the bytes are what makes the difference: as many thumbnails get far shorter limits
+    assert bound(images=photos).step_limits["ingest"] < ingest_runtime
 
 
 def test_fewer_executor_cores_mean_longer_limits():
@@ -162,19 +193,22 @@ def test_every_offered_instance_type_has_a_price():
 
 
 def test_step_limits_grow_with_the_batch_and_shrink_with_the_cluster():
-    tiny = cost.step_limits(10, 8)
+    tiny = cost.step_limits(10, 10 * THUMBNAIL_BYTES, 8)
     # a handful of images still needs spark-submit, YARN and the model load: never less than 10 minutes
     assert min(tiny.values()) >= 600
     sizes = [10, 10_000, 100_000, 1_000_000, 10_000_000]
     for name in tiny:
-        by_size = [cost.step_limits(n, 8)[name] for n in sizes]
+        by_size = [cost.step_limits(n, n * THUMBNAIL_BYTES, 8)[name] for n in sizes]
         assert by_size == sorted(by_size), name
         assert by_size[-1] > by_size[0], name
-        assert cost.step_limits(1_000_000, 16)[name] <= cost.step_limits(1_000_000, 8)[name], name
+        assert (
+            cost.step_limits(1_000_000, 5 * 10**9, 16)[name]
+            <= cost.step_limits(1_000_000, 5 * 10**9, 8)[name]
+        ), name
 
 
 def test_sensors_outlast_their_steps_and_only_the_first_waits_for_start_up():
-    limits = cost.step_limits(1_000_000, 8)
+    limits = cost.step_limits(1_000_000, 1_000_000 * THUMBNAIL_BYTES, 8)
     timeouts = cost.sensor_timeouts(limits)
     # every sensor outlasts its step's limit (the cluster's `timeout` says why first), by less than a
     # cluster start-up; the first one also waits for EMR's provisioning and bootstrap (>= 15 min)

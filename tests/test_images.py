@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from PIL import Image
 
 from fruits_spark import images
+from fruits_spark.contract import INPUT_SIZES
 from tests.corpus import awkward_files, exif_with_gps_and_orientation, gradient
 
 CORPUS = awkward_files()
@@ -21,8 +23,9 @@ def test_inspect_gives_the_expected_outcome(name):
     assert (result.reason or "ok") == expected, result.detail
     if expected == "ok":
         decoded = Image.open(io.BytesIO(result.content))
-        assert decoded.format == "PNG"
+        assert decoded.format == "PPM"
         assert decoded.mode == "RGB"
+        assert result.content_hash == hashlib.sha256(data).hexdigest()
 
 
 def _stored_pixels(data: bytes) -> np.ndarray:
@@ -61,13 +64,18 @@ def test_exif_orientation_is_applied_and_metadata_dropped():
     assert "exif" not in stored.info
 
 
-def test_large_images_are_stored_downscaled_within_the_cap():
+def test_large_images_are_stored_at_the_largest_input_side():
     big = gradient(1600, 1200)
     buffer = io.BytesIO()
     big.save(buffer, format="JPEG", exif=exif_with_gps_and_orientation(1))
     result = images.inspect_image(buffer.getvalue())
     assert (result.width, result.height) == (1600, 1200)
-    assert max(Image.open(io.BytesIO(result.content)).size) == images.MAX_STORED_SIDE
+    side = max(INPUT_SIZES)
+    assert Image.open(io.BytesIO(result.content)).size == (side, side)
+    # a narrow image keeps its short side: features upsamples it once, as from the original
+    narrow = io.BytesIO()
+    gradient(900, 120).save(narrow, format="PNG")
+    assert Image.open(io.BytesIO(images.inspect_image(narrow.getvalue()).content)).size == (side, 120)
 
 
 def test_preprocessing_equals_keras_preprocess_input():

@@ -69,4 +69,32 @@ def test_duplicates_keep_the_first_path_and_name_it(spark):
     assert rows[f"{ROOT}/b/2.jpg"]["status"] == "duplicate"
     assert rows[f"{ROOT}/b/2.jpg"]["detail"] == f"same content as {ROOT}/a/1.jpg"
     assert rows[f"{ROOT}/a/1.jpg"]["content_hash"] == rows[f"{ROOT}/b/2.jpg"]["content_hash"]
-    assert rows[f"{ROOT}/a/1.jpg"]["content"].startswith(b"\x89PNG")
+    assert rows[f"{ROOT}/a/1.jpg"]["content"].startswith(b"P6\n")
+
+
+def _exchanged_columns(df) -> list[list[str]]:
+    """The columns every shuffle or broadcast of ``df``'s physical plan moves (AQE: its current plan)."""
+    found, pending = [], [df._jdf.queryExecution().executedPlan()]
+    while pending:
+        node = pending.pop()
+        if node.nodeName() == "AdaptiveSparkPlan":
+            node = node.executedPlan()
+        if node.nodeName().endswith("QueryStage"):
+            node = node.plan()
+        if "Exchange" in node.nodeName():
+            output = node.output()
+            found.append([output.apply(i).name() for i in range(output.size())])
+        children = node.children()
+        pending.extend(children.apply(i) for i in range(children.size()))
+    return found
+
+
+def test_duplicates_are_found_without_moving_image_bytes(spark):
+    data = awkward_files()["lemon/grey.jpg"][0]
+    files = {"b/2.jpg": data, "a/1.jpg": data, "c/3.jpg": awkward_files()["mango/rgba.PNG"][0]}
+    classified = transform(binary_files(spark, files), IngestParams(ROOT))
+    exchanged = _exchanged_columns(classified)
+    # the duplicate ranking shuffles (path, hash) and broadcasts the duplicates it found: no pixels, no file
+    assert exchanged, "expected the duplicate search's shuffle in the plan"
+    assert all("content" not in columns for columns in exchanged), exchanged
+    assert {"path", "content_hash"} <= {name for columns in exchanged for name in columns}

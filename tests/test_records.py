@@ -60,7 +60,7 @@ def build(projection, input_size, threads):
     return lambda batch: batch.mean(axis=(1, 2)) @ projection
 '''
 # the only edits a new step and a new engine need: one record each (plus the modules above)
-TOY_STEP_RECORD = '    Step("toy", "fruits_spark.toy_step", compute_share=0.05),\n'
+TOY_STEP_RECORD = '    Step("toy", "fruits_spark.toy_step", core_seconds_per_image=0.001),\n'
 TOY_ENGINE_RECORD = (
     '    Engine("toy", "fruits_spark.engines.toy", "a toy", requirements="requirements-emr.txt",'
     " worker_peak_mb=3000, needs_tensorflow=False),\n"
@@ -124,7 +124,7 @@ from airflow.dag_processing.dagbag import DagBag
 from fruits_platform.aws import cluster, cost, sizing, staging
 from fruits_platform.pipeline import PipelineParams
 params = PipelineParams(input="s3://b/in/", output="s3://b/out/", dt="2026-11-24", engine="toy")
-limits = cost.step_limits(200_000, 8)
+limits = cost.step_limits(200_000, 200_000 * 5_000, 8)
 steps = cluster.emr_steps(params, "s3://b/artifacts/h/", limits)
 dag = DagBag(dag_folder=%r).dags["fruits_features_emr"]
 print(json.dumps({
@@ -193,7 +193,7 @@ def test_the_shipped_jobs_parse_what_the_emr_dag_submits(tmp_path):
         input="s3://b/in/", output="s3://b/out/", dt="2026-11-24", weights="s3://b/w.weights.h5",
         input_size=160, k=7, refit=True, engine="tensorflow", recompute=True,
     )  # fmt: skip
-    limits = cost.step_limits(1000, 8)
+    limits = cost.step_limits(1000, 1000 * 5_000, 8)
     plan = []
     for step in cluster.emr_steps(params, "s3://b/artifacts/h/", limits):
         args = step["HadoopJarStep"]["Args"]

@@ -33,10 +33,11 @@ class Step:
 
     name: str
     module: str
-    # its share of the pipeline's compute, which sets its time limit on EMR (aws/guards.py): measured by
-    # `fruits bench` at 20,000 images with the onnx engine (docs/BENCHMARKS.md, round 2: ingest 113.7 s,
-    # features 91.1 s, pca 16.8 s of 221.7 s), rounded up
-    compute_share: float
+    # What it costs, in core-seconds per input image and per MB of input bytes (both known from the S3
+    # listing before launch): its expected time and time limit on EMR follow (aws/cost.py). Measured by
+    # `fruits bench` (docs/BENCHMARKS.md): per image on 20,000 thumbnails, per MB on 12 MP phone photos.
+    core_seconds_per_image: float
+    core_seconds_per_mb: float = 0.0
 
     def load(self) -> ModuleType:
         return importlib.import_module(self.module)
@@ -66,10 +67,17 @@ class Engine:
         return importlib.import_module(self.module)
 
 
+# Per image (docs/BENCHMARKS.md, round 2): the whole run at 2,000 thumbnails, fixed costs included, 19.9
+# img/s per core = 0.050 core-seconds an image, split by the steps' seconds at 20,000 (ingest 52 %,
+# features 42 %, pca 8 %, rounded up). Per MB (round 3, 200 phone photos of 2.6 MB, 4032x3024): the
+# ingest tasks that decode them took up to 0.22 core-seconds a MB (8.0 s for the last 37 MB, 21.5-21.8 s
+# for 128 MB), on a machine loaded by other work: an upper bound. The step's fixed costs are its overhead
+# (aws/cost.py). Features and pca read the curated copies (at most 224 px a side): their cost does not
+# follow the originals' size.
 STEPS: tuple[Step, ...] = (
-    Step("ingest", "fruits_spark.ingest", compute_share=0.52),
-    Step("features", "fruits_spark.features", compute_share=0.42),
-    Step("pca", "fruits_spark.pca", compute_share=0.08),
+    Step("ingest", "fruits_spark.ingest", core_seconds_per_image=0.026, core_seconds_per_mb=0.22),
+    Step("features", "fruits_spark.features", core_seconds_per_image=0.021),
+    Step("pca", "fruits_spark.pca", core_seconds_per_image=0.004),
 )
 # ONNX Runtime (default: no TensorFlow on the workers) and the Keras reference. Worker peaks: ONNX Runtime
 # 521 MB at 20,000 images (8 images per session run; 574-611 MB with 16), TensorFlow 1.6-2.0 GB, rounded up.

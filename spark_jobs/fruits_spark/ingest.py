@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 
 import pandas as pd
+from pyspark.accumulators import Accumulator
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -22,6 +23,9 @@ MAX_FILE_BYTES = 50 * 1024 * 1024
 # Spark counts 4 MB per file when packing partitions, so 2,000 photos of 5-50 KB make 60+ tiny tasks;
 # at 256 KB per file they pack into a few tasks per core, and a cluster still gets one task per core.
 FILE_OPEN_COST_BYTES = 256 * 1024
+# Bytes of originals per Arrow batch sent to a Python worker: Spark's 10,000 records a batch would be 25 GB
+# of phone photos; 32 MB keeps a worker (batch, its pandas copy, decoders) well under 600 MB.
+ARROW_BATCH_BYTES = 32 * 1024 * 1024
 
 BINARY_FILE_SCHEMA = T.StructType(
     [
@@ -35,6 +39,7 @@ INSPECTION_SCHEMA = T.StructType(
     [
         T.StructField("reason", T.StringType()),
         T.StructField("detail", T.StringType()),
+        T.StructField("content_hash", T.StringType()),
         T.StructField("width", T.IntegerType()),
         T.StructField("height", T.IntegerType()),
         T.StructField("content", T.BinaryType()),
@@ -47,13 +52,21 @@ class IngestParams:
     input_root: str
     max_file_bytes: int = MAX_FILE_BYTES
     max_pixels: int = images.MAX_PIXELS
+    # counts the files the UDF decodes: each exactly once, whatever the plan (tests and stats read it)
+    rows_inspected: Accumulator | None = None
+
+
+def records_per_batch(listed_bytes: int, listed_files: int) -> int:
+    """Arrow records per batch for files of this mean size: ``ARROW_BATCH_BYTES`` of them, 1..10,000."""
+    mean = listed_bytes / max(listed_files, 1)
+    return max(1, min(10_000, int(ARROW_BATCH_BYTES // max(mean, 1))))
 
 
 UNLISTED_SCHEMA = "path string, status string, reason string, detail string"
 
 
-def extract(spark: SparkSession, input_uri: str) -> tuple[DataFrame, DataFrame, int]:
-    """(files Spark reads, files its reader never yields, number of files seen).
+def extract(spark: SparkSession, input_uri: str) -> tuple[DataFrame, DataFrame, list]:
+    """(files Spark reads, files its reader never yields, the listing: every file seen, with its length).
 
     Spark's file sources skip hidden files and zero-length files without a word: the Hadoop listing finds
     them so that they are accounted for too.
@@ -76,9 +89,9 @@ def extract(spark: SparkSession, input_uri: str) -> tuple[DataFrame, DataFrame, 
             )
     unlisted_df = spark.createDataFrame(unlisted, UNLISTED_SCHEMA)
     if len(unlisted) == len(listing):
-        return spark.createDataFrame([], BINARY_FILE_SCHEMA), unlisted_df, len(listing)
+        return spark.createDataFrame([], BINARY_FILE_SCHEMA), unlisted_df, listing
     files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(input_uri)
-    return files, unlisted_df, len(listing)
+    return files, unlisted_df, listing
 
 
 def label_column(path: F.Column, input_root: str) -> F.Column:
@@ -89,14 +102,17 @@ def label_column(path: F.Column, input_root: str) -> F.Column:
     )
 
 
-def _inspect_udf(max_pixels: int):
+def _inspect_udf(params: IngestParams):
     @F.pandas_udf(INSPECTION_SCHEMA)
     def inspect(contents: pd.Series) -> pd.DataFrame:
-        rows = [images.inspect_image(data, max_pixels) for data in contents]
+        if params.rows_inspected is not None:
+            params.rows_inspected.add(len(contents))
+        rows = [images.inspect_image(data, params.max_pixels) for data in contents]
         return pd.DataFrame(
             {
                 "reason": [r.reason for r in rows],
                 "detail": [r.detail for r in rows],
+                "content_hash": [r.content_hash for r in rows],
                 "width": pd.array([r.width for r in rows], dtype="Int32"),
                 "height": pd.array([r.height for r in rows], dtype="Int32"),
                 "content": [r.content for r in rows],
@@ -124,21 +140,28 @@ def transform(files: DataFrame, params: IngestParams, unlisted: DataFrame | None
         F.concat(F.col("length").cast("string"), F.lit(" bytes")).alias("detail"),
     )
 
+    # One pass over the original bytes (hash, decode, pixels), checkpointed: the duplicate search below and
+    # the outputs read its small result, and the originals are neither read twice nor shuffled
     inspected = (
         files.filter(is_image_name & size_ok)
-        .select(
-            "path",
-            F.sha2("content", 256).alias("content_hash"),
-            _inspect_udf(params.max_pixels)("content").alias("i"),
-        )
-        .select("path", "content_hash", "i.*")
+        .select("path", _inspect_udf(params)("content").alias("i"))
+        .select("path", "i.*")
+        .localCheckpoint(eager=False)
     )
+    # hashes travel, bytes do not: the ranking sees (path, hash) only, and the few duplicates found are
+    # broadcast back to the rows they name
     first_of_hash = Window.partitionBy("content_hash").orderBy("path")
-    ranked = inspected.withColumn("rank", F.row_number().over(first_of_hash)).withColumn(
-        "kept_path", F.first("path").over(first_of_hash)
+    duplicates = (
+        inspected.filter(F.col("reason").isNull())
+        .select("path", "content_hash")
+        .withColumn("rank", F.row_number().over(first_of_hash))
+        .withColumn("kept_path", F.first("path").over(first_of_hash))
+        .filter(F.col("rank") > 1)
+        .select("path", "kept_path")
     )
-    is_duplicate = F.col("reason").isNull() & (F.col("rank") > 1)
-    classified = ranked.select(
+    marked = inspected.join(F.broadcast(duplicates), "path", "left")
+    is_duplicate = F.col("kept_path").isNotNull()
+    classified = marked.select(
         "path",
         F.when(is_duplicate, F.lit("duplicate"))
         .when(F.col("reason").isNull(), F.lit("ok"))
@@ -241,13 +264,26 @@ def main(argv: list[str] | None = None) -> None:
     spark.conf.set("spark.sql.files.openCostInBytes", str(FILE_OPEN_COST_BYTES))
     check_paths(spark, args.input, args.output)
     layout = Layout(args.output, args.dt, staged=True)
-    files, unlisted, files_seen = extract(spark, args.input)
-    params = IngestParams(storage.qualify(spark, args.input), args.max_file_bytes)
+    files, unlisted, listing = extract(spark, args.input)
+    listed_bytes = sum(listed.length for listed in listing)
+    spark.conf.set(
+        "spark.sql.execution.arrow.maxRecordsPerBatch", str(records_per_batch(listed_bytes, len(listing)))
+    )
+    params = IngestParams(
+        storage.qualify(spark, args.input),
+        args.max_file_bytes,
+        rows_inspected=spark.sparkContext.accumulator(0),
+    )
     stats = load(transform(files, params, unlisted), layout)
     refuse_empty_day(stats, args.input)
     # the listing is the ground truth: a file classified nowhere shows up here as a mismatch
     stats.update(
-        step="ingest", input=args.input, files_seen=files_seen, seconds=round(time.monotonic() - started, 2)
+        step="ingest",
+        input=args.input,
+        files_seen=len(listing),
+        bytes_seen=listed_bytes,
+        files_decoded=params.rows_inspected.value,
+        seconds=round(time.monotonic() - started, 2),
     )
     storage.write_stats(spark, layout, "ingest", stats)
     print(

@@ -16,14 +16,13 @@ from fruits_platform.aws.pricing import HOURS_PER_MONTH, instance_prices, spot_a
 from fruits_platform.aws.refusal import GuardRefused
 from fruits_spark.contract import STEP_NAMES, STEPS
 
-# Throughput of the whole pipeline (ingest + features + pca) in images per second per executor vCPU.
-# Measured (docs/BENCHMARKS.md, round 2, ONNX Runtime engine): `fruits run-local` on 2,000 images, 2 cores,
-# 39.8 img/s end to end, fixed costs included = 19.9 img/s per core (44.6 at 20,000). An m5 vCPU is half a
-# physical core (hyperthread): 10 per vCPU keeps the expectation on the safe side (the cost bound comes
-# from the enforced limits, not from this).
-IMAGES_PER_SECOND_PER_VCPU = 10.0
+# What each step costs per image and per MB of input is its record's (contract.STEPS, measured on one
+# core of the development machine). An m5 vCPU is half a physical core (hyperthread): a core-second is
+# counted as two vCPU-seconds.
+VCPUS_PER_CORE = 2
 THROUGHPUT_SOURCE = (
-    "measured 2026-11-23 (onnx): 19.9 img/s per core end to end (2,000 images), 10 per EMR vCPU"
+    "contract.STEPS: core-seconds per image (thumbnails, 2026-11-23) and per MB (200 phone photos of 2.6 MB, "
+    "2026-11-29, loaded machine: an upper bound); 2 EMR vCPUs per core"
 )
 # EMR provisioning + bootstrap (pip install into /opt/fruits-venv) before the first step runs: expected
 CLUSTER_STARTUP_SECONDS = 900
@@ -37,8 +36,6 @@ STEP_OVERHEAD_SECONDS = 120
 # pipeline's expected compute x this factor, plus its overhead, at least the floor.
 STEP_LIMIT_FACTOR = 3.0
 STEP_LIMIT_FLOOR_SECONDS = 900
-# each step's share of the pipeline's compute: its record's (contract.STEPS, measured), in pipeline order
-STEP_COMPUTE_SHARE: dict[str, float] = {step.name: step.compute_share for step in STEPS}
 # a sensor notices the end of its step within one poke: slack over the step's bound so that the cluster
 # side (which says why: exit 124 in the step's log) fires first
 SENSOR_SLACK_SECONDS = 120
@@ -61,6 +58,7 @@ class CostEstimate:
     instances: int
     use_spot: bool
     images: int
+    image_bytes: int
     executor_vcpus: int
     images_per_second: float
     startup_hours: float
@@ -95,7 +93,7 @@ class CostEstimate:
             f"{' + '.join(f'{name} {seconds / 3600:.2f}' for name, seconds in self.step_limits.items())} "
             f"+ slack = {self.run_hours:.2f} + idle timeout "
             f"{self.idle_hours:.2f}) = {self.worst_case_eur:.2f} EUR bound; expected "
-            f"{self.expected_eur:.2f} EUR (for {self.images} images at "
+            f"{self.expected_eur:.2f} EUR (for {self.images} images, {self.image_bytes / 1e9:.2f} GB, at "
             f"{self.images_per_second:.0f} img/s, {self.expected_hours:.2f} h)"
         )
 
@@ -137,23 +135,32 @@ def executor_vcpus(table: dict, instance_type: str, core_nodes: int) -> int:
     return int(instance_prices(table, instance_type)["vcpus"]) * max(core_nodes, 1)
 
 
-def expected_compute_seconds(images: int, vcpus: int) -> float:
-    return images / (IMAGES_PER_SECOND_PER_VCPU * vcpus)
-
-
-def expected_run_seconds(images: int, vcpus: int) -> float:
-    return len(STEP_NAMES) * STEP_OVERHEAD_SECONDS + expected_compute_seconds(images, vcpus)
-
-
-def step_limits(images: int, vcpus: int) -> dict[str, int]:
-    """What each step may take (seconds, in pipeline order), enforced on the cluster (`timeout`) and by
-    its sensor."""
-    compute = expected_compute_seconds(images, vcpus)
+def expected_step_seconds(images: int, image_bytes: int, vcpus: int) -> dict[str, float]:
+    """Each step's expected compute (seconds, in pipeline order) for ``images`` files of ``image_bytes``
+    in all, on ``vcpus`` executor vCPUs."""
+    megabytes = image_bytes / 1e6
     return {
-        name: max(
-            STEP_LIMIT_FLOOR_SECONDS, math.ceil(STEP_OVERHEAD_SECONDS + STEP_LIMIT_FACTOR * share * compute)
-        )
-        for name, share in STEP_COMPUTE_SHARE.items()
+        step.name: VCPUS_PER_CORE
+        * (images * step.core_seconds_per_image + megabytes * step.core_seconds_per_mb)
+        / vcpus
+        for step in STEPS
+    }
+
+
+def expected_compute_seconds(images: int, image_bytes: int, vcpus: int) -> float:
+    return sum(expected_step_seconds(images, image_bytes, vcpus).values())
+
+
+def expected_run_seconds(images: int, image_bytes: int, vcpus: int) -> float:
+    return len(STEP_NAMES) * STEP_OVERHEAD_SECONDS + expected_compute_seconds(images, image_bytes, vcpus)
+
+
+def step_limits(images: int, image_bytes: int, vcpus: int) -> dict[str, int]:
+    """What each step may take (seconds, in pipeline order), enforced on the cluster (`timeout`) and by
+    its sensor: its expected compute x the factor, plus its overhead, at least the floor."""
+    return {
+        name: max(STEP_LIMIT_FLOOR_SECONDS, math.ceil(STEP_OVERHEAD_SECONDS + STEP_LIMIT_FACTOR * seconds))
+        for name, seconds in expected_step_seconds(images, image_bytes, vcpus).items()
     }
 
 
@@ -183,6 +190,7 @@ def estimate_worst_case(
     core_nodes: int,
     use_spot: bool,
     images: int,
+    image_bytes: int,
     idle_timeout_seconds: int,
     budget_eur: float,
     ebs_gib_per_instance: int,
@@ -195,7 +203,7 @@ def estimate_worst_case(
     without a Python worker when memory is short); default: every vCPU of the executor nodes."""
     vcpus = executor_cores or executor_vcpus(table, instance_type, core_nodes)
     instances = 1 + core_nodes
-    limits = step_limits(images, vcpus)
+    limits = step_limits(images, image_bytes, vcpus)
     startup, run, idle = bound_hours(limits, idle_timeout_seconds)
     hours = startup + run + idle
     instance_rate = cluster_hourly_cap_eur(table, instance_type, core_nodes, use_spot)
@@ -203,7 +211,7 @@ def estimate_worst_case(
     ipv4_rate = ipv4_hourly_eur(table, instances) if public_ipv4 else 0.0
     hourly = instance_rate + ebs_rate + ipv4_rate
     expected_hours = (
-        CLUSTER_STARTUP_SECONDS + expected_run_seconds(images, vcpus) + TERMINATION_SECONDS
+        CLUSTER_STARTUP_SECONDS + expected_run_seconds(images, image_bytes, vcpus) + TERMINATION_SECONDS
     ) / 3600
     expected_hourly = cluster_hourly_eur(table, instance_type, core_nodes, use_spot) + ebs_rate + ipv4_rate
     return CostEstimate(
@@ -211,8 +219,9 @@ def estimate_worst_case(
         instances=instances,
         use_spot=use_spot,
         images=images,
+        image_bytes=image_bytes,
         executor_vcpus=vcpus,
-        images_per_second=IMAGES_PER_SECOND_PER_VCPU * vcpus,
+        images_per_second=round(images / max(expected_compute_seconds(images, image_bytes, vcpus), 1e-9), 1),
         startup_hours=round(startup, 4),
         run_hours=round(run, 4),
         idle_hours=round(idle, 4),

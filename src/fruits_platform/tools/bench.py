@@ -29,7 +29,7 @@ from fruits_platform.local.runner import (
     spark_submit_binary,
 )
 from fruits_platform.pipeline import WEIGHTS_HELP, PipelineParams, default_weights
-from fruits_platform.tools import quality
+from fruits_platform.tools import phone_photos, quality
 from fruits_platform.tools.bench_bare import BARE_ENGINES, run_bare
 from fruits_platform.tools.bench_spark import history, pca_fit_time
 from fruits_spark.contract import ENGINES, INPUT_SIZES, PARAMS, STEP_NAMES
@@ -131,6 +131,7 @@ def run_pipeline(input_dir: Path, weights: str, input_size: int, work: Path, eng
     return {
         "ok": report["counts"]["ok"],
         "features_seconds_in_job": report["step_seconds"]["features"],
+        "step_seconds_in_job": report["step_seconds"],
         "step_seconds": {name: wall[name] for name in STEP_NAMES},
         "whole_seconds": wall["spark_submit"],
         "peak_worker_rss_mb": round(memory.peak_mb),
@@ -260,6 +261,8 @@ def bench(args: argparse.Namespace) -> int:
     except WeightsUnavailable as error:
         print(f"bench: {error}")
         return 2
+    if args.phone_photos:
+        return phone_photos.bench_phone_photos(args, work, weights)
     input_dir = work / f"images_{args.images}"
     paths = prepare_images(Path(args.source), args.images, input_dir)
     figures: dict = {
@@ -301,6 +304,12 @@ def register(commands) -> None:
         action="append",
         default=[],
         choices=["bare", *(f"bare-{engine}" for engine in BARE_ENGINES), "notebook"],
+    )
+    parser.add_argument(
+        "--phone-photos",
+        action="store_true",
+        help="12 MP JPEGs with EXIF orientation and GPS made from the source: ingest, features, whole run "
+        "against a bare one-process reference",
     )
     parser.add_argument("--pca-rows", type=int, default=0, help="also time a PCA fit on this many rows")
     parser.add_argument(

@@ -49,7 +49,7 @@ from airflow.sdk import (
 )
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from fruits_platform.aws import cost_report, emr, guards, pricing, staging
+from fruits_platform.aws import bootstrap, cost_report, emr, guards, pricing, staging
 from fruits_platform.aws.settings import VAR_SUBNET_ID, VARIABLES, RunSettings, resolve_settings
 from fruits_platform.dag_params import run_param
 from fruits_platform.pipeline import PipelineParams
@@ -214,7 +214,7 @@ with DAG(
 
     @task(retries=2, retry_delay=dt.timedelta(seconds=30))
     def stage_artifacts(settings: dict) -> dict:
-        """Code, bootstrap and weights to S3, once per content."""
+        """Code, bootstrap, the wheelhouse for the nodes' architecture and weights to S3, once per content."""
         run = RunSettings.from_dict(settings)
         pipeline = PipelineParams(**run.pipeline)
         try:
@@ -226,6 +226,7 @@ with DAG(
                     pipeline.input_size,
                     Path(scratch),
                     pipeline.engine,
+                    bootstrap.architecture(run.instance_type),
                 )
         except staging.StagingError as error:
             raise AirflowFailException(str(error)) from None

@@ -18,7 +18,7 @@ from airflow.providers.amazon.aws.operators.emr import EmrCreateJobFlowOperator,
 from airflow.providers.amazon.aws.sensors.emr import EmrStepSensor
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from fruits_platform.aws import pricing
+from fruits_platform.aws import bootstrap, pricing
 from fruits_platform.aws.sizing import ExecutorSizing, size_executors
 from fruits_platform.pipeline import PipelineParams, failure_reason, pipeline_steps, spark_submit_args
 from fruits_spark.contract import STEP_NAMES
@@ -211,6 +211,7 @@ def job_flow_overrides(
     use_spot: bool,
     bootstrap_script_uri: str,
     requirements_uri: str,
+    wheelhouse_uri: str,
     configurations: list[dict[str, Any]],
     tags: Mapping[str, str],
     job_flow_role: str,
@@ -254,12 +255,7 @@ def job_flow_overrides(
         "LogUri": f"s3://{bucket}/{LOG_PREFIX}",
         "Instances": instances,
         "AutoTerminationPolicy": {"IdleTimeout": idle_timeout_seconds},
-        "BootstrapActions": [
-            {
-                "Name": "install-python-deps",
-                "ScriptBootstrapAction": {"Path": bootstrap_script_uri, "Args": [requirements_uri]},
-            }
-        ],
+        "BootstrapActions": [bootstrap.bootstrap_action(bootstrap_script_uri, requirements_uri, wheelhouse_uri)],
         "Configurations": configurations,
         "EbsRootVolumeSize": ROOT_VOLUME_GIB,
         "JobFlowRole": job_flow_role,
@@ -474,6 +470,7 @@ def cluster_definition(
         use_spot=run.use_spot,
         bootstrap_script_uri=staged.bootstrap_script_uri,
         requirements_uri=staged.requirements_uri(run.pipeline["engine"]),
+        wheelhouse_uri=staged.wheelhouse_uri,
         configurations=emr_configurations(
             staged.spark_env,
             executor_sizing(table, run.instance_type, run.core_nodes, run.pipeline["engine"]),

@@ -461,7 +461,7 @@ def test_emr_steps_are_the_local_steps_over_s3():
         ]
 
 
-def overrides_for(instance_type="m5.xlarge", core_nodes=2, use_spot=False, engine="tensorflow"):
+def overrides_for(instance_type="m5.xlarge", core_nodes=2, use_spot=False, engine="tensorflow", tags=None):
     from fruits_platform.aws import pricing
     from fruits_platform.aws.emr import emr_configurations, job_flow_overrides
     from fruits_platform.aws.sizing import size_executors
@@ -477,10 +477,11 @@ def overrides_for(instance_type="m5.xlarge", core_nodes=2, use_spot=False, engin
         use_spot=use_spot,
         bootstrap_script_uri="s3://b/artifacts/h/install-python-deps.sh",
         requirements_uri="s3://b/artifacts/h/requirements-emr.txt",
+        wheelhouse_uri="s3://b/artifacts/wheelhouse/w/",
         configurations=emr_configurations(
             json.loads((PROJECT_ROOT / "bootstrap" / "spark-env.json").read_text()), sizing
         ),
-        tags={"run_id": "r"},
+        tags=tags or {"run_id": "r"},
         job_flow_role=JOB_FLOW_ROLE,
         service_role=SERVICE_ROLE,
         subnet_id="subnet-0123456789abcdef0",
@@ -489,6 +490,7 @@ def overrides_for(instance_type="m5.xlarge", core_nodes=2, use_spot=False, engin
 
 
 def test_job_flow_overrides_safety_nets():
+    from fruits_platform.aws.bootstrap import BOOTSTRAP_TIMEOUT_SECONDS
     from fruits_platform.aws.emr import IDLE_TIMEOUT_SECONDS
 
     overrides = overrides_for()
@@ -503,7 +505,12 @@ def test_job_flow_overrides_safety_nets():
     assert (core["Market"], core["InstanceCount"], core["InstanceRole"]) == ("ON_DEMAND", 2, "CORE")
     assert overrides["BootstrapActions"][0]["ScriptBootstrapAction"] == {
         "Path": "s3://b/artifacts/h/install-python-deps.sh",
-        "Args": ["s3://b/artifacts/h/requirements-emr.txt"],
+        # what to install, from which wheelhouse (no index on the nodes), within what time
+        "Args": [
+            "s3://b/artifacts/h/requirements-emr.txt",
+            "s3://b/artifacts/wheelhouse/w/",
+            str(BOOTSTRAP_TIMEOUT_SECONDS),
+        ],
     }
     classifications = {c["Classification"] for c in overrides["Configurations"]}
     assert {"spark-env", "emrfs-site", "spark-defaults"} <= classifications

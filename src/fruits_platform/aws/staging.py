@@ -9,7 +9,6 @@ is skipped (``head_object``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

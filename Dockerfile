@@ -1,6 +1,6 @@
 # Airflow image for docker-compose.yaml: the official image plus what the DAGs' tasks run in-process.
-# The package (src/, spark_jobs/fruits_spark/) is installed in the image; dags/, plugins/, spark_jobs/,
-# bootstrap/ and data/ are mounted at run time.
+# The package (src/, spark_jobs/fruits_spark/) is installed in the image; dags/, plugins/, bootstrap/ and
+# data/ are mounted at run time.
 FROM apache/airflow:3.3.2-python3.11
 
 USER root
@@ -23,7 +23,9 @@ USER airflow
 # The project itself, as `make setup` installs it: the fruits_platform and fruits_spark packages and every
 # runtime dependency, resolved against constraints.txt (the same pins as the dev venv and the tests, the
 # Airflow of the base image included). The DAGs then import fruits_platform like any library, as on any
-# Airflow; a change under src/ needs `docker compose build`, a change under dags/ or spark_jobs/ does not.
+# Airflow. The Spark jobs are shipped from this installed fruits_spark too (artifacts.py zips it), so the
+# steps' command lines and the jobs' parsers come from one contract: a change under src/ or spark_jobs/
+# needs `docker compose build`; a change under dags/, plugins/ or bootstrap/ does not.
 COPY --chown=airflow:0 pyproject.toml constraints.txt README.md /opt/fruits/
 COPY --chown=airflow:0 src/ /opt/fruits/src/
 COPY --chown=airflow:0 spark_jobs/fruits_spark/ /opt/fruits/spark_jobs/fruits_spark/

@@ -21,9 +21,9 @@ import boto3
 import botocore.session
 import pytest
 from botocore.validate import ParamValidator
+from moto import mock_aws
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
-from moto import mock_aws
 from packaging.utils import canonicalize_name
 
 from fruits_platform.aws import bootstrap
@@ -456,7 +456,12 @@ def test_a_hung_install_is_ended_by_the_timeout(sandbox: Sandbox):
 
 @pytest.mark.parametrize(
     ("instance_type", "arch"),
-    [("m5.xlarge", "x86_64"), ("m7g.xlarge", "aarch64"), ("r6gd.2xlarge", "aarch64"), ("c5n.large", "x86_64")],
+    [
+        ("m5.xlarge", "x86_64"),
+        ("m7g.xlarge", "aarch64"),
+        ("r6gd.2xlarge", "aarch64"),
+        ("c5n.large", "x86_64"),
+    ],
 )
 def test_the_nodes_architecture_follows_the_instance_family(instance_type: str, arch: str):
     assert bootstrap.architecture(instance_type) == arch
@@ -467,7 +472,8 @@ def test_the_download_accepts_every_manylinux_tag_the_nodes_run():
     # nothing newer than AL2023's glibc 2.34
     tags = bootstrap.platform_tags("x86_64")
     assert {"manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64"} <= set(tags)
-    assert "manylinux_2_34_x86_64" in tags and "manylinux_2_35_x86_64" not in tags
+    assert "manylinux_2_34_x86_64" in tags
+    assert "manylinux_2_35_x86_64" not in tags
     with pytest.raises(ValueError, match="architecture"):
         bootstrap.platform_tags("arm64")
 
@@ -475,7 +481,9 @@ def test_the_download_accepts_every_manylinux_tag_the_nodes_run():
 def test_an_unavailable_pin_names_itself(tmp_path: Path):
     requirements = tmp_path / "requirements-emr.txt"
     requirements.write_text("six==0.0.1\n")
-    with pytest.raises(bootstrap.WheelhouseError, match=r"x86_64 wheels of requirements-emr.txt: .*six==0.0.1"):
+    with pytest.raises(
+        bootstrap.WheelhouseError, match=r"x86_64 wheels of requirements-emr.txt: .*six==0.0.1"
+    ):
         bootstrap.build_wheelhouse(requirements, "x86_64", tmp_path / "cache")
     assert not list((tmp_path / "cache").iterdir()), "a failed download leaves nothing behind"
 
@@ -506,7 +514,9 @@ def test_the_staged_wheelhouse_installs_offline_in_a_clean_venv(tmp_path: Path):
         (sandbox.bin / stub).unlink()  # the real interpreter builds and checks the venv
     with mock_aws():
         s3 = boto3.client("s3", region_name="eu-west-3")
-        s3.create_bucket(Bucket="fruits-test-bucket", CreateBucketConfiguration={"LocationConstraint": "eu-west-3"})
+        s3.create_bucket(
+            Bucket="fruits-test-bucket", CreateBucketConfiguration={"LocationConstraint": "eu-west-3"}
+        )
         staged = StagedArtifacts("s3://fruits-test-bucket/artifacts/v1/", "")
         wheelhouse_uri = stage_wheelhouse(s3, "fruits-test-bucket", REQUIREMENTS, "x86_64", staged)
         # what the node copies: every object under the staged prefix, as S3 holds it
@@ -519,14 +529,14 @@ def test_the_staged_wheelhouse_installs_offline_in_a_clean_venv(tmp_path: Path):
     staged_pins = {canonicalize_name(key.removeprefix(prefix).split("-")[0]) for key in keys}
     assert staged_pins == set(read_pins(REQUIREMENTS)), "one wheel per pin, nothing else"
 
-    result, calls = sandbox.run(REQUIREMENTS_URI, wheelhouse_uri, TIMEOUT, env=offline_env())
+    result, _ = sandbox.run(REQUIREMENTS_URI, wheelhouse_uri, TIMEOUT, env=offline_env())
     assert result.returncode == 0, result.stdout + result.stderr
     assert sandbox.marker.read_text().strip() == hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
     # the script's own pip check and import check ran against the real venv; the jobs' modules import
     python = sandbox.venv / "bin" / "python"
+    code = "import onnxruntime, numpy, pandas, pyarrow, PIL, matplotlib, h5py; print(numpy.__version__)"
     imported = subprocess.run(
-        [str(python), "-c", "import onnxruntime, numpy, pandas, pyarrow, PIL, matplotlib, h5py; print(numpy.__version__)"],
-        capture_output=True, text=True, env=offline_env(), check=False,
-    )  # fmt: skip
+        [str(python), "-c", code], capture_output=True, text=True, env=offline_env(), check=False
+    )
     assert imported.returncode == 0, imported.stderr
     assert imported.stdout.strip() == read_pins(REQUIREMENTS)["numpy"]

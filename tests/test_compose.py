@@ -28,7 +28,6 @@ LONG_RUNNING = ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor
 MOUNTS = {
     "./dags": ("/opt/airflow/dags", None),
     "./plugins": ("/opt/airflow/plugins", None),
-    "./spark_jobs": ("/opt/airflow/spark_jobs", "FRUITS_SPARK_JOBS_DIR"),
     "./bootstrap": ("/opt/airflow/bootstrap", "FRUITS_BOOTSTRAP_DIR"),
     "./data": ("/opt/airflow/data", None),
     "./out": ("/opt/airflow/out", None),
@@ -131,6 +130,9 @@ def test_project_folders_are_mounted_where_the_dags_look(compose: dict, common_e
             assert common_env[variable] == target
         if source != "./out":
             assert (PROJECT_ROOT / source).is_dir(), f"{source} does not exist in the work tree"
+    # one copy of the Spark code: the image's installed fruits_spark, never a second one mounted beside it
+    assert not [source for source in mounts if source.startswith("./spark_jobs")]
+    assert not [name for name in common_env if "SPARK_JOBS" in name]
     assert common_env["FRUITS_LOCAL_INPUT"] == "/opt/airflow/data/sample"
     assert common_env["FRUITS_LOCAL_OUTPUT"].startswith(MOUNTS["./out"][0] + "/")
 
@@ -195,7 +197,7 @@ def image_site(tmp_path_factory) -> Path:
 def image_python(site: Path, script: str, tmp_path: Path) -> dict:
     """Runs ``script`` like a task process of the compose image: the image's packages (this venv's, without
     the editable install of the work tree), the project as installed in the image, and the mounted folders
-    (compose mounts dags/, plugins/, spark_jobs/ and bootstrap/ where Airflow and the DAGs look)."""
+    (compose mounts dags/, plugins/ and bootstrap/ where Airflow and the DAGs look)."""
     packages = next(Path(sys.prefix).glob("lib/python3*/site-packages"))
     env = {
         "PATH": os.environ["PATH"],
@@ -204,7 +206,6 @@ def image_python(site: Path, script: str, tmp_path: Path) -> dict:
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "FRUITS_SPARK_JOBS_DIR": str(PROJECT_ROOT / "spark_jobs"),
         "FRUITS_BOOTSTRAP_DIR": str(PROJECT_ROOT / "bootstrap"),
         # -S skips site-packages' .pth files, among them the editable install that maps src/
         "PYTHONPATH": os.pathsep.join([str(site), str(packages)]),
@@ -234,6 +235,25 @@ print(json.dumps({"errors": {k: str(v)[-500:] for k, v in bag.import_errors.item
     assert found["errors"] == {}
     assert found["dags"] == ["fruits_features_emr", "fruits_features_local"]
     assert all(module.startswith(str(image_site)) for module in found["modules"]), found["modules"]
+
+
+def test_the_image_ships_its_installed_spark_code(image_site, tmp_path):
+    """What the DAGs stage for Spark is the image's fruits_spark: the code that built the command lines."""
+    script = """
+import json, zipfile
+from pathlib import Path
+from fruits_platform.artifacts import build_artifacts
+built = build_artifacts(Path("built"))
+import fruits_spark
+with zipfile.ZipFile(built / "fruits_spark.zip") as shipped:
+    contract = shipped.read("fruits_spark/contract.py").decode()
+print(json.dumps({"package": fruits_spark.__file__, "files": sorted(p.name for p in built.iterdir()),
+    "same": contract == (Path(fruits_spark.__file__).parent / "contract.py").read_text()}))
+"""
+    found = image_python(image_site, script, tmp_path)
+    assert found["package"].startswith(str(image_site))
+    assert found["same"]
+    assert {"fruits_spark.zip", "local_app.py", "ingest.py", "install-python-deps.sh"} <= set(found["files"])
 
 
 def test_loading_plugins_imports_no_heavy_library(image_site, tmp_path):

@@ -47,8 +47,8 @@ from tests.test_dag_emr import (
     UPLOAD_DAY,
     base_conf,
     create_bucket,
-    overrides_for,
     create_subnet,
+    overrides_for,
     set_emr_variables,
     xcom,
 )
@@ -162,7 +162,9 @@ def check_action_permitted(self, resource: str) -> None:
     checks = [(self._action, resource)]
     if self._action == "elasticmapreduce:RunJobFlow":
         params = getattr(_request, "run_job_flow_params", set())
-        checks += [(action, NEW_CLUSTER_ARN) for param, action in CREATION_TIME_ACTIONS.items() if param in params]
+        checks += [
+            (action, NEW_CLUSTER_ARN) for param, action in CREATION_TIME_ACTIONS.items() if param in params
+        ]
         _request.creation_checks = getattr(_request, "creation_checks", []) + [a for a, _ in checks[1:]]
     for action, on in checks:
         if not permitted_by(policies, action, on, values):
@@ -298,7 +300,9 @@ def test_creation_time_checks_allow_exactly_the_tags_the_dag_sends(emr_dag):
     AddTags and PutAutoTerminationPolicy: with the request's tags (those the DAG's cluster definition
     carries) and no resource tags yet."""
     policy = json.dumps(template_policies()["airflow"])
-    overrides = overrides_for(tags=cluster_tags(emr_dag.dag_id, "scheduled__2026-11-08T02:00:00+00:00", UPLOAD_DAY))
+    overrides = overrides_for(
+        tags=cluster_tags(emr_dag.dag_id, "scheduled__2026-11-08T02:00:00+00:00", UPLOAD_DAY)
+    )
     assert set(CREATION_TIME_ACTIONS) <= set(overrides), "the DAG no longer sends tags or an idle timeout"
     sent = {tag["Key"]: tag["Value"] for tag in overrides["Tags"]}
     keys = tag_condition_keys(template_policies()["airflow"])

@@ -202,7 +202,9 @@ def test_creation_time_checks_key_on_the_request_tags(template: dict):
     tags yet: a statement allowing them on aws:ResourceTag could never match then."""
     implicit = {"elasticmapreduce:AddTags", "elasticmapreduce:PutAutoTerminationPolicy"}
     allowing = [s for s in airflow_statements(template) if implicit & set(as_list(s["Action"]))]
-    assert allowing, "RunJobFlow with Tags and AutoTerminationPolicy needs AddTags and PutAutoTerminationPolicy"
+    assert allowing, (
+        "RunJobFlow with Tags and AutoTerminationPolicy needs AddTags and PutAutoTerminationPolicy"
+    )
     for statement in allowing:
         assert statement["Condition"] == {"StringEquals": {"aws:RequestTag/project": "fruits"}}, statement
 
@@ -225,8 +227,11 @@ def test_created_subnet_is_tagged_private_and_reaches_only_s3(template: dict):
     assert tag in properties(template, "Vpc")["Tags"]
     assert properties(template, "EmrSubnet")["MapPublicIpOnLaunch"] is False
     # nothing that leads out of the VPC: no internet or egress-only gateway, no NAT, no public address
-    exits = {"AWS::EC2::InternetGateway", "AWS::EC2::EgressOnlyInternetGateway", "AWS::EC2::NatGateway",
-             "AWS::EC2::EIP", "AWS::EC2::VPCGatewayAttachment", "AWS::EC2::TransitGatewayAttachment"}  # fmt: skip
+    exits = {
+        f"AWS::EC2::{kind}"
+        for kind in ("InternetGateway", "EgressOnlyInternetGateway", "NatGateway", "EIP",
+                     "VPCGatewayAttachment", "TransitGatewayAttachment")
+    }  # fmt: skip
     assert not [name for name, r in template["Resources"].items() if r["Type"] in exits]
     routes = resources_of_type(template, "AWS::EC2::Route")
     assert not routes, f"the subnet's routes are the VPC's own and the S3 endpoint's only: {sorted(routes)}"

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fruits_spark import contract, features, images, model, onnx_engine
+from fruits_spark import contract, features, images, model
+from fruits_spark.engines import onnx as onnx_engine
 from fruits_spark.features import FeatureParams, featurize_batch, transform
 from tests.conftest import save_random_backbone
 
@@ -134,7 +135,7 @@ def test_both_engines_give_the_same_features_through_spark(spark, request, weigh
     curated = spark.createDataFrame(
         rows, "path string, label string, content_hash string, content binary"
     ).repartition(5)
-    by_engine = {engine: run_engine(spark, curated, weights, engine) for engine in contract.ENGINES}
+    by_engine = {engine: run_engine(spark, curated, weights, engine) for engine in contract.ENGINE_NAMES}
 
     good = [str(p) for p in sample_images]
     onnx_rows, onnx_params = by_engine["onnx"]
@@ -240,7 +241,8 @@ def test_the_export_is_cached_per_embedding(tmp_path, monkeypatch, random_weight
 NO_TENSORFLOW_CHECK = """
 import json, sys
 import numpy as np
-from fruits_spark import features, model, onnx_engine
+from fruits_spark import features, model
+from fruits_spark.engines import onnx as onnx_engine
 weights, exported = sys.argv[1], sys.argv[2]
 digest = model.read_weights(weights, 224).digest
 checked = onnx_engine.read_onnx(open(exported, "rb").read(), exported, digest, 224)
@@ -270,8 +272,8 @@ def test_the_step_takes_a_pre_exported_model_by_path_or_uri(spark, tmp_path, ran
     path.parent.mkdir()
     path.write_bytes(exported.data)
     for given in (str(path), f"file://{path}"):
-        assert features.prepare_onnx(spark, str(random_weights), 224, given) == exported
+        assert onnx_engine.prepare_model(spark, str(random_weights), 224, given) == exported
     with pytest.raises(FileNotFoundError, match="ONNX model not found"):
-        features.prepare_onnx(spark, str(random_weights), 224, str(tmp_path / "absent.onnx"))
+        onnx_engine.prepare_model(spark, str(random_weights), 224, str(tmp_path / "absent.onnx"))
     with pytest.raises(onnx_engine.OnnxModelUnavailable, match="exported for input size 224, not 160"):
-        features.prepare_onnx(spark, str(random_weights), 160, str(path))
+        onnx_engine.prepare_model(spark, str(random_weights), 160, str(path))

@@ -64,7 +64,9 @@ def start_cluster(endpoint: str) -> tuple[str, list[str]]:
     )["JobFlowId"]
     step_ids = emr.add_job_flow_steps(
         JobFlowId=cluster_id,
-        Steps=[{"Name": n, "HadoopJarStep": {"Jar": "command-runner.jar", "Args": ["true"]}} for n in STEP_NAMES],
+        Steps=[
+            {"Name": n, "HadoopJarStep": {"Jar": "command-runner.jar", "Args": ["true"]}} for n in STEP_NAMES
+        ],
     )["StepIds"]
     return cluster_id, step_ids
 

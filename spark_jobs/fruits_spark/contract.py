@@ -1,5 +1,9 @@
-"""The pipeline contract, declared once: the run parameters, the steps, the image extensions, the input sizes
-and the output datasets.
+"""The pipeline contract, declared once: the steps, the inference engines, the run parameters, the image
+extensions, the input sizes and the output datasets.
+
+A step and an engine are each one record here plus one module (``STEPS``, ``ENGINES``): the local run, the
+EMR steps and their time limits, executor sizing, staging, the report and the bench all read these records,
+so adding one needs no other edit.
 
 Everything that takes a run parameter derives it from here: the Spark jobs' argparse (``step_parser``), the
 ``fruits`` command's flags (``add_argument``), both DAGs' Params (``fruits_platform.dag_params``) and the
@@ -14,12 +18,82 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
-STEP_NAMES = ("ingest", "features", "pca")
+
+@dataclass(frozen=True)
+class Step:
+    """A Spark step: ``module`` (imported on demand) has ``parser()`` and ``main(argv)``, which EMR submits
+    as its own step and the local app calls in one application, in the order of ``STEPS``."""
+
+    name: str
+    module: str
+    # its share of the pipeline's compute, which sets its time limit on EMR (aws/guards.py): measured by
+    # `fruits bench` at 20,000 images with the onnx engine (docs/BENCHMARKS.md, round 2: ingest 113.7 s,
+    # features 91.1 s, pca 16.8 s of 221.7 s), rounded up
+    compute_share: float
+
+    def load(self) -> ModuleType:
+        return importlib.import_module(self.module)
+
+
+@dataclass(frozen=True)
+class Engine:
+    """An inference engine of the features step. ``module`` (imported on demand, on the driver and in the
+    Python workers) has ``prepare(spark, args) -> (broadcast model, weights digest)``, run on the driver, and
+    ``build(value, input_size, threads) -> infer``, run once per Python worker on the broadcast value."""
+
+    name: str
+    module: str
+    help: str
+    # bootstrap/ file that installs the EMR nodes' Python runtime for this engine
+    requirements: str
+    # peak RSS of one Python worker running the features UDF (MB), measured by `fruits bench`
+    # (docs/BENCHMARKS.md); executor sizing (aws/sizing.py) follows it
+    worker_peak_mb: int
+    # the driver and the workers need TensorFlow (the features step says so before any task when it is absent)
+    needs_tensorflow: bool
+    # the EMR staging exports the model to ONNX on the Airflow worker and passes it as --onnx-model, so that
+    # the nodes never import TensorFlow
+    staged_onnx: bool = False
+
+    def load(self) -> ModuleType:
+        return importlib.import_module(self.module)
+
+
+STEPS: tuple[Step, ...] = (
+    Step("ingest", "fruits_spark.ingest", compute_share=0.52),
+    Step("features", "fruits_spark.features", compute_share=0.42),
+    Step("pca", "fruits_spark.pca", compute_share=0.08),
+)
+# ONNX Runtime (default: no TensorFlow on the workers) and the Keras reference. Worker peaks: ONNX Runtime
+# 521 MB at 20,000 images (8 images per session run; 574-611 MB with 16), TensorFlow 1.6-2.0 GB, rounded up.
+ENGINES: tuple[Engine, ...] = (
+    Engine(
+        "onnx",
+        "fruits_spark.engines.onnx",
+        "ONNX Runtime on the workers (no TensorFlow there)",
+        requirements="requirements-emr.txt",
+        worker_peak_mb=600,
+        needs_tensorflow=False,
+        staged_onnx=True,
+    ),
+    Engine(
+        "tensorflow",
+        "fruits_spark.engines.tensorflow",
+        "the Keras reference",
+        requirements="requirements-emr-tensorflow.txt",
+        worker_peak_mb=2000,
+        needs_tensorflow=True,
+    ),
+)
+STEP_NAMES = tuple(step.name for step in STEPS)
+ENGINE_NAMES = tuple(engine.name for engine in ENGINES)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # Model input sides offered (pixels): MobileNetV2's ImageNet weights exist for these
 INPUT_SIZES = (96, 128, 160, 192, 224)
@@ -28,10 +102,7 @@ FEATURE_DIM = 1280
 DATASETS = ("images", "features", "features_index", "pca", "pca_csv", "rejected", "ignored")
 # The environment variable that names the weights where a flag or param does not
 WEIGHTS_ENV = "FRUITS_WEIGHTS"
-# The features step's inference engines: ONNX Runtime (no TensorFlow on the workers) and the Keras reference
-ENGINES = ("onnx", "tensorflow")
 DT_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
-ALL_STEPS = STEP_NAMES
 
 
 def today() -> str:
@@ -125,14 +196,14 @@ RUN_PARAMS: tuple[RunParam, ...] = (
         "images to process, one sub-folder per label (a path or any Hadoop URI: file://, s3://)",
         steps=("ingest",),
     ),
-    RunParam("output", str, None, "Output", "output root (a path or any Hadoop URI)", steps=ALL_STEPS),
+    RunParam("output", str, None, "Output", "output root (a path or any Hadoop URI)", steps=STEP_NAMES),
     RunParam(
         "dt",
         str,
         None,
         "Upload date",
         "upload date of the batch (YYYY-MM-DD): every output goes to its dt= partition",
-        steps=ALL_STEPS,
+        steps=STEP_NAMES,
         pattern=DT_PATTERN,
     ),
     RunParam(
@@ -157,9 +228,9 @@ RUN_PARAMS: tuple[RunParam, ...] = (
         str,
         "onnx",
         "Inference engine",
-        "onnx: ONNX Runtime on the workers (no TensorFlow there); tensorflow: the Keras reference",
+        "; ".join(f"{engine.name}: {engine.help}" for engine in ENGINES),
         steps=("features",),
-        choices=ENGINES,
+        choices=ENGINE_NAMES,
     ),
     RunParam(
         "onnx_model",
@@ -199,6 +270,20 @@ RUN_PARAMS: tuple[RunParam, ...] = (
     ),
 )
 PARAMS: dict[str, RunParam] = {param.name: param for param in RUN_PARAMS}
+
+
+def step_record(name: str) -> Step:
+    for record in STEPS:
+        if record.name == name:
+            return record
+    raise ValueError(f"unknown step {name!r}; steps are {', '.join(STEP_NAMES)}")
+
+
+def engine_record(name: str) -> Engine:
+    for record in ENGINES:
+        if record.name == name:
+            return record
+    raise ValueError(f"unknown engine {name!r}; engines are {', '.join(ENGINE_NAMES)}")
 
 
 def step_params(step: str) -> tuple[RunParam, ...]:

@@ -2,7 +2,8 @@
 
 The driver reads and checks the model once and broadcasts it; each Python worker builds its engine once
 from the broadcast value and reuses it for every batch of every task it runs (iterator pandas UDF).
-Engines: ``onnx`` (default: the exported model in ONNX Runtime, no TensorFlow in the workers) and
+The engine is a record of ``contract.ENGINES`` and one module of ``fruits_spark.engines``, asked for both
+parts: ``onnx`` (default: the exported model in ONNX Runtime, no TensorFlow in the workers) and
 ``tensorflow`` (the Keras reference). Both compute the same embedding (cosine >= 0.9999, tested), so the
 engine is not part of the embedding id.
 """
@@ -16,7 +17,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,7 +27,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from fruits_spark import contract, images, model, onnx_engine, reuse, storage
+from fruits_spark import contract, images, model, reuse, storage
 from fruits_spark.layout import Layout
 from fruits_spark.progress import Progress
 
@@ -43,7 +43,7 @@ ROWS_PER_PARTITION = 512
 
 @dataclass(frozen=True)
 class FeatureParams:
-    # the broadcast model: onnx_engine.OnnxModel for ``onnx``, model.WeightsFile for ``tensorflow``
+    # the broadcast value the engine's ``prepare`` made, which its ``build`` reads in each worker
     weights: Broadcast
     weights_digest: str
     input_size: int = 224
@@ -51,7 +51,7 @@ class FeatureParams:
     threads: int = 1
     model_builds: Accumulator | None = None
     rows_inferred: Accumulator | None = None
-    engine: str = onnx_engine.DEFAULT_ENGINE
+    engine: str = contract.PARAMS["engine"].default
 
     @property
     def embedding(self) -> str:
@@ -90,9 +90,8 @@ def featurize_batch(contents: pd.Series, infer, input_size: int, batch_size: int
 
 def _build_engine(params: FeatureParams) -> model.Infer:
     """Runs in the Python worker, after Spark forked it: a session's thread pool would not survive a fork."""
-    if params.engine == "onnx":
-        return onnx_engine.onnx_infer(params.weights.value.data, params.threads)
-    return model.tensorflow_infer(params.weights.value, params.input_size, params.threads)
+    engine = contract.engine_record(params.engine).load()
+    return engine.build(params.weights.value, params.input_size, params.threads)
 
 
 def _featurize_udf(params: FeatureParams):
@@ -149,50 +148,25 @@ def load(featurized: DataFrame, layout: Layout, embedding: str) -> dict:
     return {"ok": n_total - n_failed, "rejected": n_failed}
 
 
-def broadcast_weights(spark: SparkSession, weights: str, input_size: int) -> tuple[Broadcast, str]:
-    local = None if weights == "imagenet" else storage.fetch_to_local(spark, weights)
-    weights_file = model.read_weights(weights, input_size, local)
-    return spark.sparkContext.broadcast(weights_file), weights_file.digest
-
-
-def prepare_onnx(
-    spark: SparkSession, weights: str, input_size: int, onnx_model: str = ""
-) -> onnx_engine.OnnxModel:
-    """The checked ONNX model: the given pre-exported file (no TensorFlow here), else the local cache's,
-    exported on its first use."""
-    if not onnx_model:
-        local = None if weights == "imagenet" else storage.fetch_to_local(spark, weights)
-        return onnx_engine.cached_onnx(model.read_weights(weights, input_size, local), input_size)
-    try:
-        data = Path(storage.fetch_to_local(spark, onnx_model)).read_bytes()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"ONNX model not found: {onnx_model}") from None
-    # the ImageNet weights' digest needs Keras and a download: the file's own record is trusted instead
-    digest = None
-    if weights != "imagenet":
-        digest = model.read_weights(weights, input_size, storage.fetch_to_local(spark, weights)).digest
-    return onnx_engine.read_onnx(data, onnx_model, digest, input_size)
-
-
 def broadcast_model(spark: SparkSession, args: argparse.Namespace) -> tuple[Broadcast, str]:
-    if args.engine == "tensorflow":
-        if args.onnx_model:
-            raise model.WeightsUnavailable("--onnx-model is for --engine onnx only")
-        # the driver runs in the executors' environment (EMR: one virtualenv): say it now, not in a task
-        if importlib.util.find_spec("tensorflow") is None:
-            raise model.WeightsUnavailable(
-                "--engine tensorflow needs TensorFlow, not installed here "
-                "(EMR: bootstrap with requirements-emr-tensorflow.txt)"
-            )
-        return broadcast_weights(spark, args.weights, args.input_size)
-    exported = prepare_onnx(spark, args.weights, args.input_size, args.onnx_model)
-    return spark.sparkContext.broadcast(exported), exported.weights_digest
+    engine = contract.engine_record(args.engine)
+    # the driver runs in the executors' environment (EMR: one virtualenv): say it now, not in a task
+    if engine.needs_tensorflow and importlib.util.find_spec("tensorflow") is None:
+        raise model.WeightsUnavailable(
+            f"--engine {engine.name} needs TensorFlow, not installed here "
+            f"(EMR: bootstrap with {engine.requirements})"
+        )
+    return engine.load().prepare(spark, args)
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = contract.step_parser("features", "Extract MobileNetV2 features from curated images.")
+    parser.add_argument("--batch-size", type=int, default=64)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = contract.step_parser("features", "Extract MobileNetV2 features from curated images.")
-    parser.add_argument("--batch-size", type=int, default=64)
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     started = time.monotonic()
     spark = SparkSession.builder.appName("fruits-features").getOrCreate()
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(args.batch_size * 4))

@@ -5,6 +5,7 @@ extract (binaryFile, recursive) -> transform (validate, normalise, deduplicate) 
 
 from __future__ import annotations
 
+import argparse
 import re
 import time
 from dataclasses import dataclass
@@ -202,10 +203,14 @@ def load(classified: DataFrame, layout: Layout) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
     parser = contract.step_parser("ingest", "Ingest fruit images into curated Parquet.")
     parser.add_argument("--max-file-bytes", type=int, default=MAX_FILE_BYTES)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     started = time.monotonic()
     spark = SparkSession.builder.appName("fruits-ingest").getOrCreate()
     spark.conf.set("spark.sql.files.openCostInBytes", str(FILE_OPEN_COST_BYTES))

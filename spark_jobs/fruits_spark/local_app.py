@@ -12,14 +12,14 @@ import sys
 import time
 import traceback
 
+from fruits_spark import contract
+
 STEP_MARKER = "=== fruits step"
 
 
 def step_main(name: str):
     # imported on demand: a step's modules load only when it runs
-    from fruits_spark import features, ingest, pca
-
-    return {"ingest": ingest.main, "features": features.main, "pca": pca.main}[name]
+    return contract.step_record(name).load().main
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,8 @@
 """MobileNetV2 backbone: the weights file read once on the driver, an inference engine built once per worker.
 
-The driver checks a weights file's shape and digests its values with h5py, without TensorFlow. With the
-``tensorflow`` engine it broadcasts the file's bytes and the Python workers rebuild the Keras model (measured:
-7 s less per features step than building it on the driver too, docs/BENCHMARKS.md); the default ``onnx``
-engine (onnx_engine.py) broadcasts the exported model instead and the workers never import TensorFlow.
+The driver checks a weights file's shape and digests its values with h5py, without TensorFlow. The engines
+(``fruits_spark.engines``) broadcast what their workers build from: the ``tensorflow`` engine the file's
+bytes, the default ``onnx`` engine the exported model, so that its workers never import TensorFlow.
 """
 
 from __future__ import annotations
@@ -156,23 +155,3 @@ def worker_model(key: tuple, build: Callable[[], Infer]) -> tuple[Infer, bool]:
     _WORKER_MODELS.clear()
     _WORKER_MODELS[key] = build()
     return _WORKER_MODELS[key], True
-
-
-def tensorflow_infer(weights: WeightsFile, input_size: int, threads: int) -> Infer:
-    """The reference engine: the Keras model in a ``tf.function``, on ``threads`` TensorFlow threads."""
-    import tensorflow as tf
-
-    try:
-        # one worker owns `threads` cores: more TF threads would only fight the other workers
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-    except RuntimeError:
-        pass  # the runtime was already initialised by an earlier model in this process
-    model = build_backbone(input_size)
-    load_into(model, weights)
-
-    @tf.function(input_signature=[tf.TensorSpec([None, input_size, input_size, 3], tf.float32)])
-    def infer(batch):
-        return model(batch, training=False)
-
-    return lambda batch: infer(tf.constant(batch)).numpy()

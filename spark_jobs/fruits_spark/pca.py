@@ -7,6 +7,7 @@ per embedding (weights and input size): features of another embedding live in an
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import time
 from dataclasses import dataclass
@@ -97,9 +98,12 @@ def load(projected: DataFrame, layout: Layout, k: int) -> int:
     return written.count()
 
 
+def parser() -> argparse.ArgumentParser:
+    return contract.step_parser("pca", "Reduce features with PCA (Spark ML) and write the run report.")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = contract.step_parser("pca", "Reduce features with PCA (Spark ML) and write the run report.")
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     started = time.monotonic()
     spark = SparkSession.builder.appName("fruits-pca").getOrCreate()
     layout = Layout(args.output, args.dt)

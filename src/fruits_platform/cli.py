@@ -10,7 +10,7 @@ from pathlib import Path
 from fruits_platform.aws import upload
 from fruits_platform.pipeline import PipelineParams
 from fruits_platform.tools import bench
-from fruits_spark.contract import DATASETS, RUN_PARAMS, WEIGHTS_ENV, today
+from fruits_spark.contract import DATASETS, RUN_PARAMS, STEP_NAMES, WEIGHTS_ENV, today
 from fruits_spark.layout import REPORT_HTML, Layout
 
 
@@ -45,7 +45,9 @@ def _run_local(args: argparse.Namespace) -> int:
 
 
 def _register_run_local(commands) -> None:
-    local = commands.add_parser("run-local", help="run ingest, features and pca with Spark in local mode")
+    local = commands.add_parser(
+        "run-local", help=f"run the steps ({', '.join(STEP_NAMES)}) with Spark in local mode"
+    )
     for param in RUN_PARAMS:
         if param.name in ("input", "output"):
             param.add_argument(local, required=True)

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, fields
 from fruits_spark.contract import PARAMS, STEP_NAMES, step_args
 
 PY_FILES_ZIP = "fruits_spark.zip"
+# the entry script of local runs: several steps in one Spark application (fruits_spark.local_app)
+LOCAL_APP = "local_app.py"
 
 
 @dataclass(frozen=True)

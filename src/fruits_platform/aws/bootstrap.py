@@ -125,7 +125,7 @@ def wheelhouse_hash(folder: Path) -> str:
 
 
 def bootstrap_action(script_uri: str, requirements_uri: str, wheelhouse_uri: str) -> dict[str, Any]:
-    """The RunJobFlow ``BootstrapActions`` entry: the script, what it installs, from where, within what time."""
+    """RunJobFlow's ``BootstrapActions`` entry: the script, what it installs, from where, in what time."""
     return {
         "Name": "install-python-deps",
         "ScriptBootstrapAction": {

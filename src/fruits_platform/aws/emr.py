@@ -255,7 +255,9 @@ def job_flow_overrides(
         "LogUri": f"s3://{bucket}/{LOG_PREFIX}",
         "Instances": instances,
         "AutoTerminationPolicy": {"IdleTimeout": idle_timeout_seconds},
-        "BootstrapActions": [bootstrap.bootstrap_action(bootstrap_script_uri, requirements_uri, wheelhouse_uri)],
+        "BootstrapActions": [
+            bootstrap.bootstrap_action(bootstrap_script_uri, requirements_uri, wheelhouse_uri)
+        ],
         "Configurations": configurations,
         "EbsRootVolumeSize": ROOT_VOLUME_GIB,
         "JobFlowRole": job_flow_role,

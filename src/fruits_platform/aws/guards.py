@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from botocore.exceptions import BotoCoreError, ClientError
 
 from fruits_platform.aws.pricing import HOURS_PER_MONTH, instance_prices, spot_alternatives
-from fruits_spark.contract import STEP_NAMES
+from fruits_spark.contract import STEP_NAMES, STEPS
 
 # Regions in EU member states (GDPR): the bucket, the cluster and the outputs must all be in one.
 # London (eu-west-2) and Zurich (eu-central-2) are outside the EU: refused, as infra/ refuses them.
@@ -45,9 +45,8 @@ STEP_OVERHEAD_SECONDS = 120
 # pipeline's expected compute x this factor, plus its overhead, at least the floor.
 STEP_LIMIT_FACTOR = 3.0
 STEP_LIMIT_FLOOR_SECONDS = 900
-# each step's share of the pipeline's compute, measured by `fruits bench` at 20,000 images with the onnx
-# engine (docs/BENCHMARKS.md, round 2: ingest 113.7 s, features 91.1 s, pca 16.8 s of 221.7 s), rounded up
-STEP_COMPUTE_SHARE: dict[str, float] = {"ingest": 0.52, "features": 0.42, "pca": 0.08}
+# each step's share of the pipeline's compute: its record's (contract.STEPS, measured), in pipeline order
+STEP_COMPUTE_SHARE: dict[str, float] = {step.name: step.compute_share for step in STEPS}
 # a sensor notices the end of its step within one poke: slack over the step's bound so that the cluster
 # side (which says why: exit 124 in the step's log) fires first
 SENSOR_SLACK_SECONDS = 120

@@ -11,10 +11,11 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-# Peak RSS of one Python worker running the features UDF, per inference engine, in MB, measured by
-# `fruits bench` (docs/BENCHMARKS.md): TensorFlow 1.6-2.0 GB per worker; ONNX Runtime 521 MB at 20,000
-# images (8 images per session run; 574-611 MB with 16), rounded up. The sizing follows whatever these say.
-PYTHON_WORKER_PEAK_MB: dict[str, int] = {"onnx": 600, "tensorflow": 2000}
+from fruits_spark.contract import ENGINES
+
+# Peak RSS of one Python worker running the features UDF, per inference engine, in MB: each engine's record
+# (contract.ENGINES, measured by `fruits bench`). The sizing follows whatever these say.
+PYTHON_WORKER_PEAK_MB: dict[str, int] = {engine.name: engine.worker_peak_mb for engine in ENGINES}
 # margin over the measured peak: batch sizes and image sizes vary, glibc arenas fragment
 PYTHON_MEMORY_HEADROOM = 1.25
 # the executor JVM only moves Arrow batches of image bytes between Parquet and the Python workers

@@ -18,7 +18,7 @@ from botocore.exceptions import ClientError
 from fruits_platform.artifacts import build_artifacts, content_hash
 from fruits_platform.aws import bootstrap
 from fruits_platform.aws.bootstrap import sha256_file
-from fruits_spark.contract import IMAGE_EXTENSIONS, PARAMS
+from fruits_spark.contract import ENGINES, IMAGE_EXTENSIONS, PARAMS, engine_record
 
 ARTIFACTS_PREFIX = "artifacts/"
 WEIGHTS_NAME = "mobilenet_v2.weights.h5"
@@ -27,8 +27,9 @@ SHA256_METADATA = "sha256"
 
 # the cluster cannot run without these (bootstrap/ in the repository, staged with the code)
 BOOTSTRAP_SCRIPT = "install-python-deps.sh"
-# the cluster's Python runtime per inference engine: ONNX Runtime's has no TensorFlow (a faster bootstrap)
-BOOTSTRAP_REQUIREMENTS = {"onnx": "requirements-emr.txt", "tensorflow": "requirements-emr-tensorflow.txt"}
+# the cluster's Python runtime per inference engine (its record's): ONNX Runtime's has no TensorFlow (a
+# faster bootstrap)
+BOOTSTRAP_REQUIREMENTS = {engine.name: engine.requirements for engine in ENGINES}
 ONNX_NAME = "mobilenet_v2.onnx"
 SPARK_ENV_FILE = "spark-env.json"
 
@@ -175,7 +176,8 @@ def local_weights(s3, weights_uri: str, folder: Path) -> Path:
 def stage_onnx(s3, bucket: str, weights_uri: str, input_size: int, scratch: Path) -> tuple[str, bool]:
     """(the exported ONNX model's URI, whether it was uploaded now): exported here, once per embedding
     (the digest of the weight values and the input size), so that EMR nodes never import TensorFlow."""
-    from fruits_spark import model, onnx_engine
+    from fruits_spark import model
+    from fruits_spark.engines import onnx as onnx_engine
 
     weights_file = local_weights(s3, weights_uri, scratch)
     try:
@@ -243,7 +245,7 @@ def stage_artifacts(
     weights_dir.mkdir(parents=True, exist_ok=True)
     staged.weights_uri, uploaded = stage_weights(s3, bucket, weights, input_size, weights_dir)
     (staged.uploaded if uploaded else staged.skipped).append(staged.weights_uri)
-    if engine == "onnx":
+    if engine_record(engine).staged_onnx:
         staged.onnx_model_uri, uploaded = stage_onnx(s3, bucket, staged.weights_uri, input_size, weights_dir)
         (staged.uploaded if uploaded else staged.skipped).append(staged.onnx_model_uri)
     return staged

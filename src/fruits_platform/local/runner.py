@@ -19,6 +19,7 @@ from pathlib import Path
 
 from fruits_platform.artifacts import build_artifacts, content_hash
 from fruits_platform.pipeline import (
+    LOCAL_APP,
     PipelineParams,
     SparkStep,
     failure_reason,
@@ -28,8 +29,6 @@ from fruits_platform.pipeline import (
 from fruits_spark.contract import STEP_NAMES
 from fruits_spark.layout import Layout
 from fruits_spark.local_app import STEP_MARKER
-
-LOCAL_APP = "local_app.py"
 
 LOCAL_SPARK_CONF = {
     "spark.driver.memory": "4g",
@@ -126,7 +125,8 @@ def read_report(params: PipelineParams) -> dict:
 
 
 def run_local(params: PipelineParams, master: str = "local[*]", echo=print) -> tuple[dict, dict[str, float]]:
-    """Runs ingest, features and pca in one Spark application; returns (report.json, seconds per step)."""
+    """Runs every step of ``contract.STEPS`` in one Spark application; returns (report.json, seconds per
+    step)."""
     artifacts = stage_artifacts(params.output)
     echo(f"spark-submit {LOCAL_APP}: {', '.join(STEP_NAMES)} (log: {log_path(params, 'pipeline')})")
     started = time.monotonic()

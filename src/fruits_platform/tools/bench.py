@@ -24,7 +24,15 @@ from fruits_platform.artifacts import PROJECT_ROOT
 from fruits_platform.local.runner import LOCAL_SPARK_CONF, run_local, spark_env, spark_submit_binary
 from fruits_platform.pipeline import PipelineParams
 from fruits_platform.tools import quality
-from fruits_spark.contract import IMAGE_EXTENSIONS, INPUT_SIZES, PARAMS, STEP_NAMES, WEIGHTS_ENV
+from fruits_spark.contract import (
+    ENGINES,
+    IMAGE_EXTENSIONS,
+    INPUT_SIZES,
+    PARAMS,
+    STEP_NAMES,
+    WEIGHTS_ENV,
+    engine_record,
+)
 from fruits_spark.layout import Layout
 
 # the date partition every bench run writes (its outputs are thrown away)
@@ -150,12 +158,14 @@ def bare_onnx(paths: list[str], onnx_file: str, input_size: int, batch_size: int
     return _timed(paths, started, ready)
 
 
+# the (a) baselines, outside Spark, of the engines that have one (contract.ENGINES lists the engines)
 BARE_ENGINES = {"tensorflow": bare_tensorflow, "onnx": bare_onnx}
 
 
 def exported_model(weights: str, input_size: int) -> str:
     """The .onnx file of these weights, from the features step's cache (exported here on a miss)."""
-    from fruits_spark import model, onnx_engine
+    from fruits_spark import model
+    from fruits_spark.engines import onnx as onnx_engine
 
     exported = onnx_engine.cached_onnx(model.read_weights(weights, input_size), input_size)
     return str(onnx_engine.cache_dir() / f"{exported.embedding}.onnx")
@@ -166,7 +176,7 @@ def run_bare(
 ) -> dict:
     listing = work / "bare_paths.json"
     listing.write_text(json.dumps([str(p) for p in paths]))
-    model_file = exported_model(weights, input_size) if engine == "onnx" else weights
+    model_file = exported_model(weights, input_size) if engine_record(engine).staged_onnx else weights
     started = time.monotonic()
     completed = subprocess.run(
         [
@@ -295,7 +305,7 @@ def bench(args: argparse.Namespace) -> int:
     main_pipeline = figures[f"pipeline_{args.input_size}"]
 
     if "bare" not in args.skip:
-        for engine, title in (("tensorflow", "TensorFlow"), ("onnx", "ONNX Runtime")):
+        for engine in (record.name for record in ENGINES if record.name in BARE_ENGINES):
             if f"bare-{engine}" in args.skip:
                 continue
             bare = run_bare(paths, weights, args.input_size, work, engine)
@@ -303,7 +313,7 @@ def bench(args: argparse.Namespace) -> int:
             bare["img_per_s_inference"] = _rate(bare["images"], bare["seconds_inference"])
             figures[f"bare_{engine}"] = bare
             print(
-                f"(a) bare {title}: {bare['img_per_s_process']} img/s whole process, "
+                f"(a) bare {engine}: {bare['img_per_s_process']} img/s whole process, "
                 f"{bare['img_per_s_inference']} img/s decode+inference only"
             )
         # the features step against the bare process of its own engine
@@ -518,7 +528,10 @@ def register(commands) -> None:
     PARAMS["engine"].add_argument(parser, help="the features step's engine in (b)")
     parser.add_argument("--sizes", action="store_true", help="also measure every input size and its accuracy")
     parser.add_argument(
-        "--skip", action="append", default=[], choices=["bare", "bare-tensorflow", "bare-onnx", "notebook"]
+        "--skip",
+        action="append",
+        default=[],
+        choices=["bare", *(f"bare-{engine}" for engine in BARE_ENGINES), "notebook"],
     )
     parser.add_argument("--pca-rows", type=int, default=0, help="also time a PCA fit on this many rows")
     parser.add_argument(

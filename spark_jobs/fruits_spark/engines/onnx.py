@@ -1,17 +1,19 @@
-"""ONNX Runtime engine: the Keras MobileNetV2 exported once per embedding, run without TensorFlow.
+"""The ``onnx`` engine: the Keras MobileNetV2 exported once per embedding, run in ONNX Runtime, without
+TensorFlow.
 
 The export needs TensorFlow, Keras and tf2onnx, and runs where they are: the features step's driver
 (``cached_onnx``, once per embedding and machine) or the EMR staging task (``export_onnx``, uploaded next to
 the weights). The exported file carries the weights and the embedding it computes (metadata), so a step that
 is handed one (``--onnx-model``) needs neither TensorFlow nor the export. The Python workers only need
-onnxruntime: one InferenceSession per worker process (``onnx_infer``), a few hundred MB instead of
+onnxruntime: one InferenceSession per worker process (``build``), a few hundred MB instead of
 TensorFlow's 1.5 GB.
 
-Nothing here imports Spark: the staging task imports this module on the Airflow worker.
+Nothing here imports Spark at module level: the staging task imports this module on the Airflow worker.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import tempfile
 from dataclasses import dataclass
@@ -20,9 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from fruits_spark import model
-from fruits_spark.contract import FEATURE_DIM, PARAMS
-
-DEFAULT_ENGINE = PARAMS["engine"].default
+from fruits_spark.contract import FEATURE_DIM
 
 CACHE_ENV = "FRUITS_CACHE"
 # Images per InferenceSession.run in a worker. ONNX Runtime holds a whole run's activations at once: at
@@ -144,7 +144,7 @@ def read_onnx(
     if META_DIGEST not in metadata or META_INPUT_SIZE not in metadata:
         raise OnnxModelUnavailable(
             f"the ONNX model {source} does not say which weights it carries: "
-            "export it with fruits_spark.onnx_engine.export_onnx"
+            "export it with fruits_spark.engines.onnx.export_onnx"
         )
     found = OnnxModel(data, metadata[META_DIGEST], int(metadata[META_INPUT_SIZE]))
     inputs, outputs = session.get_inputs(), session.get_outputs()
@@ -181,3 +181,32 @@ def onnx_infer(data: bytes, threads: int, session_batch: int = SESSION_BATCH) ->
         return np.concatenate(parts) if parts else np.empty((0, FEATURE_DIM), np.float32)
 
     return infer
+
+
+def prepare_model(spark, weights: str, input_size: int, onnx_model: str = "") -> OnnxModel:
+    """The checked ONNX model: the given pre-exported file (no TensorFlow here), else the local cache's,
+    exported on its first use."""
+    from fruits_spark import storage
+
+    if not onnx_model:
+        local = None if weights == "imagenet" else storage.fetch_to_local(spark, weights)
+        return cached_onnx(model.read_weights(weights, input_size, local), input_size)
+    try:
+        data = Path(storage.fetch_to_local(spark, onnx_model)).read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"ONNX model not found: {onnx_model}") from None
+    # the ImageNet weights' digest needs Keras and a download: the file's own record is trusted instead
+    digest = None
+    if weights != "imagenet":
+        digest = model.read_weights(weights, input_size, storage.fetch_to_local(spark, weights)).digest
+    return read_onnx(data, onnx_model, digest, input_size)
+
+
+def prepare(spark, args: argparse.Namespace):
+    """The driver's part: the checked model, broadcast, and the digest of the weights it carries."""
+    exported = prepare_model(spark, args.weights, args.input_size, args.onnx_model)
+    return spark.sparkContext.broadcast(exported), exported.weights_digest
+
+
+def build(value: OnnxModel, input_size: int, threads: int) -> model.Infer:
+    return onnx_infer(value.data, threads)

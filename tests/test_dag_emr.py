@@ -289,8 +289,15 @@ def test_weights_the_onnx_export_refuses_stop_the_run_before_any_cluster(
         ({"region": "us-east-1"}, "check_gdpr", "GDPR: region us-east-1 is not in the EU allow-list", 10),
         ({"budget_eur": 0.1}, "check_budget", "exceeds budget_eur 0.1", 11),
         ({"bucket": ""}, "resolve_run", "param bucket is required", 12),
+        # the node role writes under the stack's OutputPrefix (features/) only
+        (
+            {"output": "exports/"},
+            "resolve_run",
+            "output exports/ is outside what the EMR nodes may write",
+            13,
+        ),
     ],
-    ids=["non-eu-region", "budget", "missing-bucket"],
+    ids=["non-eu-region", "budget", "missing-bucket", "output-not-writable"],
 )
 def test_guards_refuse_before_any_cluster(
     emr_dag, aws, uploaded, random_weights, capfd, overrides, task_id, reason, hour

@@ -327,3 +327,24 @@ def test_subnet_needs_a_route_to_pypi():
     own_without_route = route_table(LOCAL, subnet_id="subnet-1")
     with pytest.raises(GuardRefused, match="no route to the internet"):
         check(subnet(), VPC, [own_without_route, route_table(LOCAL, DEFAULT_TO_NAT, main=True)], "r", "v")
+
+
+@pytest.mark.parametrize(
+    ("output", "writable", "allowed"),
+    [
+        ("features/", "features/", True),
+        ("features/experiment-1/", "features/", True),
+        ("exports/", "exports/", True),  # a stack deployed with OutputPrefix=exports/
+        ("exports/", "features/", False),
+        ("feature/", "features/", False),
+        ("uploads/dt=2026-11-01/", "features/", False),  # would overwrite photos if it could write there
+    ],
+)
+def test_an_output_the_nodes_may_not_write_is_refused_at_once(output, writable, allowed):
+    from fruits_platform.aws.settings import check_output_writable
+
+    if allowed:
+        check_output_writable(output, writable)
+    else:
+        with pytest.raises(GuardRefused, match=f"output {output} is outside what the EMR nodes may write"):
+            check_output_writable(output, writable)

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from cfnlint.decode import decode_str
 
+from fruits_platform.aws.settings import DEFAULT_OUTPUT_PREFIX
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = PROJECT_ROOT / "infra" / "fruits-infra.yaml"
 
@@ -176,7 +178,9 @@ def test_node_role_writes_only_outputs_and_logs(template: dict):
         writes = {"s3:PutObject", "s3:DeleteObject"} & set(as_list(statement["Action"]))
         if writes:
             assert all(is_output_or_log_prefix(r) for r in as_list(statement["Resource"])), statement
-    assert parameter_default(template, {"Ref": "OutputPrefix"}) == "features/"  # the DAG's default
+    # what the DAG assumes when the Variable fruits_output_prefix is unset
+    assert parameter_default(template, {"Ref": "OutputPrefix"}) == DEFAULT_OUTPUT_PREFIX
+    assert template["Outputs"]["OutputPrefix"]["Value"] == {"Ref": "OutputPrefix"}
 
 
 def test_airflow_policy_never_deletes_objects(template: dict):

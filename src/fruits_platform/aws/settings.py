@@ -19,7 +19,7 @@ VAR_JOB_FLOW_ROLE = "fruits_emr_job_flow_role"
 VAR_SERVICE_ROLE = "fruits_emr_service_role"
 VAR_SUBNET_ID = "fruits_emr_subnet_id"
 VAR_SECURITY_CONFIGURATION = "fruits_emr_security_configuration"
-# the stack's OutputPrefix: where the node role may write (infra/fruits-infra.yaml); unset = the stack's default
+# the stack's OutputPrefix, where the node role may write (infra/fruits-infra.yaml); unset: its default
 VAR_OUTPUT_PREFIX = "fruits_output_prefix"
 DEFAULT_OUTPUT_PREFIX = "features/"
 # the infra stack's outputs: a run cannot start a cluster without them

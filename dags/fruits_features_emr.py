@@ -31,105 +31,22 @@ Set up, costs and failure modes: `docs/AWS.md`.
 from __future__ import annotations
 
 import datetime as dt
-import os
-import tempfile
-from pathlib import Path
 
-from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 from airflow.providers.amazon.aws.operators.emr import EmrAddStepsOperator
-from airflow.sdk import (
-    DAG,
-    CronDataIntervalTimetable,
-    Param,
-    Variable,
-    chain,
-    conf,
-    get_current_context,
-    task,
-)
+from airflow.sdk import DAG, CronDataIntervalTimetable, chain, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from fruits_platform.aws import bootstrap, cost_report, emr, guards, pricing, staging
-from fruits_platform.aws.settings import VAR_SUBNET_ID, VARIABLES, RunSettings, resolve_settings
-from fruits_platform.dag_params import run_param
-from fruits_platform.pipeline import PipelineParams
+from fruits_platform.aws import cluster, cost, cost_report, operators, pricing, staging
+from fruits_platform.aws.refusal import GuardRefused
+from fruits_platform.aws.settings import RunSettings, resolve_settings, upload_date
+from fruits_platform.aws.tasks import DEFERRABLE, POKE_SECONDS, aws_client, placement, stage, variables
+from fruits_platform.dag_params import EMR_PARAMS
 from fruits_spark.contract import STEP_NAMES
 
 DAG_ID = "fruits_features_emr"
-AWS_CONN_ID: str = emr.AWS_CONN_ID
+AWS_CONN_ID: str = cluster.AWS_CONN_ID
 # daily data intervals [D-1 02:00, D 02:00) UTC: the run of day D processes uploads/dt=D-1/
 SCHEDULE = CronDataIntervalTimetable("0 2 * * *", timezone="UTC")
-# docker-compose sets AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE=true (triggerer); tests run without deferral
-DEFERRABLE: bool = conf.getboolean("operators", "default_deferrable", fallback=False)
-POKE_SECONDS: float = float(os.environ.get("FRUITS_EMR_POKE_SECONDS", "60"))
-
-PARAMS = {
-    "bucket": Param(
-        "",
-        type="string",
-        pattern=r"^$|^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
-        title="S3 bucket",
-        description="Holds uploads/, artifacts/, emr-logs/ and the outputs; must be in `region`. "
-        "Empty: the Airflow Variable fruits_bucket (what scheduled runs use).",
-    ),
-    "input": run_param(
-        "input",
-        default="",
-        minLength=0,
-        description="Prefix of the bucket holding the images, one sub-folder per label. "
-        "Empty: uploads/dt=<upload date>/.",
-    ),
-    "output": run_param(
-        "output",
-        default="features/",
-        pattern=r"^[^/].*/$",
-        description="Prefix of the bucket for the outputs.",
-    ),
-    "weights": run_param(
-        "weights",
-        description="imagenet (downloaded once by the staging task), an s3:// URI, or the path of a "
-        ".weights.h5 file on the Airflow worker (staged to S3).",
-    ),
-    "k": run_param("k"),
-    "input_size": run_param("input_size"),
-    "refit": run_param("refit"),
-    "recompute": run_param("recompute"),
-    "engine": run_param(
-        "engine",
-        description="onnx: the default, no TensorFlow on the cluster; tensorflow: the Keras "
-        "reference (its bootstrap installs TensorFlow: a slower start)",
-    ),
-    "instance_type": Param(
-        "m5.xlarge", type="string", enum=list(pricing.INSTANCE_TYPES), title="Instance type"
-    ),
-    "core_nodes": Param(2, type="integer", minimum=0, maximum=20, title="Core nodes"),
-    "use_spot": Param(False, type="boolean", title="Spot core nodes"),
-    "region": Param(
-        "eu-west-3",
-        type="string",
-        pattern=r"^[a-z]{2}(-[a-z]+)+-\d$",
-        title="AWS region",
-        description="Must be an EU region (GDPR guard), the bucket's region, and the aws_default "
-        "connection's region_name extra.",
-    ),
-    "budget_eur": Param(
-        10,
-        type="number",
-        minimum=0,
-        title="Budget (EUR)",
-        description="The run is refused if its cost bound (from the limits the run enforces) exceeds this.",
-    ),
-}
-
-
-def aws_client(service: str, region: str):
-    return AwsBaseHook(aws_conn_id=AWS_CONN_ID, client_type=service, region_name=region).conn
-
-
-def variables() -> dict[str, str | None]:
-    """The DAG's Airflow Variables, None when unset or empty (docker-compose passes unset ones as empty)."""
-    return {key: (Variable.get(key, default=None) or "").strip() or None for key in VARIABLES}
-
 
 with DAG(
     dag_id=DAG_ID,
@@ -137,7 +54,7 @@ with DAG(
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,
-    params=PARAMS,
+    params=EMR_PARAMS,
     doc_md=__doc__,
     tags=["fruits", "emr"],
     default_args={"retries": 0},
@@ -147,63 +64,49 @@ with DAG(
     def resolve_run() -> dict:
         """Reads the params and Variables once; a param that cannot work refuses the run, without retry."""
         context = get_current_context()
-        upload_day = guards.upload_date(
+        upload_day = upload_date(
             context.get("data_interval_start"), context.get("logical_date"), context["dag_run"].run_after
         )
         try:
             run = resolve_settings(context["params"], upload_day, variables())
-        except guards.GuardRefused as refusal:
+        except GuardRefused as refusal:
             raise AirflowFailException(str(refusal)) from None
         print(f"run of dt={run.dt}: {run.input_uri} -> {run.output_uri}, {run.pipeline}")
         return run.as_dict()
 
     @task
     def check_gdpr(settings: dict) -> str:
-        """Placement guard, before anything is created: EU region, bucket in it and encrypted, a subnet EMR
-        can launch in and that reaches PyPI."""
-        run = RunSettings.from_dict(settings)
-        try:
-            algorithm, route = guards.check_gdpr(
-                aws_client("s3", run.region),
-                aws_client("ec2", run.region),
-                run.bucket,
-                run.region,
-                run.subnet_id,
-                VAR_SUBNET_ID,
-            )
-        except guards.GuardRefused as refusal:
-            raise AirflowFailException(str(refusal)) from None
-        print(f"GDPR checks passed: {run.region}, bucket {run.bucket} ({algorithm})")
-        print(f"subnet {run.subnet_id} tagged for EMR, internet through {route}")
-        return algorithm
+        """Placement guard, before anything is created: EU region, bucket in it and encrypted, a private
+        subnet EMR can launch in that reaches S3 through a gateway endpoint."""
+        return placement(RunSettings.from_dict(settings))
 
     @task(multiple_outputs=True)
     def check_budget(settings: dict) -> dict:
-        """Cost guard: a bound from the limits the run enforces (guards.CostEstimate), against budget_eur."""
+        """Cost guard: a bound from the limits the run enforces (cost.CostEstimate), against budget_eur."""
         run = RunSettings.from_dict(settings)
         objects, images = staging.count_images(aws_client("s3", run.region), run.bucket, run.input_prefix)
         if not images:
             raise AirflowSkipException(f"no images under {run.input_uri} ({objects} objects): no cluster")
         try:
             table = pricing.load_price_table(run.price_table)
-            sizing = emr.executor_sizing(table, run.instance_type, run.core_nodes, run.pipeline["engine"])
-            estimate = guards.estimate_worst_case(
+            sizing = cluster.executor_sizing(table, run.instance_type, run.core_nodes, run.pipeline["engine"])
+            estimate = cost.estimate_worst_case(
                 table,
                 instance_type=run.instance_type,
                 core_nodes=run.core_nodes,
                 use_spot=run.use_spot,
                 images=images,
-                idle_timeout_seconds=emr.IDLE_TIMEOUT_SECONDS,
+                idle_timeout_seconds=cluster.IDLE_TIMEOUT_SECONDS,
                 budget_eur=run.budget_eur,
-                ebs_gib_per_instance=emr.EBS_GIB_PER_INSTANCE,
+                ebs_gib_per_instance=cluster.EBS_GIB_PER_INSTANCE,
                 executor_cores=sizing.total_executor_cores,
             )
             print(f"{images} images ({objects} objects); {estimate.summary()}")
             print(f"executors: {sizing.as_dict()}")
-            guards.check_budget(estimate)
-        except (guards.GuardRefused, pricing.PriceTableError, ValueError) as refusal:
+            cost.check_budget(estimate)
+        except (GuardRefused, pricing.PriceTableError, ValueError) as refusal:
             raise AirflowFailException(str(refusal)) from None
-        timeouts = guards.sensor_timeouts(estimate.step_limits)
+        timeouts = cost.sensor_timeouts(estimate.step_limits)
         return {
             "images": images,
             "objects": objects,
@@ -215,26 +118,7 @@ with DAG(
     @task(retries=2, retry_delay=dt.timedelta(seconds=30))
     def stage_artifacts(settings: dict) -> dict:
         """Code, bootstrap, the wheelhouse for the nodes' architecture and weights to S3, once per content."""
-        run = RunSettings.from_dict(settings)
-        pipeline = PipelineParams(**run.pipeline)
-        try:
-            with tempfile.TemporaryDirectory(prefix="fruits-stage-") as scratch:
-                staged = staging.stage_artifacts(
-                    aws_client("s3", run.region),
-                    run.bucket,
-                    pipeline.weights,
-                    pipeline.input_size,
-                    Path(scratch),
-                    pipeline.engine,
-                    bootstrap.architecture(run.instance_type),
-                )
-        except staging.StagingError as error:
-            raise AirflowFailException(str(error)) from None
-        print(
-            f"artifacts {staged.artifacts_uri}: {len(staged.uploaded)} uploaded, {len(staged.skipped)} "
-            f"already there; weights {staged.weights_uri}"
-        )
-        return staged.as_dict()
+        return stage(RunSettings.from_dict(settings))
 
     @task(multiple_outputs=True)
     def cluster_spec(settings: dict, staged: dict, step_limits: dict) -> dict:
@@ -244,21 +128,19 @@ with DAG(
         artifacts = staging.StagedArtifacts(**staged)
         table = pricing.load_price_table(run.price_table)
         # the steps read the staged copies: weights, and the exported model that spares the nodes TensorFlow
-        pipeline = PipelineParams(
-            **{**run.pipeline, "weights": artifacts.weights_uri, "onnx_model": artifacts.onnx_model_uri}
-        )
+        pipeline = {**run.pipeline, "weights": artifacts.weights_uri, "onnx_model": artifacts.onnx_model_uri}
         return {
-            "job_flow_overrides": emr.cluster_definition(
+            "job_flow_overrides": cluster.cluster_definition(
                 run, artifacts, table, DAG_ID, get_current_context()["run_id"]
             ),
-            "steps": emr.emr_steps(pipeline, artifacts.artifacts_uri, step_limits),
+            "steps": cluster.emr_steps(pipeline, artifacts.artifacts_uri, step_limits),
         }
 
     @task
     def report_cost(settings: dict, estimate: dict, cluster_id: str) -> dict:
         """Run summary: the outcome, the cluster's hours priced like the estimate, the cost in the report."""
         run = RunSettings.from_dict(settings)
-        cluster = cost_report.wait_for_termination(aws_client("emr", run.region), cluster_id, POKE_SECONDS)
+        ended = cost_report.wait_for_termination(aws_client("emr", run.region), cluster_id, POKE_SECONDS)
         ti = get_current_context()["ti"]
         # the watchers' states, not only their failure XComs: a timed-out sensor or a task marked failed by
         # hand pushes no XCom, and must not be reported as a success
@@ -267,25 +149,25 @@ with DAG(
             ti.run_id, {}
         )
         failures = ti.xcom_pull(task_ids=watchers, key="failure") or []
-        summary = cost_report.summarize_run(run, estimate, cluster_id, cluster, states, failures)
+        summary = cost_report.summarize_run(run, estimate, cluster_id, ended, states, failures)
         cost_report.publish(aws_client("s3", run.region), run, summary)
         print(cost_report.outcome_line(summary, estimate))
-        if summary["cluster_state"] in emr.ACTIVE_CLUSTER_STATES:
+        if summary["cluster_state"] in cluster.ACTIVE_CLUSTER_STATES:
             raise AirflowFailException(
                 f"cluster {cluster_id} is still {summary['cluster_state']} after terminate_cluster: "
                 f"terminate it (aws emr terminate-clusters --cluster-ids {cluster_id}); auto-termination "
-                f"ends it after {emr.IDLE_TIMEOUT_SECONDS} s idle"
+                f"ends it after {cluster.IDLE_TIMEOUT_SECONDS} s idle"
             )
         return summary
 
     settings = resolve_run()
-    gdpr = check_gdpr(settings)
+    placement = check_gdpr(settings)
     plan = check_budget(settings)
     staged = stage_artifacts(settings)
     spec = cluster_spec(settings, staged, plan["step_limits"])
 
     region = "{{ params.region }}"
-    create_cluster = emr.FruitsCreateJobFlowOperator(
+    create_cluster = operators.FruitsCreateJobFlowOperator(
         task_id="create_cluster",
         job_flow_overrides=spec["job_flow_overrides"],
         emr_conn_id=None,
@@ -307,7 +189,7 @@ with DAG(
         deferrable=False,  # adding is instant; the watch_<step> sensors wait, one step each
     )
     watchers = [
-        emr.FruitsStepSensor(
+        operators.FruitsStepSensor(
             task_id=cost_report.watcher_id(name),
             job_flow_id=create_cluster.output,
             step_ids=add_steps.output,
@@ -321,7 +203,7 @@ with DAG(
         )
         for name in STEP_NAMES
     ]
-    terminate_cluster = emr.FruitsTerminateJobFlowOperator(
+    terminate_cluster = operators.FruitsTerminateJobFlowOperator(
         task_id="terminate_cluster",
         job_flow_id=create_cluster.output,
         aws_conn_id=AWS_CONN_ID,
@@ -334,7 +216,7 @@ with DAG(
 
     chain(
         settings,
-        gdpr,
+        placement,
         plan,
         staged,
         spec,

@@ -37,12 +37,12 @@ from airflow.sdk import DAG, chain, get_current_context, task
 from fruits_platform.artifacts import PROJECT_ROOT
 from fruits_platform.dag_params import run_param
 from fruits_platform.local import runner
-from fruits_platform.pipeline import PipelineParams
-from fruits_spark.contract import STEP_NAMES, WEIGHTS_ENV
+from fruits_platform.pipeline import PipelineParams, default_weights
+from fruits_spark.contract import STEP_NAMES
 from fruits_spark.layout import REPORT_HTML, Layout
 
 DAG_ID = "fruits_features_local"
-SPARK_MASTER: str = os.environ.get("FRUITS_SPARK_MASTER", "local[*]")
+SPARK_MASTER: str = os.environ.get("FRUITS_SPARK_MASTER", runner.LOCAL_MASTER)
 
 PARAMS = {
     "input": run_param(
@@ -51,7 +51,7 @@ PARAMS = {
     "output": run_param(
         "output", default=os.environ.get("FRUITS_LOCAL_OUTPUT", str(PROJECT_ROOT / "out" / "local"))
     ),
-    "weights": run_param("weights", default=os.environ.get(WEIGHTS_ENV, "imagenet")),
+    "weights": run_param("weights", default=default_weights()),
     "k": run_param("k"),
     "input_size": run_param("input_size"),
     "refit": run_param("refit"),
@@ -90,18 +90,17 @@ with DAG(
     @task
     def spark_steps(run: dict, artifacts: str) -> dict:
         """ingest, features and pca in one Spark application; returns each step's seconds."""
-        pipeline = PipelineParams(**run)
-        log = runner.log_path(pipeline, "pipeline")
+        log = runner.log_path(run, "pipeline")
         print(f"running {', '.join(STEP_NAMES)}; Spark log: {log}")
         return {
-            "seconds": runner.run_steps(pipeline, list(STEP_NAMES), Path(artifacts), SPARK_MASTER),
+            "seconds": runner.run_steps(run, list(STEP_NAMES), Path(artifacts), SPARK_MASTER),
             "log": str(log),
         }
 
     @task
     def summarize(run: dict) -> dict:
         """Publishes the run's report.json figures as this task's XCom and prints where everything is."""
-        report = runner.read_report(PipelineParams(**run))
+        report = runner.read_report(run)
         print(f"outputs: {run['output']}; counts of dt={report['dt']}: {report['counts']}")
         cumulative = report["cumulative_explained_variance"]
         return {

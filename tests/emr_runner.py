@@ -32,7 +32,7 @@ import boto3
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.emr.models import emr_backends
 
-from fruits_platform.aws.emr import normalise_log_uri
+from fruits_platform.aws.cluster import normalise_log_uri
 from fruits_platform.local.runner import spark_submit_binary
 
 ACTIVE_STATES = ("STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING")

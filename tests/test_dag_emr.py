@@ -39,21 +39,29 @@ pytestmark = pytest.mark.slow
 
 
 # -- fixtures ---------------------------------------------------------------------------------------------
-def create_subnet(region: str = REGION, *, tagged: bool = True, internet: bool = True) -> str:
-    """A VPC and subnet as infra/ creates them (tagged for EMR's v2 policy, public, a route to an internet
-    gateway), or without the tag / the route."""
+def create_subnet(
+    region: str = REGION, *, tagged: bool = True, internet: bool = False, s3_endpoint: bool = True
+) -> str:
+    """A VPC and subnet as infra/ creates them (tagged for EMR's v2 policy, private, S3 through a gateway
+    endpoint), or without the tag / the endpoint, or with a route to an internet gateway."""
     ec2 = boto3.client("ec2", region_name=region)
     vpc = ec2.create_vpc(CidrBlock="10.42.0.0/16")["Vpc"]["VpcId"]
     subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.42.0.0/24")["Subnet"]["SubnetId"]
-    ec2.modify_subnet_attribute(SubnetId=subnet, MapPublicIpOnLaunch={"Value": True})
     if tagged:
         ec2.create_tags(Resources=[vpc, subnet], Tags=[{"Key": EMR_TAG[0], "Value": EMR_TAG[1]}])
+    table = ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]
+    ec2.associate_route_table(RouteTableId=table, SubnetId=subnet)
+    if s3_endpoint:
+        ec2.create_vpc_endpoint(
+            VpcId=vpc,
+            ServiceName=f"com.amazonaws.{region}.s3",
+            VpcEndpointType="Gateway",
+            RouteTableIds=[table],
+        )
     if internet:
         gateway = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
         ec2.attach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc)
-        table = ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]
         ec2.create_route(RouteTableId=table, DestinationCidrBlock="0.0.0.0/0", GatewayId=gateway)
-        ec2.associate_route_table(RouteTableId=table, SubnetId=subnet)
     return subnet
 
 
@@ -133,7 +141,7 @@ def task_output(capfd) -> str:
 
 def step_sensor(cluster_id: str, step_ids: list[str], name: str, deferred: bool):
     """(a watch_<name> sensor, the XComs it pushes, a task instance recording them)."""
-    from fruits_platform.aws.emr import FruitsStepSensor
+    from fruits_platform.aws.operators import FruitsStepSensor
 
     pushed: dict = {}
 
@@ -215,7 +223,10 @@ def test_success_runs_three_steps_and_terminates(emr_dag, aws, uploaded, runner,
     summary = xcom(dagrun, "report_cost")
     assert summary["succeeded"] is True
     assert summary["cluster_id"] == cluster["Id"]
-    assert summary["cost"]["estimated_cost_eur"] >= 0
+    # the cluster existed only during this run: its billed hours fit inside the run, its cost in the bound
+    run_seconds = (dagrun.end_date - dagrun.start_date).total_seconds()
+    assert summary["cost"]["cluster_hours"] * 3600 <= run_seconds + 1
+    assert summary["cost"]["estimated_cost_eur"] <= summary["cost"]["estimated_worst_case_eur"]
     assert summary["cost"]["estimated_worst_case_eur"] > 0
     assert summary["cost"]["budget_eur"] == 10
     assert summary["counts"]["ok"] == uploaded
@@ -394,7 +405,7 @@ def test_retried_create_adopts_the_cluster_of_its_run(emr_dag, aws, uploaded, ra
     from airflow.models.dagrun import DagRun
     from airflow.utils.types import DagRunType
 
-    from fruits_platform.aws import emr
+    from fruits_platform.aws import cluster
 
     run_after = dt.datetime(2026, 11, 6, 5, tzinfo=dt.UTC)
     run_id = DagRun.generate_run_id(
@@ -403,12 +414,12 @@ def test_retried_create_adopts_the_cluster_of_its_run(emr_dag, aws, uploaded, ra
     client = boto3.client("emr", region_name=REGION)
     # another run's cluster, still running: must be left alone
     other = client.run_job_flow(
-        Name=f"{emr.CLUSTER_NAME_PREFIX} dt=2026-11-04",
+        Name=f"{cluster.CLUSTER_NAME_PREFIX} dt=2026-11-04",
         Instances={"KeepJobFlowAliveWhenNoSteps": True},
         Tags=[{"Key": "dag_id", "Value": DAG_ID}, {"Key": "run_id", "Value": "scheduled__other"}],
     )["JobFlowId"]
     earlier = client.run_job_flow(
-        Name=f"{emr.CLUSTER_NAME_PREFIX} dt={UPLOAD_DAY}",
+        Name=f"{cluster.CLUSTER_NAME_PREFIX} dt={UPLOAD_DAY}",
         Instances={"KeepJobFlowAliveWhenNoSteps": True},
         LogUri=f"s3://{BUCKET}/emr-logs/",
         Tags=[{"Key": "dag_id", "Value": DAG_ID}, {"Key": "run_id", "Value": run_id}],
@@ -434,7 +445,7 @@ def test_retried_create_adopts_the_cluster_of_its_run(emr_dag, aws, uploaded, ra
 
 # -- unit level: what the DAG hands to EMR ----------------------------------------------------------------
 def test_emr_steps_are_the_local_steps_over_s3():
-    from fruits_platform.aws.emr import emr_steps
+    from fruits_platform.aws.cluster import emr_steps
     from fruits_platform.local.runner import LOCAL_SPARK_CONF
     from fruits_platform.pipeline import PipelineParams, pipeline_steps, spark_submit_args
 
@@ -470,7 +481,7 @@ def test_emr_steps_are_the_local_steps_over_s3():
 
 def overrides_for(instance_type="m5.xlarge", core_nodes=2, use_spot=False, engine="tensorflow", tags=None):
     from fruits_platform.aws import pricing
-    from fruits_platform.aws.emr import emr_configurations, job_flow_overrides
+    from fruits_platform.aws.cluster import emr_configurations, job_flow_overrides
     from fruits_platform.aws.sizing import size_executors
 
     table = pricing.load_price_table()
@@ -498,7 +509,7 @@ def overrides_for(instance_type="m5.xlarge", core_nodes=2, use_spot=False, engin
 
 def test_job_flow_overrides_safety_nets():
     from fruits_platform.aws.bootstrap import BOOTSTRAP_TIMEOUT_SECONDS
-    from fruits_platform.aws.emr import IDLE_TIMEOUT_SECONDS
+    from fruits_platform.aws.cluster import IDLE_TIMEOUT_SECONDS
 
     overrides = overrides_for()
 
@@ -525,7 +536,7 @@ def test_job_flow_overrides_safety_nets():
 
 
 def test_spot_core_fleet_spreads_over_types_capped_at_on_demand():
-    from fruits_platform.aws import guards, pricing
+    from fruits_platform.aws import cost, pricing
 
     overrides = overrides_for(use_spot=True)
     instances = overrides["Instances"]
@@ -546,7 +557,7 @@ def test_spot_core_fleet_spreads_over_types_capped_at_on_demand():
     dearest = max(
         table["instances"][t]["ec2_on_demand_usd"] + table["instances"][t]["emr_usd"] for t in types
     )
-    cap = guards.cluster_hourly_cap_eur(table, "m5.xlarge", 2, use_spot=True)
+    cap = cost.cluster_hourly_cap_eur(table, "m5.xlarge", 2, use_spot=True)
     primary_cap = (
         table["instances"]["m5.xlarge"]["ec2_on_demand_usd"] + table["instances"]["m5.xlarge"]["emr_usd"]
     )
@@ -575,7 +586,7 @@ def test_spot_alternatives_share_the_executor_shape():
 
 @pytest.mark.parametrize("use_spot", [False, True])
 def test_volumes_in_the_request_are_those_the_cost_bound_counts(use_spot):
-    from fruits_platform.aws import emr
+    from fruits_platform.aws import cluster
 
     overrides = overrides_for(use_spot=use_spot)
     # the venv (~1.8 GB) and pip's temporary files do not fit EMR's 15 GiB default root volume
@@ -592,7 +603,7 @@ def test_volumes_in_the_request_are_those_the_cost_bound_counts(use_spot):
             device["VolumeSpecification"]["SizeInGB"] * device["VolumesPerInstance"]
             for device in ebs["EbsBlockDeviceConfigs"]
         )
-        assert overrides["EbsRootVolumeSize"] + data == emr.EBS_GIB_PER_INSTANCE
+        assert overrides["EbsRootVolumeSize"] + data == cluster.EBS_GIB_PER_INSTANCE
 
 
 def spark_defaults(overrides) -> dict[str, str]:
@@ -642,8 +653,21 @@ def test_default_parallelism_comes_from_the_declared_cluster():
     assert big == 4 * small
 
 
+def inference_engine(requirements_text: str) -> str:
+    """The engine a bootstrap requirements file is for, read from its pins: TensorFlow's file also holds
+    onnxruntime (it can run both), so TensorFlow decides."""
+    names = {
+        line.split("#", 1)[0].split("==", 1)[0].strip().lower().replace("_", "-")
+        for line in requirements_text.splitlines()
+    }
+    if names & {"tensorflow", "tensorflow-cpu"}:
+        return "tensorflow"
+    if "onnxruntime" in names:
+        return "onnx"
+    raise ValueError("the requirements install neither onnxruntime nor tensorflow")
+
+
 def test_the_engine_follows_the_bootstrap_requirements():
-    from fruits_platform.aws.sizing import inference_engine
     from fruits_platform.aws.staging import BOOTSTRAP_REQUIREMENTS
 
     assert inference_engine("numpy==1.26.4\ntensorflow-cpu==2.21.0  # TF\n") == "tensorflow"
@@ -654,7 +678,7 @@ def test_the_engine_follows_the_bootstrap_requirements():
 
 
 def test_spark_env_json_is_used_and_encryption_added():
-    from fruits_platform.aws.emr import emr_configurations
+    from fruits_platform.aws.cluster import emr_configurations
 
     spark_env_file = PROJECT_ROOT / "bootstrap" / "spark-env.json"
     spark_env = json.loads(spark_env_file.read_text())
@@ -723,10 +747,10 @@ def test_a_timed_out_sensor_still_terminates_the_cluster(emr_dag, aws, uploaded,
     """No step runner: the steps stay PENDING, the sensor's (shrunk) timeout expires, teardown still runs.
     The sensor pushes no failure XCom: the summary must still say the run failed, and no earlier run's
     report.json may receive this run's cost."""
-    from fruits_platform.aws import guards
+    from fruits_platform.aws import cost
 
     before = previous_run_reports(aws)
-    monkeypatch.setattr(guards, "sensor_timeouts", lambda limits: dict.fromkeys(limits, 3))
+    monkeypatch.setattr(cost, "sensor_timeouts", lambda limits: dict.fromkeys(limits, 3))
     dagrun, states = run_dag(emr_dag, base_conf(random_weights), dt.datetime(2026, 11, 6, 19, tzinfo=dt.UTC))
 
     assert states["watch_ingest"] == "failed"
@@ -809,7 +833,7 @@ def test_sensor_failure_after_deferral_names_step_and_log(aws, monkeypatch):
     """The deferrable path (docker-compose): the trigger reports a failure, execute_complete explains it."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from fruits_platform.aws.emr import FruitsStepSensor
+    from fruits_platform.aws.operators import FruitsStepSensor
 
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({"conn_type": "aws"}))
     emr = boto3.client("emr", region_name=REGION)
@@ -855,14 +879,17 @@ def test_sensor_failure_after_deferral_names_step_and_log(aws, monkeypatch):
     ("subnet", "reason", "hour"),
     [
         ({"tagged": False}, "lack the tag for-use-with-amazon-emr-managed-policies=true", 20),
-        ({"internet": False}, "has no route to the internet", 21),
+        # a public subnet, as this stack used to create: the nodes could reach the internet
+        ({"internet": True}, "reaches the internet (0.0.0.0/0 -> igw-", 21),
+        ({"s3_endpoint": False}, "has no route to an S3 gateway endpoint", 22),
     ],
-    ids=["untagged", "no-internet"],
+    ids=["untagged", "internet", "no-s3-endpoint"],
 )
 def test_unusable_subnet_is_refused_before_any_cluster(
     emr_dag, aws, uploaded, random_weights, capfd, monkeypatch, subnet, reason, hour
 ):
-    """A subnet EMR's v2 policy cannot launch in (or without PyPI) fails check_gdpr, not the cluster."""
+    """A subnet EMR's v2 policy cannot launch in, one that reaches the internet, or one the nodes could not
+    reach S3 from fails check_gdpr, not the cluster."""
     set_emr_variables(monkeypatch, create_subnet(**subnet))
     dagrun, states = run_dag(
         emr_dag, base_conf(random_weights), dt.datetime(2026, 11, 7, hour, tzinfo=dt.UTC)
@@ -924,7 +951,7 @@ TERMINATE_TRIGGER_FAILURE = {
 def test_deferred_terminate_accepts_a_cluster_that_ended_with_errors(aws, monkeypatch, ended):
     """Deferrable mode (docker-compose): after a failed step's TERMINATE_CLUSTER the trigger reports a
     failure; the teardown must still succeed since the cluster is gone."""
-    from fruits_platform.aws.emr import FruitsTerminateJobFlowOperator
+    from fruits_platform.aws.operators import FruitsTerminateJobFlowOperator
 
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({"conn_type": "aws"}))
     cluster_id, _ = start_cluster()
@@ -942,7 +969,7 @@ def test_deferred_terminate_accepts_a_cluster_that_ended_with_errors(aws, monkey
 def test_deferred_terminate_still_fails_on_a_cluster_left_running(aws, monkeypatch):
     from airflow.sdk.exceptions import AirflowException
 
-    from fruits_platform.aws.emr import FruitsTerminateJobFlowOperator
+    from fruits_platform.aws.operators import FruitsTerminateJobFlowOperator
 
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({"conn_type": "aws"}))
     cluster_id, _ = start_cluster()

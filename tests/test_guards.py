@@ -1,4 +1,5 @@
-"""Pure unit tests of the guards: cost estimate, EU allow-list, bucket region, run date -> uploads prefix."""
+"""Pure unit tests of the guards: cost bound and step limits (aws.cost), EU allow-list, bucket region and
+subnet (aws.gdpr), run date -> uploads prefix and required Variables (aws.settings)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import datetime as dt
 
 import pytest
 
-from fruits_platform.aws import guards, pricing
-from fruits_platform.aws.guards import GuardRefused
+from fruits_platform.aws import cost, gdpr, pricing, settings
+from fruits_platform.aws.refusal import GuardRefused
 
 UTC = dt.UTC
 
@@ -17,19 +18,20 @@ UTC = dt.UTC
 TABLE = {
     "usd_to_eur": 0.5,
     "as_of": "test table",
+    "ebs_gp3_usd_per_gb_month": 0.08,
     "instances": {"m5.xlarge": {"vcpus": 4, "ec2_on_demand_usd": 0.2, "ec2_spot_usd": 0.1, "emr_usd": 0.05}},
 }
 
 
 def test_hourly_price_counts_every_node_and_spot_only_on_core_nodes():
     # 3 nodes x (0.20 + 0.05) USD = 0.75 USD/h = 0.375 EUR/h
-    assert guards.cluster_hourly_eur(TABLE, "m5.xlarge", core_nodes=2, use_spot=False) == pytest.approx(0.375)
+    assert cost.cluster_hourly_eur(TABLE, "m5.xlarge", core_nodes=2, use_spot=False) == pytest.approx(0.375)
     # the primary stays On-Demand: (0.25 + 2 x 0.15) USD = 0.55 USD/h
-    assert guards.cluster_hourly_eur(TABLE, "m5.xlarge", core_nodes=2, use_spot=True) == pytest.approx(0.275)
+    assert cost.cluster_hourly_eur(TABLE, "m5.xlarge", core_nodes=2, use_spot=True) == pytest.approx(0.275)
 
 
 def bound(images=96_000, use_spot=False, core_nodes=2, budget_eur=10.0, **kwargs):
-    return guards.estimate_worst_case(
+    return cost.estimate_worst_case(
         pricing.load_price_table(),
         instance_type="m5.xlarge",
         core_nodes=core_nodes,
@@ -43,19 +45,71 @@ def bound(images=96_000, use_spot=False, core_nodes=2, budget_eur=10.0, **kwargs
 
 
 def test_bound_covers_the_longest_run_the_limits_allow():
-    """The sensors' timeouts (each step's limit, the first one plus start-up) and the idle timeout are what
-    the run enforces: the bound's hours must cover all of them back to back."""
+    """The sensors' timeouts (each step's limit, the first one plus start-up), the idle timeout (900 s, given
+    above) and then the termination are what the run enforces: the bound covers all of them back to back."""
     estimate = bound()
-    timeouts = guards.sensor_timeouts(estimate.step_limits)
+    timeouts = cost.sensor_timeouts(estimate.step_limits)
     assert list(timeouts) == ["ingest", "features", "pca"]
-    longest = sum(timeouts.values()) + max(900, guards.TERMINATION_SECONDS)
-    assert estimate.hours * 3600 >= longest - 1
-    # each limit leaves room for its step's expected compute: a normal run is never killed by it
-    compute = guards.expected_compute_seconds(96_000, estimate.executor_vcpus)
-    for name, share in guards.STEP_COMPUTE_SHARE.items():
-        assert estimate.step_limits[name] >= guards.STEP_OVERHEAD_SECONDS + 2 * share * compute, name
+    assert estimate.hours * 3600 >= sum(timeouts.values()) + 900 + cost.TERMINATION_SECONDS - 1
     assert estimate.expected_hours < estimate.hours
     assert estimate.expected_eur < estimate.worst_case_eur
+
+
+def test_bound_of_a_tiny_batch_worked_out_by_hand():
+    """100 images on 3 x m5.xlarge of TABLE, no EBS, no public IPs. Every step gets the 900 s floor (its
+    compute is seconds) and its sensor 120 s of slack; start-up is allowed 1800 s (1200 provisioning + the
+    bootstrap's 600 s timeout), idle 900 s and then 600 s to terminate:
+    1800 + 3 x (900 + 120) + 900 + 600 = 6360 s = 1.7667 h. Each node at its cap (0.20 + 0.05 USD/h),
+    0.5 EUR per USD: 3 x 0.25 x 0.5 = 0.375 EUR/h. Bound: 1.7667 x 0.375 = 0.6625 -> 0.66 EUR."""
+    estimate = cost.estimate_worst_case(
+        TABLE,
+        instance_type="m5.xlarge",
+        core_nodes=2,
+        use_spot=False,
+        images=100,
+        idle_timeout_seconds=900,
+        budget_eur=1,
+        ebs_gib_per_instance=0,
+        public_ipv4=False,
+    )
+    assert estimate.hours == pytest.approx(1.7667)
+    assert estimate.hourly_eur == pytest.approx(0.375)
+    assert estimate.worst_case_eur == pytest.approx(0.66)
+
+
+def test_a_range_is_bounded_with_one_start_up_and_every_days_limits():
+    """Seven days on one cluster: one start-up, one idle timeout and termination, and each day's three steps
+    limited by that day's own image count (a big day gets longer limits than a small one)."""
+    days = [100, 100, 100, 100, 100, 100, 400_000]
+    estimate = bound(images=days)
+    vcpus = estimate.executor_vcpus
+    assert estimate.day_step_limits == [cost.step_limits(count, vcpus) for count in days]
+    assert estimate.day_step_limits[-1]["features"] > estimate.day_step_limits[0]["features"]
+    steps = sum(
+        limit + cost.SENSOR_SLACK_SECONDS for day in estimate.day_step_limits for limit in day.values()
+    )
+    idle_and_end = 900 + cost.TERMINATION_SECONDS
+    assert estimate.hours * 3600 == pytest.approx(cost.STARTUP_LIMIT_SECONDS + steps + idle_and_end, abs=1)
+    assert estimate.images == sum(days)
+    # one cluster for the seven days costs less than seven daily runs, each with its start-up and idle end
+    daily = sum(bound(images=count).worst_case_eur for count in days)
+    assert estimate.worst_case_eur < daily
+
+
+# docs/BENCHMARKS.md, round 2 (onnx engine): seconds of each step for 20,000 images on 2 physical cores
+MEASURED_SECONDS_20K_2_CORES = {"ingest": 113.7, "features": 91.1, "pca": 16.8}
+
+
+@pytest.mark.parametrize(("images", "vcpus"), [(20_000, 8), (96_000, 8), (1_000_000, 8), (1_000_000, 40)])
+def test_each_step_limit_leaves_twice_its_measured_time(images, vcpus):
+    """A limit that kills a normal run is worse than none. An EMR vCPU is half a physical core (a
+    hyperthread): the measured seconds scale by images / 20,000 and by 4 / vcpus (2 cores = 4 vCPUs).
+    Each step gets at least twice that, plus 60 s for spark-submit and YARN to start."""
+    limits = cost.step_limits(images, vcpus)
+    assert list(limits) == list(MEASURED_SECONDS_20K_2_CORES)
+    for name, seconds in MEASURED_SECONDS_20K_2_CORES.items():
+        expected = seconds * images / 20_000 * 4 / vcpus
+        assert limits[name] >= 2 * expected + 60, (name, limits[name], expected)
 
 
 def test_spot_is_bounded_at_its_cap_and_ebs_is_counted():
@@ -71,7 +125,8 @@ def test_spot_is_bounded_at_its_cap_and_ebs_is_counted():
     ebs = 3 * 94 * table["ebs_gp3_usd_per_gb_month"] / 730 * table["usd_to_eur"]
     assert on_demand.ebs_hourly_eur == pytest.approx(ebs, abs=1e-3)
     assert on_demand.hourly_eur > on_demand.instance_hourly_eur + on_demand.ebs_hourly_eur - 1e-3
-    assert bound(public_ipv4=False).hourly_eur < on_demand.hourly_eur
+    # the private subnet the placement guard requires gives no public IPv4 (billed per hour where asked)
+    assert bound(public_ipv4=True).hourly_eur > on_demand.hourly_eur
 
 
 def test_fewer_executor_cores_mean_longer_limits():
@@ -84,8 +139,8 @@ def test_fewer_executor_cores_mean_longer_limits():
 
 def test_single_node_cluster_computes_on_the_primary():
     table = pricing.load_price_table()
-    assert guards.executor_vcpus(table, "m5.2xlarge", core_nodes=0) == 8
-    assert guards.cluster_hourly_eur(table, "m5.2xlarge", 0, use_spot=True) == pytest.approx(
+    assert cost.executor_vcpus(table, "m5.2xlarge", core_nodes=0) == 8
+    assert cost.cluster_hourly_eur(table, "m5.2xlarge", 0, use_spot=True) == pytest.approx(
         (0.448 + 0.096) * table["usd_to_eur"]
     )
 
@@ -93,13 +148,13 @@ def test_single_node_cluster_computes_on_the_primary():
 def test_budget_refusal_gives_the_figures():
     estimate = bound(images=100, budget_eur=0.1)
     with pytest.raises(GuardRefused) as refused:
-        guards.check_budget(estimate)
+        cost.check_budget(estimate)
     message = str(refused.value)
     assert "\n" not in message
     assert f"{estimate.worst_case_eur:.2f} EUR exceeds budget_eur 0.1" in message
     assert "3 x m5.xlarge" in message
-    assert "idle timeout 0.25" in message
-    guards.check_budget(bound(images=100, budget_eur=10))
+    assert "idle timeout and termination 0.42" in message  # 900 s + 600 s
+    cost.check_budget(bound(images=100, budget_eur=10))
 
 
 def test_price_table_variable_overrides_defaults():
@@ -127,28 +182,33 @@ def test_every_offered_instance_type_has_a_price():
         assert prices["vcpus"] >= 4
 
 
-def test_step_limit_has_a_floor_and_grows_with_the_batch():
-    assert set(guards.step_limits(10, 8).values()) == {guards.STEP_LIMIT_FLOOR_SECONDS}
-    limits = guards.step_limits(1_000_000, 8)
-    big = limits["features"]
-    share = guards.STEP_COMPUTE_SHARE["features"]
-    assert big >= guards.STEP_LIMIT_FACTOR * share * 1_000_000 / (guards.IMAGES_PER_SECOND_PER_VCPU * 8)
-    assert guards.step_limits(1_000_000, 16)["features"] < big
-    timeouts = guards.sensor_timeouts(limits)
-    # every sensor outlasts its step's limit (the cluster's `timeout` says why first); only the first one
-    # also waits for the cluster's start-up
-    assert all(timeouts[name] > limit for name, limit in limits.items())
-    assert (
-        timeouts["ingest"] - limits["ingest"] - guards.STARTUP_LIMIT_SECONDS
-        == timeouts["pca"] - limits["pca"]
-    )
+def test_step_limits_grow_with_the_batch_and_shrink_with_the_cluster():
+    tiny = cost.step_limits(10, 8)
+    # a handful of images still needs spark-submit, YARN and the model load: never less than 10 minutes
+    assert min(tiny.values()) >= 600
+    sizes = [10, 10_000, 100_000, 1_000_000, 10_000_000]
+    for name in tiny:
+        by_size = [cost.step_limits(n, 8)[name] for n in sizes]
+        assert by_size == sorted(by_size), name
+        assert by_size[-1] > by_size[0], name
+        assert cost.step_limits(1_000_000, 16)[name] <= cost.step_limits(1_000_000, 8)[name], name
+
+
+def test_sensors_outlast_their_steps_and_only_the_first_waits_for_start_up():
+    limits = cost.step_limits(1_000_000, 8)
+    timeouts = cost.sensor_timeouts(limits)
+    # every sensor outlasts its step's limit (the cluster's `timeout` says why first), by less than a
+    # cluster start-up; the first one also waits for EMR's provisioning and bootstrap (>= 15 min)
+    slack = {name: timeouts[name] - limit for name, limit in limits.items()}
+    assert all(0 < slack[name] < 900 for name in ("features", "pca"))
+    assert slack["ingest"] >= slack["features"] + 15 * 60
 
 
 def test_actual_cost_from_timeline():
     created = dt.datetime(2026, 11, 5, 2, 0, tzinfo=UTC)
-    hours, cost = guards.actual_cost_eur(2.0, created, created + dt.timedelta(minutes=45))
-    assert (hours, cost) == (0.75, 1.5)
-    assert guards.actual_cost_eur(2.0, created, created - dt.timedelta(seconds=1)) == (0.0, 0.0)
+    hours, euros = cost.actual_cost_eur(2.0, created, created + dt.timedelta(minutes=45))
+    assert (hours, euros) == (0.75, 1.5)
+    assert cost.actual_cost_eur(2.0, created, created - dt.timedelta(seconds=1)) == (0.0, 0.0)
 
 
 # -- GDPR -------------------------------------------------------------------------------------------------
@@ -157,12 +217,12 @@ def test_actual_cost_from_timeline():
 )
 def test_other_regions_are_refused(region):
     with pytest.raises(GuardRefused, match="not in the EU allow-list"):
-        guards.check_region(region)
+        gdpr.check_region(region)
 
 
 @pytest.mark.parametrize("region", ["eu-west-1", "eu-west-3", "eu-central-1", "eu-north-1", "eu-south-1"])
 def test_regions_of_eu_member_states_pass(region):
-    assert guards.check_region(region) == region
+    assert gdpr.check_region(region) == region
 
 
 def test_allow_list_matches_what_infra_can_deploy_to():
@@ -170,7 +230,7 @@ def test_allow_list_matches_what_infra_can_deploy_to():
 
     template, _ = decode("infra/fruits-infra.yaml")
     allowed = str(template.get("Rules", {}))
-    assert all(region in allowed for region in guards.EU_REGIONS)
+    assert all(region in allowed for region in gdpr.EU_REGIONS)
     assert "eu-west-2" not in allowed
 
 
@@ -179,52 +239,52 @@ def test_allow_list_matches_what_infra_can_deploy_to():
     [(None, "us-east-1"), ("", "us-east-1"), ("EU", "eu-west-1"), ("eu-west-3", "eu-west-3")],
 )
 def test_bucket_region_from_location_constraint(constraint, region):
-    assert guards.bucket_region(constraint) == region
+    assert gdpr.bucket_region(constraint) == region
 
 
 def test_bucket_must_be_in_the_run_region():
-    guards.check_bucket_region("b", "eu-west-3", "eu-west-3")
+    gdpr.check_bucket_region("b", "eu-west-3", "eu-west-3")
     with pytest.raises(GuardRefused, match="bucket b is in eu-central-1, not in the run's region eu-west-3"):
-        guards.check_bucket_region("b", "eu-central-1", "eu-west-3")
+        gdpr.check_bucket_region("b", "eu-central-1", "eu-west-3")
     with pytest.raises(GuardRefused, match="bucket b is in us-east-1"):
-        guards.check_bucket_region("b", None, "eu-west-3")
+        gdpr.check_bucket_region("b", None, "eu-west-3")
 
 
 def test_bucket_is_required_and_valid():
     with pytest.raises(GuardRefused, match="param bucket is required"):
-        guards.require_bucket("")
+        gdpr.require_bucket("")
     with pytest.raises(GuardRefused, match="not a valid S3 bucket name"):
-        guards.require_bucket("Bad_Bucket")
-    assert guards.require_bucket(" fruits-data ") == "fruits-data"
+        gdpr.require_bucket("Bad_Bucket")
+    assert gdpr.require_bucket(" fruits-data ") == "fruits-data"
 
 
 def test_default_encryption_is_required():
-    assert guards.check_default_encryption(
+    assert gdpr.check_default_encryption(
         "b", [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms"}}]
     ) == ("aws:kms")
     with pytest.raises(GuardRefused, match="no default server-side encryption"):
-        guards.check_default_encryption("b", [])
+        gdpr.check_default_encryption("b", [])
 
 
 # -- run date -> uploads prefix ---------------------------------------------------------------------------
 def test_scheduled_run_reads_its_interval_start_day():
     start = dt.datetime(2026, 11, 4, 2, tzinfo=UTC)
     run_after = dt.datetime(2026, 11, 5, 2, tzinfo=UTC)
-    assert guards.upload_date(start, start, run_after) == "2026-11-04"
+    assert settings.upload_date(start, start, run_after) == "2026-11-04"
 
 
 def test_manual_run_without_logical_date_reads_its_trigger_day():
-    assert guards.upload_date(None, None, dt.datetime(2026, 11, 23, 9, 30, tzinfo=UTC)) == "2026-11-23"
+    assert settings.upload_date(None, None, dt.datetime(2026, 11, 23, 9, 30, tzinfo=UTC)) == "2026-11-23"
 
 
 def test_logical_date_without_interval_and_timezones():
     paris = dt.timezone(dt.timedelta(hours=1))
-    assert guards.upload_date(
+    assert settings.upload_date(
         None, dt.datetime(2026, 11, 3, 12, tzinfo=UTC), dt.datetime(2026, 11, 9, tzinfo=UTC)
     ) == ("2026-11-03")
     # 00:30 in Paris is still the previous day in UTC
     assert (
-        guards.upload_date(
+        settings.upload_date(
             dt.datetime(2026, 11, 4, 0, 30, tzinfo=paris), None, dt.datetime(2026, 11, 9, tzinfo=UTC)
         )
         == "2026-11-03"
@@ -243,9 +303,9 @@ def test_backfill_runs_of_the_dag_timetable_map_to_their_days():
     for _ in range(3):
         info = timetable.next_dagrun_info(last_automated_data_interval=last, restriction=restriction)
         last = info.data_interval
-        days.append(guards.upload_date(last.start, info.logical_date, info.run_after))
+        days.append(settings.upload_date(last.start, info.logical_date, info.run_after))
     assert days == ["2026-11-01", "2026-11-02", "2026-11-03"]
-    assert guards.uploads_prefix(days[0]) == "uploads/dt=2026-11-01/"
+    assert settings.uploads_prefix(days[0]) == "uploads/dt=2026-11-01/"
 
 
 @pytest.mark.parametrize(
@@ -259,7 +319,7 @@ def test_backfill_runs_of_the_dag_timetable_map_to_their_days():
     ],
 )
 def test_input_prefix_param_or_the_days_uploads(param, expected):
-    assert guards.input_prefix(param, "2026-11-05") == expected
+    assert settings.input_prefix(param, "2026-11-05") == expected
 
 
 # -- what must exist before a cluster is paid for ---------------------------------------------------------
@@ -288,9 +348,9 @@ def subnet(tagged=True, public_ip=False):
 
 def test_missing_variables_are_all_named():
     with pytest.raises(GuardRefused) as refused:
-        guards.require_variables({"fruits_emr_service_role": "r", "fruits_emr_subnet_id": "", "b": None})
+        settings.require_variables({"fruits_emr_service_role": "r", "fruits_emr_subnet_id": "", "b": None})
     assert "Airflow Variable(s) b, fruits_emr_subnet_id not set" in str(refused.value)
-    assert guards.require_variables({"a": "x"}) == {"a": "x"}
+    assert settings.require_variables({"a": "x"}) == {"a": "x"}
 
 
 @pytest.mark.parametrize(
@@ -307,26 +367,34 @@ def test_untagged_subnet_or_vpc_is_refused(tagged_subnet, tagged_vpc, refused):
     with pytest.raises(
         GuardRefused, match="lack the tag for-use-with-amazon-emr-managed-policies=true"
     ) as error:
-        guards.check_subnet(subnet(tagged=tagged_subnet), vpc, tables, "eu-west-3", "fruits_emr_subnet_id")
+        gdpr.check_subnet(subnet(tagged=tagged_subnet), vpc, tables, "eu-west-3", "fruits_emr_subnet_id")
     assert refused in str(error.value)
 
 
-def test_subnet_needs_a_route_to_pypi():
-    check = guards.check_subnet
-    # private subnet behind a NAT gateway (through the VPC's main table): fine
-    assert "NAT gateway nat-1" in check(
-        subnet(), VPC, [route_table(LOCAL, DEFAULT_TO_NAT, main=True)], "r", "v"
+S3_ENDPOINT = {"DestinationPrefixListId": "pl-1", "GatewayId": "vpce-1", "State": "active"}
+IPV6_OUT = {"DestinationIpv6CidrBlock": "::/0", "EgressOnlyInternetGatewayId": "eigw-1", "State": "active"}
+
+
+def test_subnet_must_not_reach_the_internet_and_must_reach_s3():
+    check = gdpr.check_subnet
+    private = route_table(LOCAL, S3_ENDPOINT, subnet_id="subnet-1")
+    assert "vpce-1" in check(subnet(), VPC, [private], "r", "v")
+    # any default route out, IPv4 or IPv6, NAT or internet gateway: refused, naming it
+    for route, target in ((DEFAULT_TO_NAT, "nat-1"), (DEFAULT_TO_IGW, "igw-1"), (IPV6_OUT, "eigw-1")):
+        tables = [route_table(LOCAL, S3_ENDPOINT, route, subnet_id="subnet-1")]
+        with pytest.raises(GuardRefused, match=f"subnet-1 \\(Variable v\\) reaches the internet .*{target}"):
+            check(subnet(), VPC, tables, "r", "v")
+    # the VPC's main table decides for a subnet without its own; its own table wins (EC2's rule)
+    with pytest.raises(GuardRefused, match="reaches the internet"):
+        check(subnet(), VPC, [route_table(LOCAL, S3_ENDPOINT, DEFAULT_TO_NAT, main=True)], "r", "v")
+    assert "vpce-1" in check(
+        subnet(), VPC, [private, route_table(LOCAL, DEFAULT_TO_NAT, main=True)], "r", "v"
     )
-    # public subnet: an internet gateway route is only usable with public IPs on the instances
-    public = [route_table(LOCAL, DEFAULT_TO_IGW, subnet_id="subnet-1")]
-    assert "internet gateway igw-1" in check(subnet(public_ip=True), VPC, public, "r", "v")
-    for tables, node in ((public, subnet()), ([route_table(LOCAL, main=True)], subnet(public_ip=True))):
-        with pytest.raises(GuardRefused, match="no route to the internet"):
-            check(node, VPC, tables, "r", "v")
-    # the subnet's own table wins over the main one (EC2's rule)
-    own_without_route = route_table(LOCAL, subnet_id="subnet-1")
-    with pytest.raises(GuardRefused, match="no route to the internet"):
-        check(subnet(), VPC, [own_without_route, route_table(LOCAL, DEFAULT_TO_NAT, main=True)], "r", "v")
+    # public addresses are billed and needless; without an S3 endpoint nothing would install or read
+    with pytest.raises(GuardRefused, match="public IPv4 addresses"):
+        check(subnet(public_ip=True), VPC, [private], "r", "v")
+    with pytest.raises(GuardRefused, match="has no route to an S3 gateway endpoint"):
+        check(subnet(), VPC, [route_table(LOCAL, subnet_id="subnet-1")], "r", "v")
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,7 @@ from cfnlint.decode import decode_str
 from moto import mock_aws
 from moto.core import DEFAULT_ACCOUNT_ID, enable_iam_authentication
 
-from fruits_platform.aws.emr import cluster_tags
+from fruits_platform.aws.cluster import cluster_tags
 from tests.emr_runner import EmrStepRunner
 from tests.test_dag_emr import (
     BUCKET,

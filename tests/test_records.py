@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from fruits_platform.artifacts import build_artifacts, package_dir
-from fruits_platform.aws import emr, guards
+from fruits_platform.aws import cluster, cost
 from fruits_platform.pipeline import PY_FILES_ZIP, PipelineParams
 from fruits_spark import contract
 
@@ -120,11 +120,11 @@ def test_a_toy_step_and_engine_run_through_fruits_run_local(toy_package, tmp_pat
 EMR_SIDE = """
 import json
 from airflow.dag_processing.dagbag import DagBag
-from fruits_platform.aws import emr, guards, sizing, staging
+from fruits_platform.aws import cluster, cost, sizing, staging
 from fruits_platform.pipeline import PipelineParams
 params = PipelineParams(input="s3://b/in/", output="s3://b/out/", dt="2026-11-24", engine="toy")
-limits = guards.step_limits(200_000, 8)
-steps = emr.emr_steps(params, "s3://b/artifacts/h/", limits)
+limits = cost.step_limits(200_000, 8)
+steps = cluster.emr_steps(params, "s3://b/artifacts/h/", limits)
 dag = DagBag(dag_folder=%r).dags["fruits_features_emr"]
 print(json.dumps({
     "steps": [[step["Name"], step["HadoopJarStep"]["Args"]] for step in steps],
@@ -192,9 +192,9 @@ def test_the_shipped_jobs_parse_what_the_emr_dag_submits(tmp_path):
         input="s3://b/in/", output="s3://b/out/", dt="2026-11-24", weights="s3://b/w.weights.h5",
         input_size=160, k=7, refit=True, engine="tensorflow", recompute=True,
     )  # fmt: skip
-    limits = guards.step_limits(1000, 8)
+    limits = cost.step_limits(1000, 8)
     plan = []
-    for step in emr.emr_steps(params, "s3://b/artifacts/h/", limits):
+    for step in cluster.emr_steps(params, "s3://b/artifacts/h/", limits):
         args = step["HadoopJarStep"]["Args"]
         script = args.index(f"s3://b/artifacts/h/{step['Name']}.py")
         # the step's entry script, generated from its record, runs the module the record names

@@ -171,3 +171,24 @@ def test_without_imagenet_access_the_error_names_the_way_out(tmp_path, sample_di
     assert "cannot download the ImageNet weights" in message
     assert "--weights" in message
     assert "FRUITS_WEIGHTS" in message
+
+
+def test_the_runner_takes_the_resolved_params_the_local_dag_passes(tmp_path):
+    """The local DAG validates its params once and passes ``as_dict()`` between tasks: the runner builds the
+    same spark-submit and finds the same log and report from it as from the PipelineParams."""
+    from fruits_platform.local import runner
+    from fruits_platform.pipeline import PipelineParams
+    from fruits_spark.layout import Layout
+
+    params = PipelineParams(str(tmp_path / "in"), str(tmp_path / "out"), "2026-11-05", k=7, recompute=True)
+    resolved = params.as_dict()
+    names = ["ingest", "features", "pca"]
+    assert runner.local_app_args(resolved, names, tmp_path, "local[2]") == runner.local_app_args(
+        params, names, tmp_path, "local[2]"
+    )
+    assert runner.log_path(resolved, "pipeline") == runner.log_path(params, "pipeline")
+    assert runner.log_path(resolved, "pipeline").parts[-3:] == ("_logs", "dt=2026-11-05", "pipeline.log")
+    report = Path(Layout(params.output, params.dt).report())
+    report.parent.mkdir(parents=True)
+    report.write_text('{"k": 7}')
+    assert runner.read_report(resolved) == runner.read_report(params) == {"k": 7}

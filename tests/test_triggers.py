@@ -101,7 +101,7 @@ class Ti:
 
 @pytest.mark.parametrize("ended", ["TERMINATED", "TERMINATED_WITH_ERRORS"])
 def test_terminate_trigger_runs_and_the_teardown_accepts_an_ended_cluster(moto_server, ended):
-    from fruits_platform.aws.emr import FruitsTerminateJobFlowOperator
+    from fruits_platform.aws.operators import FruitsTerminateJobFlowOperator
 
     cluster_id, _ = start_cluster(moto_server)
     operator = FruitsTerminateJobFlowOperator(
@@ -134,7 +134,7 @@ def test_terminate_trigger_runs_and_the_teardown_accepts_an_ended_cluster(moto_s
 def test_step_sensor_trigger_runs_until_the_step_ends(moto_server, outcome):
     from airflow.sdk.exceptions import AirflowFailException
 
-    from fruits_platform.aws.emr import FruitsStepSensor
+    from fruits_platform.aws.operators import FruitsStepSensor
 
     cluster_id, step_ids = start_cluster(moto_server)
     sensor = FruitsStepSensor(

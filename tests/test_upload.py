@@ -86,6 +86,17 @@ def test_plan_keys_and_ignored_files(source):
     assert "initial/unlabelled/loose.jpg" in keys
 
 
+def test_upload_skips_what_ingest_skips(tmp_path):
+    """One rule with the Spark side (Hadoop's): a component starting with '.' or '_' is hidden, so an upload
+    never sends a file that ingest would not even list."""
+    for relative in ("a/x.jpg", "a/_partial.jpg", "_tmp/y.jpg", "a/.z.jpg", "a/notes.txt"):
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_bytes(b"x")
+    planned, ignored = plan_upload(tmp_path, "p/")
+    assert [key for _, key in planned] == ["p/a/x.jpg"]
+    assert ignored == 4
+
+
 def test_progress_bar_counts_on_one_line():
     class Stream:
         text = ""
@@ -118,11 +129,12 @@ def test_cli_uploads_to_todays_prefix_and_prints_a_summary(s3, source, capsys):
 
 def test_cli_refuses_non_eu_region_and_a_bucket_elsewhere(s3, source, capsys):
     assert main(["upload", "--source", str(source), "--bucket", BUCKET, "--region", "us-east-1"]) == 2
-    assert "region us-east-1 is not an EU region" in capsys.readouterr().err
+    assert "GDPR: region us-east-1 is not in the EU allow-list" in capsys.readouterr().err
 
     boto3.client("s3", region_name="eu-central-1").create_bucket(
         Bucket="fruits-frankfurt", CreateBucketConfiguration={"LocationConstraint": "eu-central-1"}
     )
     assert main(["upload", "--source", str(source), "--bucket", "fruits-frankfurt"]) == 2
-    assert "bucket fruits-frankfurt is in eu-central-1, not in eu-west-3" in capsys.readouterr().err
+    refusal = "GDPR: bucket fruits-frankfurt is in eu-central-1, not in --region eu-west-3"
+    assert refusal in capsys.readouterr().err
     assert objects(s3, "") == {}

@@ -211,7 +211,7 @@ RUN_PARAMS: tuple[RunParam, ...] = (
         str,
         "imagenet",
         "Model weights",
-        f"imagenet (Keras download), or a MobileNetV2 .weights.h5 path or URI; ${WEIGHTS_ENV} where set",
+        "imagenet (Keras download), or a MobileNetV2 .weights.h5 path or URI",
         steps=("features",),
     ),
     RunParam(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -32,13 +33,24 @@ class Inspection:
     content: bytes | None = None
 
 
+# "is this an image name": a case-insensitive extension match, as a Java regex for ingest's Spark column
+# and for Python alike
+IMAGE_NAME_REGEX = "(?i)(" + "|".join(re.escape(ext) for ext in IMAGE_EXTENSIONS) + ")$"
+
+
 def is_image_name(path: str) -> bool:
-    return path.lower().endswith(IMAGE_EXTENSIONS)
+    return re.search(IMAGE_NAME_REGEX, str(path)) is not None
 
 
 def is_hidden(relative_path: str) -> bool:
     """Hidden by Hadoop's rules: any path component starting with '.' or '_'."""
-    return any(part.startswith((".", "_")) for part in relative_path.split("/") if part)
+    return any(part.startswith((".", "_")) for part in str(relative_path).split("/") if part)
+
+
+def is_input_image(relative_path: str) -> bool:
+    """What a run reads as an image below its input: an image name, not hidden (ingest, `fruits upload`, the
+    cost guard's count and the bench all use this rule)."""
+    return is_image_name(relative_path) and not is_hidden(relative_path)
 
 
 def content_hash(data: bytes) -> str:

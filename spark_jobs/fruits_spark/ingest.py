@@ -6,7 +6,6 @@ extract (binaryFile, recursive) -> transform (validate, normalise, deduplicate) 
 from __future__ import annotations
 
 import argparse
-import re
 import time
 from dataclasses import dataclass
 
@@ -41,7 +40,6 @@ INSPECTION_SCHEMA = T.StructType(
         T.StructField("content", T.BinaryType()),
     ]
 )
-IMAGE_NAME_REGEX = "(?i)(" + "|".join(re.escape(ext) for ext in contract.IMAGE_EXTENSIONS) + ")$"
 
 
 @dataclass(frozen=True)
@@ -113,7 +111,7 @@ def transform(files: DataFrame, params: IngestParams, unlisted: DataFrame | None
 
     ``unlisted`` holds files already classified from the listing (hidden, zero-length).
     """
-    is_image_name = F.col("path").rlike(IMAGE_NAME_REGEX)
+    is_image_name = F.col("path").rlike(images.IMAGE_NAME_REGEX)
     size_ok = (F.col("length") > 0) & (F.col("length") <= params.max_file_bytes)
 
     not_read = files.filter(~is_image_name | ~size_ok).select(

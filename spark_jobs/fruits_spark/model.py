@@ -41,11 +41,12 @@ def embedding_id(weights_digest: str, input_size: int) -> str:
     return f"{weights_digest}-s{input_size}"
 
 
-def build_backbone(input_size: int):
+def build_backbone(input_size: int, weights: str | None = None):
+    """MobileNetV2 without its classifier, average-pooled: the one definition of the backbone."""
     from keras.applications import MobileNetV2
 
     return MobileNetV2(
-        input_shape=(input_size, input_size, 3), include_top=False, pooling="avg", weights=None
+        input_shape=(input_size, input_size, 3), include_top=False, pooling="avg", weights=weights
     )
 
 
@@ -62,10 +63,6 @@ def _h5_arrays(path: str) -> list[np.ndarray]:
     with h5py.File(path, "r") as weights_file:
         weights_file.visititems(add)
     return arrays
-
-
-def count_parameters(path: str) -> int:
-    return sum(np.asarray(array).size for array in _h5_arrays(path))
 
 
 def values_digest(arrays: list[np.ndarray]) -> str:
@@ -107,16 +104,12 @@ def read_weights(weights: str, input_size: int, local_path: str | None = None) -
 
 def _imagenet_weights(input_size: int) -> WeightsFile:
     try:
-        from keras.applications import MobileNetV2
+        model = build_backbone(input_size, weights="imagenet")
     except ImportError:
         raise WeightsUnavailable(
             "the ImageNet weights need Keras, not installed here: "
             "pass --weights PATH_OR_URI to a .weights.h5 file (and --onnx-model)"
         ) from None
-    try:
-        model = MobileNetV2(
-            input_shape=(input_size, input_size, 3), include_top=False, pooling="avg", weights="imagenet"
-        )
     except Exception as error:
         raise WeightsUnavailable(
             f"cannot download the ImageNet weights ({type(error).__name__}); "

@@ -29,22 +29,28 @@ class Progress:
         done: Callable[[], int],
         interval: float = 10.0,
         echo: Callable[[str], None] = print,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.step, self.total, self.done, self.interval, self.echo = step, total, done, interval, echo
+        self.clock = clock
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"{step}-progress", daemon=True)
         self._started = 0.0
+        self._last = -1
+
+    def tick(self) -> None:
+        """One look at the count: a line if it moved since the last one."""
+        done = self.done()
+        if done != self._last:
+            self.echo(progress_line(self.step, done, self.total, self.clock() - self._started))
+            self._last = done
 
     def _run(self) -> None:
-        last = -1
         while not self._stop.wait(self.interval):
-            done = self.done()
-            if done != last:
-                self.echo(progress_line(self.step, done, self.total, time.monotonic() - self._started))
-                last = done
+            self.tick()
 
     def __enter__(self) -> Progress:
-        self._started = time.monotonic()
+        self._started = self.clock()
         if self.total:
             self._thread.start()
         return self

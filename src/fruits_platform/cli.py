@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from fruits_platform.aws import upload
-from fruits_platform.pipeline import PipelineParams
+from fruits_platform.local.runner import LOCAL_MASTER
+from fruits_platform.pipeline import WEIGHTS_HELP, PipelineParams, default_weights
 from fruits_platform.tools import bench
-from fruits_spark.contract import DATASETS, RUN_PARAMS, STEP_NAMES, WEIGHTS_ENV, today
+from fruits_spark.contract import DATASETS, RUN_PARAMS, STEP_NAMES, today
 from fruits_spark.layout import REPORT_HTML, Layout
 
 
@@ -54,10 +54,10 @@ def _register_run_local(commands) -> None:
         elif param.name == "dt":
             param.add_argument(local, default=today())
         elif param.name == "weights":
-            param.add_argument(local, default=os.environ.get(WEIGHTS_ENV, param.default))
+            param.add_argument(local, default=default_weights(), help=WEIGHTS_HELP)
         else:
             param.add_argument(local)
-    local.add_argument("--master", default="local[*]", help="Spark master (default: every local core)")
+    local.add_argument("--master", default=LOCAL_MASTER, help="Spark master (default: every local core)")
     local.set_defaults(handler=_run_local)
 
 

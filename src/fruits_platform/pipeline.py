@@ -3,15 +3,26 @@ submit, built on the contract in ``fruits_spark.contract``."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 
-from fruits_spark.contract import PARAMS, STEP_NAMES, step_args
+from fruits_spark.contract import PARAMS, STEP_NAMES, WEIGHTS_ENV, step_args
 
 PY_FILES_ZIP = "fruits_spark.zip"
 # the entry script of local runs: several steps in one Spark application (fruits_spark.local_app)
 LOCAL_APP = "local_app.py"
+
+
+def default_weights() -> str:
+    """The ``weights`` default of ``fruits run-local``, ``fruits bench``, the demo and the local DAG:
+    $FRUITS_WEIGHTS where set (the Makefile points it at the team's offline backbone), else the contract's
+    default. The Spark jobs never read it: they are given ``--weights``."""
+    return os.environ.get(WEIGHTS_ENV) or PARAMS["weights"].default
+
+
+WEIGHTS_HELP = f"{PARAMS['weights'].help} (default: ${WEIGHTS_ENV} where set)"
 
 
 @dataclass(frozen=True)
@@ -50,8 +61,10 @@ class SparkStep:
     args: tuple[str, ...]
 
 
-def pipeline_steps(params: PipelineParams) -> list[SparkStep]:
-    values = params.as_dict()
+def pipeline_steps(params: PipelineParams | Mapping) -> list[SparkStep]:
+    """The steps' command lines. A mapping is a ``PipelineParams.as_dict()`` already validated upstream
+    (the EMR DAG passes its resolved run through XCom, with the staged weights' URIs), not validated again."""
+    values = params.as_dict() if isinstance(params, PipelineParams) else dict(params)
     return [SparkStep(name, f"{name}.py", step_args(name, values)) for name in STEP_NAMES]
 
 

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,7 +23,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fruits_platform.local.airflow_server import LocalAirflow, free_ports, stop_processes, wait_healthy
+from fruits_platform.local.airflow_server import HOST, LocalAirflow, wait_healthy
+from fruits_platform.local.processes import stop_processes
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -80,6 +82,17 @@ def images(tmp_path_factory, sample_dir: Path) -> Path:
         for image in sorted(label.glob("*.jpg"))[:IMAGES_PER_LABEL]:
             shutil.copyfile(image, root / label.name / image.name)
     return root
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports free on the loopback right now (all bound at once, then released)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [
+            stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)
+        ]
+        for sock in sockets:
+            sock.bind((HOST, 0))
+        return [sock.getsockname()[1] for sock in sockets]
 
 
 @pytest.fixture(scope="module")

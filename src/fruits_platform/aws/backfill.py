@@ -43,16 +43,15 @@ def days_in_range(from_dt: str, to_dt: str) -> list[str]:
         raise GuardRefused(f"to_dt {to_dt} is before from_dt {from_dt}")
     if count > MAX_RANGE_DAYS:
         raise GuardRefused(
-            f"{count} days from {from_dt} to {to_dt}: at most {MAX_RANGE_DAYS} on one cluster; split the range"
+            f"{count} days from {from_dt} to {to_dt}: at most {MAX_RANGE_DAYS} on one cluster; "
+            "split the range"
         )
     return [(first + dt.timedelta(days=i)).isoformat() for i in range(count)]
 
 
 def day_pipeline(pipeline: Mapping[str, Any], bucket: str, day: str) -> PipelineParams:
     """The run's pipeline params for one day of the range: that day's uploads, that day's partitions."""
-    return PipelineParams(
-        **{**pipeline, "input": staging.s3_uri(bucket, uploads_prefix(day)), "dt": day}
-    )
+    return PipelineParams(**{**pipeline, "input": staging.s3_uri(bucket, uploads_prefix(day)), "dt": day})
 
 
 def step_plan(days: Sequence[str]) -> list[tuple[str, str]]:
@@ -142,7 +141,11 @@ def range_steps(
     for day in days:
         pipeline = day_pipeline({**run.pipeline, **staged}, run.bucket, day)
         steps += cluster.emr_steps(
-            pipeline, artifacts.artifacts_uri, limits[day], action_on_failure="CONTINUE", name_suffix=f" dt={day}"
+            pipeline,
+            artifacts.artifacts_uri,
+            limits[day],
+            action_on_failure="CONTINUE",
+            name_suffix=f" dt={day}",
         )
     return steps
 
@@ -159,7 +162,14 @@ class RangeStepsSensor(BaseSensorOperator):
     template_fields: Sequence[str] = ("job_flow_id", "step_ids", "timeout_seconds", "region_name")
 
     def __init__(
-        self, *, job_flow_id: Any, step_ids: Any, timeout_seconds: Any, aws_conn_id: str, region_name: str, **kwargs
+        self,
+        *,
+        job_flow_id: Any,
+        step_ids: Any,
+        timeout_seconds: Any,
+        aws_conn_id: str,
+        region_name: str,
+        **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.job_flow_id = job_flow_id
@@ -190,13 +200,15 @@ class RangeStepsSensor(BaseSensorOperator):
 def summarize_range(
     emr, run: RunSettings, days: Sequence[str], estimate: Mapping, cluster_id: str, step_ids: Any, poke: float
 ) -> dict[str, Any]:
-    """The range's summary: each day's outcome from its steps, the cluster's hours priced like the estimate."""
+    """The range's summary: each day's outcome from its steps, the cluster's hours priced as estimated."""
     ended = cost_report.wait_for_termination(emr, cluster_id, poke)
     ids = step_id_list(step_ids)
     outcomes = day_outcomes(days, ids, describe_steps(emr, cluster_id, ids))
     timeline = ended["Status"].get("Timeline", {})
     finished = timeline.get("EndDateTime") or dt.datetime.now(dt.UTC)
-    hours, euros = cost.actual_cost_eur(estimate["expected_hourly_eur"], timeline["CreationDateTime"], finished)
+    hours, euros = cost.actual_cost_eur(
+        estimate["expected_hourly_eur"], timeline["CreationDateTime"], finished
+    )
     return {
         "from_dt": days[0],
         "to_dt": days[-1],

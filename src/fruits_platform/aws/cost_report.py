@@ -15,7 +15,8 @@ from collections.abc import Mapping, Sequence
 
 from botocore.exceptions import ClientError
 
-from fruits_platform.aws import emr, guards
+from fruits_platform.aws import cluster as cluster_spec
+from fruits_platform.aws.cost import actual_cost_eur
 from fruits_platform.aws.settings import RunSettings
 from fruits_platform.aws.staging import SSE_ALGORITHM
 from fruits_spark.contract import STEP_NAMES
@@ -41,8 +42,8 @@ def wait_for_termination(client, cluster_id: str, poke_seconds: float, attempts:
     for attempt in range(attempts):
         cluster = client.describe_cluster(ClusterId=cluster_id)["Cluster"]
         state = cluster["Status"]["State"]
-        if state in ("TERMINATED", "TERMINATED_WITH_ERRORS") or (
-            state in emr.ACTIVE_CLUSTER_STATES and attempt >= 2
+        if state in cluster_spec.ENDED_CLUSTER_STATES or (
+            state in cluster_spec.ACTIVE_CLUSTER_STATES and attempt >= 2
         ):
             return cluster
         time.sleep(min(poke_seconds, 30))
@@ -115,7 +116,7 @@ def summarize_run(
     timeline = cluster["Status"].get("Timeline", {})
     ended = timeline.get("EndDateTime") or dt.datetime.now(dt.UTC)
     # priced at the expected rate (typical Spot price): the bound's caps would overstate a Spot run
-    hours, cost = guards.actual_cost_eur(estimate["expected_hourly_eur"], timeline["CreationDateTime"], ended)
+    hours, cost = actual_cost_eur(estimate["expected_hourly_eur"], timeline["CreationDateTime"], ended)
     succeeded, failure = run_outcome(states, watchers(), failures)
     return {
         "dt": run.dt,

@@ -1,4 +1,5 @@
-"""A run of the EMR DAG, resolved once from its params, its date and the Airflow Variables.
+"""A run of the EMR DAG, resolved once from its params, its date and the Airflow Variables; and the run
+date -> uploads prefix mapping that ``fruits upload`` shares.
 
 Every later task (guards, staging, cluster spec, cost report) reads the result, never the params again.
 Pure: no AWS call, no Airflow import.
@@ -6,10 +7,13 @@ Pure: no AWS call, no Airflow import.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
-from fruits_platform.aws import guards, staging
+from fruits_platform.aws import staging
+from fruits_platform.aws.gdpr import require_bucket
+from fruits_platform.aws.refusal import GuardRefused
 from fruits_platform.pipeline import PipelineParams
 
 # Airflow Variables the DAG reads (docker-compose passes them as AIRFLOW_VAR_<NAME>)
@@ -33,6 +37,46 @@ VARIABLES = (
     VAR_SECURITY_CONFIGURATION,
     VAR_OUTPUT_PREFIX,
 )
+
+
+def upload_date(
+    data_interval_start: dt.datetime | None, logical_date: dt.datetime | None, run_after: dt.datetime
+) -> str:
+    """The upload date (UTC, YYYY-MM-DD) a run processes.
+
+    Scheduled and backfill runs process their data interval's first day: the 02:00 UTC run of day D covers
+    [D-1 02:00, D 02:00) and reads ``uploads/dt=D-1/``. A manual run without a logical date (possible in
+    Airflow 3) has no data interval: it processes the date it was triggered for (``run_after``).
+    """
+    moment = data_interval_start or logical_date or run_after
+    return moment.astimezone(dt.UTC).date().isoformat()
+
+
+def uploads_prefix(upload_day: str) -> str:
+    """Where ``fruits upload`` puts (and the DAG reads) the images of one upload date."""
+    return f"uploads/dt={upload_day}/"
+
+
+def input_prefix(param: str | None, upload_day: str) -> str:
+    """The ``input_prefix`` param if given (e.g. the initial dataset), else that day's uploads."""
+    prefix = (param or "").strip().lstrip("/")
+    if not prefix:
+        return uploads_prefix(upload_day)
+    return prefix if prefix.endswith("/") else prefix + "/"
+
+
+def require_variables(values: dict[str, str | None]) -> dict[str, str]:
+    """The Airflow Variables the run cannot do without, all set; else one refusal naming every missing one.
+
+    No fallback to EMR_DefaultRole / EMR_EC2_DefaultRole: infra/'s Airflow policy may pass only the stack's
+    roles, so a default role would end in AccessDenied on RunJobFlow, retried for nothing."""
+    missing = sorted(name for name, value in values.items() if not value)
+    if missing:
+        raise GuardRefused(
+            f"Airflow Variable(s) {', '.join(missing)} not set: set them from the infra stack's outputs "
+            "(docs/AWS.md, first-run checklist)"
+        )
+    return {name: str(value) for name, value in values.items()}
 
 
 @dataclass(frozen=True)
@@ -74,7 +118,7 @@ def check_output_writable(output_prefix: str, writable_prefix: str) -> None:
     the stack's OutputPrefix only, so such a run would start, pay, and fail on AccessDenied."""
     writable = writable_prefix.strip().lstrip("/")
     if not output_prefix.startswith(writable):
-        raise guards.GuardRefused(
+        raise GuardRefused(
             f"output {output_prefix} is outside what the EMR nodes may write ({writable}*, the stack's "
             f"OutputPrefix, Airflow Variable {VAR_OUTPUT_PREFIX}): the steps would fail on AccessDenied "
             "after the cluster was paid for"
@@ -83,26 +127,26 @@ def check_output_writable(output_prefix: str, writable_prefix: str) -> None:
 
 def resolve_settings(params: Mapping, upload_day: str, variables: Mapping[str, str | None]) -> RunSettings:
     """The run's settings; GuardRefused (one line) when a param or Variable is unusable."""
-    bucket = guards.require_bucket(params["bucket"] or variables.get(VAR_BUCKET))
+    bucket = require_bucket(params["bucket"] or variables.get(VAR_BUCKET))
     # no fallback to EMR's default roles: the stack's policy may pass only its own roles
-    required = guards.require_variables({name: variables.get(name) for name in REQUIRED_VARIABLES})
-    input_prefix = guards.input_prefix(params["input"], upload_day)
+    required = require_variables({name: variables.get(name) for name in REQUIRED_VARIABLES})
+    prefix = input_prefix(params["input"], upload_day)
     output_prefix = params["output"].strip().lstrip("/").rstrip("/") + "/"
     check_output_writable(output_prefix, variables.get(VAR_OUTPUT_PREFIX) or DEFAULT_OUTPUT_PREFIX)
     try:
         pipeline = PipelineParams.from_mapping(
             params,
-            input=staging.s3_uri(bucket, input_prefix),
+            input=staging.s3_uri(bucket, prefix),
             output=staging.s3_uri(bucket, output_prefix),
             dt=upload_day,
         )
     except ValueError as error:
-        raise guards.GuardRefused(f"param {error}") from None
+        raise GuardRefused(f"param {error}") from None
     return RunSettings(
         bucket=bucket,
         region=params["region"],
         dt=upload_day,
-        input_prefix=input_prefix,
+        input_prefix=prefix,
         output_prefix=output_prefix,
         pipeline=pipeline.as_dict(),
         instance_type=params["instance_type"],

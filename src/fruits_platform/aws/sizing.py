@@ -77,20 +77,6 @@ class ExecutorSizing:
         return {**asdict(self), "total_executor_cores": self.total_executor_cores}
 
 
-def inference_engine(requirements_text: str) -> str:
-    """The engine a bootstrap requirements file is for, read from its pins: TensorFlow's file also holds
-    onnxruntime (it can run both), so TensorFlow decides."""
-    names = {
-        line.split("#", 1)[0].split("==", 1)[0].strip().lower().replace("_", "-")
-        for line in requirements_text.splitlines()
-    }
-    if names & {"tensorflow", "tensorflow-cpu"}:
-        return "tensorflow"
-    if "onnxruntime" in names:
-        return "onnx"
-    raise ValueError("the requirements install neither onnxruntime nor tensorflow")
-
-
 def yarn_memory_mb(instance_type: str) -> int:
     size = instance_type.split(".", 1)[-1]
     try:

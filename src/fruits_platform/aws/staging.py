@@ -18,7 +18,8 @@ from botocore.exceptions import ClientError
 from fruits_platform.artifacts import build_artifacts, content_hash
 from fruits_platform.aws import bootstrap
 from fruits_platform.aws.bootstrap import sha256_file
-from fruits_spark.contract import ENGINES, IMAGE_EXTENSIONS, PARAMS, engine_record
+from fruits_spark.contract import ENGINES, PARAMS, engine_record
+from fruits_spark.images import is_input_image
 
 ARTIFACTS_PREFIX = "artifacts/"
 WEIGHTS_NAME = "mobilenet_v2.weights.h5"
@@ -94,19 +95,16 @@ def count_images(s3, bucket: str, prefix: str) -> tuple[int, int]:
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", []):
             objects += 1
-            images += item["Key"].lower().endswith(IMAGE_EXTENSIONS)
+            images += is_input_image(item["Key"].removeprefix(prefix))
     return objects, images
 
 
 def imagenet_weights_file(input_size: int, destination: Path) -> Path:
     """Downloads the ImageNet backbone once, here, and saves it: the executors never download anything."""
-    from keras.applications import MobileNetV2
+    from fruits_spark.model import read_weights
 
-    model = MobileNetV2(
-        input_shape=(input_size, input_size, 3), include_top=False, pooling="avg", weights="imagenet"
-    )
     path = destination / WEIGHTS_NAME
-    model.save_weights(path)
+    path.write_bytes(read_weights("imagenet", input_size).data)
     return path
 
 

@@ -18,16 +18,14 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fruits_platform.aws.guards import BUCKET_NAME, EU_REGIONS, bucket_region, uploads_prefix
+from fruits_platform.aws.gdpr import check_bucket_name, check_bucket_region, check_region
+from fruits_platform.aws.refusal import GuardRefused
+from fruits_platform.aws.settings import uploads_prefix
 from fruits_platform.aws.staging import upload_if_changed
-from fruits_spark.contract import IMAGE_EXTENSIONS
+from fruits_spark.images import is_input_image
 
 UNLABELLED = "unlabelled"
 DEFAULT_REGION = "eu-west-3"
-
-
-class UploadRefused(Exception):
-    """The upload would break a rule (GDPR region, bad arguments); ``str()`` is the reason."""
 
 
 @dataclass
@@ -44,17 +42,15 @@ class UploadResult:
 
 
 def plan_upload(source: Path, prefix: str) -> tuple[list[tuple[Path, str]], int]:
-    """([(file, key)], ignored): the images below ``source`` and their keys; hidden, other files ignored."""
+    """([(file, key)], ignored): the images below ``source`` and their keys; hidden (Hadoop's rule: a
+    component starting with '.' or '_', which ingest would skip) and other files ignored."""
     prefix = prefix.lstrip("/")
     if prefix and not prefix.endswith("/"):
         prefix += "/"
     planned, ignored = [], 0
     for path in sorted(p for p in source.rglob("*") if p.is_file()):
         relative = path.relative_to(source)
-        if (
-            any(part.startswith(".") for part in relative.parts)
-            or path.suffix.lower() not in IMAGE_EXTENSIONS
-        ):
+        if not is_input_image(relative.as_posix()):
             ignored += 1
             continue
         parts = relative.parts if len(relative.parts) > 1 else (UNLABELLED, *relative.parts)
@@ -63,13 +59,11 @@ def plan_upload(source: Path, prefix: str) -> tuple[list[tuple[Path, str]], int]
 
 
 def check_destination(s3, bucket: str, region: str) -> None:
-    if region not in EU_REGIONS:
-        raise UploadRefused(f"region {region} is not an EU region ({', '.join(sorted(EU_REGIONS))})")
-    if not BUCKET_NAME.match(bucket):
-        raise UploadRefused(f"{bucket!r} is not a valid S3 bucket name")
-    location = bucket_region(s3.get_bucket_location(Bucket=bucket).get("LocationConstraint"))
-    if location != region:
-        raise UploadRefused(f"bucket {bucket} is in {location}, not in {region}")
+    """The EMR run's placement rules (``aws.gdpr``): EU region, valid bucket name, bucket in the region."""
+    check_region(region)
+    check_bucket_name(bucket)
+    location = s3.get_bucket_location(Bucket=bucket).get("LocationConstraint")
+    check_bucket_region(bucket, location, region, whose="--region")
 
 
 class Progress:
@@ -130,11 +124,10 @@ def _run_upload(args: argparse.Namespace) -> int:
         args.prefix if args.prefix is not None else uploads_prefix(dt.datetime.now(dt.UTC).date().isoformat())
     )
     try:
-        if args.region not in EU_REGIONS:  # before any client is built: nothing leaves for a non-EU region
-            raise UploadRefused(f"region {args.region} is not an EU region ({', '.join(sorted(EU_REGIONS))})")
+        check_region(args.region)  # before any client is built: nothing leaves for a non-EU region
         s3 = boto3.client("s3", region_name=args.region)
         check_destination(s3, args.bucket, args.region)
-    except UploadRefused as refusal:
+    except GuardRefused as refusal:
         print(f"fruits upload: refused: {refusal}", file=sys.stderr)
         return 2
     except Exception as error:  # credentials, missing bucket, access denied: one line, no traceback

@@ -23,7 +23,6 @@ This module imports no Airflow code: it only drives the ``airflow`` command besi
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
@@ -39,6 +38,13 @@ from pathlib import Path
 import psutil
 
 from fruits_platform.artifacts import PROJECT_ROOT
+from fruits_platform.local.processes import (
+    is_gone,
+    process_record,
+    recorded_process,
+    stop_processes,
+    wait_gone,
+)
 
 BIN_DIR = Path(sys.executable).parent  # the venv's bin/: the airflow command, spark-submit
 DEFAULT_HOME = PROJECT_ROOT / ".airflow"
@@ -166,21 +172,6 @@ class LocalAirflow:
         )
 
 
-def process_record(pid: int) -> dict:
-    return {"pid": pid, "create_time": psutil.Process(pid).create_time()}
-
-
-def recorded_process(record: dict) -> psutil.Process | None:
-    """The process of a pid-file record if it still runs (a reused pid has another create_time)."""
-    try:
-        process = psutil.Process(record["pid"])
-        if abs(process.create_time() - record["create_time"]) < 0.01 and not is_gone(process):
-            return process
-    except (psutil.NoSuchProcess, psutil.AccessDenied, KeyError):
-        pass
-    return None
-
-
 def read_pid_file(home: Path) -> dict:
     try:
         return json.loads((home / PID_FILE).read_text())
@@ -198,17 +189,6 @@ def port_in_use(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(1)
         return sock.connect_ex((HOST, port)) == 0
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports free on the loopback right now (all bound at once, then released)."""
-    with contextlib.ExitStack() as stack:
-        sockets = [
-            stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)
-        ]
-        for sock in sockets:
-            sock.bind((HOST, 0))
-        return [sock.getsockname()[1] for sock in sockets]
 
 
 def tail(path: Path, lines: int = 30) -> str:
@@ -242,62 +222,6 @@ def wait_healthy(url: str, timeout: float, alive=lambda: True) -> dict:
             raise StackError(f"the stack stopped while starting; last health: {report}")
         time.sleep(2)
     raise StackError(f"{url} not healthy after {timeout:.0f} s; last health: {report}")
-
-
-def is_gone(process: psutil.Process) -> bool:
-    """Ended: reaped if it is our child; a zombie (ended, not reaped yet by its parent) counts as ended."""
-    try:
-        process.wait(timeout=0)
-        return True
-    except psutil.NoSuchProcess:
-        return True
-    except psutil.TimeoutExpired:
-        pass
-    try:
-        return process.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def wait_gone(processes: list[psutil.Process], timeout: float) -> list[psutil.Process]:
-    """Waits until the processes ended or ``timeout`` passed; returns those still running."""
-    deadline = time.monotonic() + timeout
-    alive = [p for p in processes if not is_gone(p)]
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.2)
-        alive = [p for p in alive if not is_gone(p)]
-    return alive
-
-
-def stop_processes(processes: list[psutil.Process], grace: float = 30) -> None:
-    """One SIGTERM to each process tree, SIGKILL to what is left of them after ``grace`` seconds.
-
-    A group leader gets it through its group (its workers and log servers are in it); the descendants
-    outside those groups (task processes have groups of their own, and their spark-submit) directly.
-    """
-    tree: dict[int, psutil.Process] = {}
-    for process in processes:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            tree[process.pid] = process
-            tree.update({child.pid: child for child in process.children(recursive=True)})
-    groups = set()
-    for process in processes:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            if os.getpgid(process.pid) == process.pid:
-                os.killpg(process.pid, signal.SIGTERM)
-                groups.add(process.pid)
-    for process in tree.values():
-        with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
-            if os.getpgid(process.pid) not in groups:
-                process.terminate()
-    alive = wait_gone(list(tree.values()), grace)
-    for process in list(alive):  # with what the survivors started meanwhile
-        with contextlib.suppress(psutil.NoSuchProcess):
-            alive.extend(process.children(recursive=True))
-    for process in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.kill()
-    wait_gone(alive, 10)
 
 
 def start(stack: LocalAirflow, ready_timeout: float = 600) -> int:

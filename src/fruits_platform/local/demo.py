@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
@@ -16,7 +15,8 @@ from pathlib import Path
 
 from fruits_platform.artifacts import PROJECT_ROOT
 from fruits_platform.local.airflow_server import airflow_env
-from fruits_spark.contract import DATASETS, WEIGHTS_ENV
+from fruits_platform.pipeline import default_weights
+from fruits_spark.contract import DATASETS
 from fruits_spark.layout import REPORT_HTML, REPORT_JSON, Layout
 
 DAG_ID = "fruits_features_local"
@@ -45,11 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     if migrated.returncode != 0:
         print(migrated.stdout[-2000:] + migrated.stderr[-2000:], file=sys.stderr)
         return 1
-    conf = {"input": str(Path(args.input).resolve()), "output": str(output)}
-    if os.environ.get(WEIGHTS_ENV):
-        conf["weights"] = os.environ[WEIGHTS_ENV]
+    conf = {"input": str(Path(args.input).resolve()), "output": str(output), "weights": default_weights()}
     log = home / "demo-dags-test.log"
-    print(f"airflow dags test {DAG_ID} on {conf['input']} (weights: {conf.get('weights', 'imagenet')}) ...")
+    print(f"airflow dags test {DAG_ID} on {conf['input']} (weights: {conf['weights']}) ...")
     airflow("dags", "test", DAG_ID, "--conf", json.dumps(conf), env=env, log=log)
     text = log.read_text()
     finished = re.findall(r"DagRun Finished: .*?state=(\w+)", text)

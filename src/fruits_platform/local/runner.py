@@ -1,8 +1,8 @@
 """Runs the pipeline's steps with spark-submit in local mode: the embedded default, no AWS needed.
 
-The one runner behind ``fruits run-local``, ``fruits_features_local`` (one task per step) and the bench:
-the same step definitions as EMR, the same artifacts, one Spark log per step under the output's
-``_logs/dt=<dt>/``.
+The one runner behind ``fruits run-local``, ``fruits_features_local`` and the bench: the same step
+definitions as EMR and the same artifacts. The steps run in one Spark application (in the local DAG, its one
+task ``spark_steps``), whose log goes under the output's ``_logs/dt=<dt>/``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from fruits_platform.artifacts import build_artifacts, content_hash
@@ -29,6 +30,9 @@ from fruits_platform.pipeline import (
 from fruits_spark.contract import STEP_NAMES
 from fruits_spark.layout import Layout
 from fruits_spark.local_app import STEP_MARKER
+
+# every local core: the default master of `fruits run-local`, the local DAG and the bench
+LOCAL_MASTER = "local[*]"
 
 LOCAL_SPARK_CONF = {
     "spark.driver.memory": "4g",
@@ -68,12 +72,22 @@ def stage_artifacts(output: str) -> Path:
     return target
 
 
-def log_path(params: PipelineParams, name: str) -> Path:
+# A run's params: a PipelineParams, or its ``as_dict()`` as the local DAG passes it between tasks (validated
+# once, by its resolve_params task)
+RunValues = PipelineParams | Mapping
+
+
+def _layout(params: RunValues) -> Layout:
+    values = params.as_dict() if isinstance(params, PipelineParams) else params
+    return Layout(values["output"], values["dt"])
+
+
+def log_path(params: RunValues, name: str) -> Path:
     """The Spark log of one runner invocation: ``<step>.log``, or ``pipeline.log`` for a whole run."""
-    return Path(Layout(params.output, params.dt).logs()) / f"{name}.log"
+    return Path(_layout(params).logs()) / f"{name}.log"
 
 
-def local_app_args(params: PipelineParams, names: list[str], artifacts: Path, master: str) -> list[str]:
+def local_app_args(params: RunValues, names: list[str], artifacts: Path, master: str) -> list[str]:
     """One spark-submit of ``local_app.py`` running ``names`` with the steps' own arguments (EMR's)."""
     steps = [step for step in pipeline_steps(params) if step.name in names]
     plan = json.dumps([[step.name, list(step.args)] for step in steps])
@@ -84,7 +98,7 @@ def local_app_args(params: PipelineParams, names: list[str], artifacts: Path, ma
 
 
 def run_steps(
-    params: PipelineParams, names: list[str], artifacts: Path, master: str = "local[*]", echo=print
+    params: RunValues, names: list[str], artifacts: Path, master: str = LOCAL_MASTER, echo=print
 ) -> dict[str, float]:
     """Runs ``names`` in one Spark application; returns each step's seconds. Lines the steps print for
     people (``<step>: ...``, progress included) are echoed; everything goes to the log.
@@ -119,12 +133,14 @@ def run_steps(
     return seconds
 
 
-def read_report(params: PipelineParams) -> dict:
+def read_report(params: RunValues) -> dict:
     """This run's report.json (its date's copy: the top-level one belongs to whichever run came last)."""
-    return json.loads(Path(Layout(params.output, params.dt).report()).read_text())
+    return json.loads(Path(_layout(params).report()).read_text())
 
 
-def run_local(params: PipelineParams, master: str = "local[*]", echo=print) -> tuple[dict, dict[str, float]]:
+def run_local(
+    params: PipelineParams, master: str = LOCAL_MASTER, echo=print
+) -> tuple[dict, dict[str, float]]:
     """Runs every step of ``contract.STEPS`` in one Spark application; returns (report.json, seconds per
     step)."""
     artifacts = stage_artifacts(params.output)

@@ -31,14 +31,16 @@ def main() -> None:
     started = time.monotonic()
     spark = SparkSession.builder.appName("notebook-reference").getOrCreate()
 
-    from keras.applications.mobilenet_v2 import MobileNetV2, preprocess_input
+    from keras.applications.mobilenet_v2 import preprocess_input
 
-    driver_model = MobileNetV2(input_shape=(224, 224, 3), include_top=False, pooling="avg", weights=None)
+    from fruits_spark.model import build_backbone
+
+    driver_model = build_backbone(224)
     driver_model.load_weights(args.weights)
     broadcast = spark.sparkContext.broadcast(driver_model.get_weights())
 
     def model_fn():
-        model = MobileNetV2(input_shape=(224, 224, 3), include_top=False, pooling="avg", weights=None)
+        model = build_backbone(224)
         model.set_weights(broadcast.value)
         return model
 

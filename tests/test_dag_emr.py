@@ -128,7 +128,7 @@ def xcom(dagrun, task_id: str, key: str = "return_value"):
 
     with create_session() as session:
         row = session.scalars(
-            XComModel.get_many(run_id=dagrun.run_id, dag_ids=DAG_ID, task_ids=task_id, key=key)
+            XComModel.get_many(run_id=dagrun.run_id, dag_ids=dagrun.dag_id, task_ids=task_id, key=key)
         ).first()
         return XComModel.deserialize_value(row) if row else None
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import threading
 
@@ -186,3 +187,23 @@ def test_seven_days_run_on_one_cluster_and_a_failed_day_loses_no_other(backfill_
     assert list(failed) == [FAILING_DAY]
     assert failed[FAILING_DAY]["step"] == "features"
     assert len(summary["days"]) == len(RANGE_DAYS)
+
+
+def test_the_range_dag_checks_first_and_always_terminates(backfill_dag, emr_dag):
+    order = [
+        "resolve_range",
+        "check_gdpr",
+        "check_budget",
+        "stage_artifacts",
+        "cluster_spec",
+        "create_cluster",
+    ]
+    order += ["add_steps", "watch_days", "terminate_cluster", "report_range"]
+    assert set(backfill_dag.task_ids) == set(order)
+    for upstream, task_id in itertools.pairwise(order):
+        assert task_id in backfill_dag.get_task(upstream).downstream_task_ids, f"{upstream} -> {task_id}"
+    assert backfill_dag.get_task("terminate_cluster").is_teardown
+    assert backfill_dag.get_task("report_range").is_teardown
+    # the daily DAG's params, declared once, plus the range's days
+    assert set(backfill_dag.params) == set(emr_dag.params) | {"from_dt", "to_dt"}
+    assert backfill_dag.schedule is None  # manual runs only

@@ -260,7 +260,7 @@ def image_python(site: Path, script: str, tmp_path: Path) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_both_dags_import_as_in_the_compose_image(image_site, tmp_path):
+def test_the_dags_import_as_in_the_compose_image(image_site, tmp_path):
     script = """
 import json
 from airflow.dag_processing.dagbag import DagBag
@@ -271,7 +271,7 @@ print(json.dumps({"errors": {k: str(v)[-500:] for k, v in bag.import_errors.item
 """
     found = image_python(image_site, script, tmp_path)
     assert found["errors"] == {}
-    assert found["dags"] == ["fruits_features_emr", "fruits_features_local"]
+    assert found["dags"] == ["fruits_features_emr", "fruits_features_emr_backfill", "fruits_features_local"]
     assert all(module.startswith(str(image_site)) for module in found["modules"]), found["modules"]
 
 

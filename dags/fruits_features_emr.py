@@ -39,7 +39,14 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from fruits_platform.aws import cluster, cost, cost_report, operators, pricing, staging
 from fruits_platform.aws.refusal import GuardRefused
 from fruits_platform.aws.settings import RunSettings, resolve_settings, upload_date
-from fruits_platform.aws.tasks import DEFERRABLE, POKE_SECONDS, aws_client, placement, stage, variables
+from fruits_platform.aws.tasks import (
+    DEFERRABLE,
+    POKE_SECONDS,
+    aws_client,
+    check_placement,
+    stage_run,
+    variables,
+)
 from fruits_platform.dag_params import EMR_PARAMS
 from fruits_spark.contract import STEP_NAMES
 
@@ -78,7 +85,7 @@ with DAG(
     def check_gdpr(settings: dict) -> str:
         """Placement guard, before anything is created: EU region, bucket in it and encrypted, a private
         subnet EMR can launch in that reaches S3 through a gateway endpoint."""
-        return placement(RunSettings.from_dict(settings))
+        return check_placement(RunSettings.from_dict(settings))
 
     @task(multiple_outputs=True)
     def check_budget(settings: dict) -> dict:
@@ -118,7 +125,7 @@ with DAG(
     @task(retries=2, retry_delay=dt.timedelta(seconds=30))
     def stage_artifacts(settings: dict) -> dict:
         """Code, bootstrap, the wheelhouse for the nodes' architecture and weights to S3, once per content."""
-        return stage(RunSettings.from_dict(settings))
+        return stage_run(RunSettings.from_dict(settings))
 
     @task(multiple_outputs=True)
     def cluster_spec(settings: dict, staged: dict, step_limits: dict) -> dict:

@@ -32,7 +32,14 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from fruits_platform.aws import backfill, cluster, cost, operators, pricing, staging
 from fruits_platform.aws.refusal import GuardRefused
 from fruits_platform.aws.settings import RunSettings, resolve_settings
-from fruits_platform.aws.tasks import DEFERRABLE, POKE_SECONDS, aws_client, placement, stage, variables
+from fruits_platform.aws.tasks import (
+    DEFERRABLE,
+    POKE_SECONDS,
+    aws_client,
+    check_placement,
+    stage_run,
+    variables,
+)
 from fruits_platform.dag_params import EMR_PARAMS, RANGE_PARAMS
 
 DAG_ID = "fruits_features_emr_backfill"
@@ -64,7 +71,7 @@ with DAG(
 
     @task
     def check_gdpr(settings: dict) -> str:
-        return placement(RunSettings.from_dict(settings))
+        return check_placement(RunSettings.from_dict(settings))
 
     @task(multiple_outputs=True)
     def check_budget(settings: dict) -> dict:
@@ -91,7 +98,7 @@ with DAG(
 
     @task(retries=2, retry_delay=dt.timedelta(seconds=30))
     def stage_artifacts(settings: dict) -> dict:
-        return stage(RunSettings.from_dict(settings))
+        return stage_run(RunSettings.from_dict(settings))
 
     @task(multiple_outputs=True)
     def cluster_spec(settings: dict, staged: dict, days: list, day_limits: dict) -> dict:
@@ -120,7 +127,7 @@ with DAG(
         return summary
 
     settings = resolve_range()
-    placement_checked = check_gdpr(settings)
+    placement = check_gdpr(settings)
     plan = check_budget(settings)
     staged = stage_artifacts(settings)
     spec = cluster_spec(settings, staged, plan["days"], plan["day_limits"])
@@ -170,7 +177,7 @@ with DAG(
 
     chain(
         settings,
-        placement_checked,
+        placement,
         plan,
         staged,
         spec,

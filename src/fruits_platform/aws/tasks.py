@@ -31,7 +31,7 @@ def variables() -> dict[str, str | None]:
     return {key: (Variable.get(key, default=None) or "").strip() or None for key in VARIABLES}
 
 
-def placement(run: RunSettings) -> str:
+def check_placement(run: RunSettings) -> str:
     """Placement guard, before anything is created: EU region, bucket in it and encrypted, a subnet EMR can
     launch in, with no way to the internet and an S3 gateway endpoint. Returns the bucket's encryption."""
     try:
@@ -50,7 +50,7 @@ def placement(run: RunSettings) -> str:
     return algorithm
 
 
-def stage(run: RunSettings) -> dict:
+def stage_run(run: RunSettings) -> dict:
     """Code, bootstrap, the wheelhouse for the nodes' architecture and the weights to S3, once per content."""
     pipeline = run.pipeline  # validated when the run was resolved
     try:

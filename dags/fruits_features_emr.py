@@ -9,10 +9,10 @@ Runs daily at 02:00 UTC; each run processes the uploads of its data interval, `u
 
 | task | what it does |
 | --- | --- |
-| `resolve_run` | reads the params and Variables once (the stack's roles and subnet are required) |
-| `check_gdpr` | EU region, bucket in it and encrypted, subnet tagged for EMR and reaching PyPI |
+| `resolve_run` | reads the params and Variables once (the stack's roles and subnet are required; an output the nodes may not write is refused) |
+| `check_gdpr` | EU region, bucket in it and encrypted, subnet tagged for EMR, private, with an S3 endpoint |
 | `check_budget` | counts the images, bounds the cost from the run's enforced limits, refuses > `budget_eur` |
-| `stage_artifacts` | code, bootstrap and weights to `s3://<bucket>/artifacts/<content hash>/` (SSE) |
+| `stage_artifacts` | code, bootstrap, the nodes' wheelhouse and weights to `s3://<bucket>/artifacts/` (SSE) |
 | `cluster_spec` | the cluster definition and its EMR steps, from the staged artifacts |
 | `create_cluster` | the run's cluster (reuses the one an earlier try created) |
 | `add_steps` | ingest, features, pca as `spark-submit` steps |
@@ -25,6 +25,7 @@ uploads), `output` (a prefix), then the pipeline's `weights` (`imagenet`, `s3://
 worker), `k`, `input_size`, `refit`, `engine` and `recompute` (the same contract as
 `fruits run-local`), and the cluster's
 `instance_type`, `core_nodes`, `use_spot`, `region` and `budget_eur`.
+A range of days on one cluster: `fruits_features_emr_backfill`.
 Set up, costs and failure modes: `docs/AWS.md`.
 """
 

@@ -9,7 +9,7 @@ Runs daily at 02:00 UTC; each run processes the uploads of its data interval, `u
 
 | task | what it does |
 | --- | --- |
-| `resolve_run` | reads the params and Variables once (roles and subnet required; refuses an unwritable output) |
+| `resolve_run` | reads the params and Variables once (roles, subnet required; refuses an unwritable output) |
 | `check_gdpr` | EU region, bucket in it and encrypted, subnet tagged for EMR, private, with an S3 endpoint |
 | `check_budget` | counts the images, bounds the cost from the run's enforced limits, refuses > `budget_eur` |
 | `stage_artifacts` | code, bootstrap, the nodes' wheelhouse and weights to `s3://<bucket>/artifacts/` (SSE) |

@@ -8,7 +8,9 @@ StepConcurrencyLevel 1:
 * maps every ``s3://bucket/key`` argument to ``<workdir>/s3/bucket/key`` and downloads those objects
   (or prefixes) from moto S3: the code, the weights, the input, and the current outputs;
 * runs the command with this venv's spark-submit, ``--master local[2]`` instead of YARN (``--deploy-mode``
-  dropped), PYSPARK_PYTHON = this interpreter;
+  dropped), PYSPARK_PYTHON = this interpreter; or, with ``in_process=True``, runs the submitted step's
+  ``main`` with the same arguments on the test session's SparkSession (``tests.inprocess``: no JVM start
+  per step, no ``timeout``);
 * syncs the ``--output`` folder back to moto S3 (new and changed files up, deleted files removed), writes
   the step's output to ``<LogUri><cluster>/steps/<step>/stderr.gz`` like EMR does;
 * sets the moto step COMPLETED or FAILED; on failure with ActionOnFailure TERMINATE_CLUSTER, the later
@@ -34,6 +36,7 @@ from moto.emr.models import emr_backends
 
 from fruits_platform.aws.cluster import normalise_log_uri
 from fruits_platform.local.runner import spark_submit_binary
+from tests.inprocess import run_steps
 
 ACTIVE_STATES = ("STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING")
 # small, so that several test runs fit on a 2-core machine next to each other
@@ -61,8 +64,10 @@ class EmrStepRunner:
         account_id: str = DEFAULT_ACCOUNT_ID,
         poll_seconds: float = 0.3,
         credentials: dict[str, str] | None = None,
+        in_process: bool = False,
     ) -> None:
         self.workdir = workdir
+        self.in_process = in_process
         self.region = region
         self.account_id = account_id
         self.poll_seconds = poll_seconds
@@ -196,24 +201,41 @@ class EmrStepRunner:
                     self._download(uri)
                 handle.write(" ".join(command) + "\n")
                 handle.flush()
-                env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
-                try:
-                    returncode = subprocess.run(
-                        command,
-                        stdout=handle,
-                        stderr=subprocess.STDOUT,
-                        env=env,
-                        check=False,
-                        cwd=self.workdir,
-                        timeout=self.strip_timeout(list(step.args))[0],  # what `timeout` does on EMR
-                    ).returncode
-                except subprocess.TimeoutExpired:
-                    returncode = 124
+                if self.in_process:
+                    returncode = run_steps([self.submitted_step(command)], handle)
+                else:
+                    returncode = self._submit(command, step, handle)
                 if returncode == 0 and output:
                     self._sync_up(output)
             except Exception as error:
                 handle.write(f"emr_runner: {type(error).__name__}: {error}\n")
                 returncode = returncode or 1
+        self._finish(cluster, step, log, returncode)
+
+    @staticmethod
+    def submitted_step(command: list[str]) -> tuple[str, list[str]]:
+        """(step name, its arguments) of a spark-submit command: the entry script is ``<step>.py``."""
+        i = 1
+        while command[i].startswith("--"):
+            i += 2  # every spark-submit option before the script takes one value
+        return Path(command[i]).stem, command[i + 1 :]
+
+    def _submit(self, command: list[str], step, handle) -> int:
+        env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
+        try:
+            return subprocess.run(
+                command,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                env=env,
+                check=False,
+                cwd=self.workdir,
+                timeout=self.strip_timeout(list(step.args))[0],  # what `timeout` does on EMR
+            ).returncode
+        except subprocess.TimeoutExpired:
+            return 124
+
+    def _finish(self, cluster, step, log: Path, returncode: int) -> None:
         self._push_log(cluster, step, log)
         now = dt.datetime.now(dt.UTC)
         step.end_date_time = now

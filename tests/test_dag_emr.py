@@ -109,7 +109,15 @@ def uploaded(aws, sample_dir) -> int:
 
 
 @pytest.fixture
-def runner(tmp_path):
+def runner(tmp_path, spark):
+    """The cluster's steps, run on the test session's SparkSession (tests.inprocess)."""
+    with EmrStepRunner(tmp_path / "emr", in_process=True) as step_runner:
+        yield step_runner
+
+
+@pytest.fixture
+def submitting_runner(tmp_path):
+    """The cluster's steps, each a real spark-submit of the staged entry scripts and zip."""
     with EmrStepRunner(tmp_path / "emr") as step_runner:
         yield step_runner
 
@@ -184,12 +192,12 @@ def assert_refused_before_cluster(dagrun, states, task_id: str, reason: str, out
 
 
 # -- success ----------------------------------------------------------------------------------------------
-def test_success_runs_three_steps_and_terminates(emr_dag, aws, uploaded, runner, random_weights):
+def test_success_runs_three_steps_and_terminates(emr_dag, aws, uploaded, submitting_runner, random_weights):
     dagrun, states = run_dag(emr_dag, base_conf(random_weights), dt.datetime(2026, 11, 6, 3, tzinfo=dt.UTC))
 
     assert dagrun.state == "success", states
-    assert [run.name for run in runner.runs] == ["ingest", "features", "pca"]
-    assert all(run.returncode == 0 for run in runner.runs)
+    assert [run.name for run in submitting_runner.runs] == ["ingest", "features", "pca"]
+    assert all(run.returncode == 0 for run in submitting_runner.runs)
     for dataset in ("images", "features", "pca", "pca_csv"):
         assert keys(aws, f"features/{dataset}/dt={UPLOAD_DAY}/"), dataset
     report = json.loads(aws.get_object(Bucket=BUCKET, Key="features/report.json")["Body"].read())
@@ -710,6 +718,10 @@ def test_runner_maps_s3_and_drops_deploy_mode(tmp_path):
     assert command[1:3] == ["--master", "local[2]"]
     assert str(tmp_path / "s3" / "b" / "a" / "ingest.py") in command
     assert command[-3:] == [str(tmp_path / "s3" / "b" / "features") + "/", "--dt", "2026-11-05"]
+    # in process, the same command runs the entry script's step with the arguments after it
+    name, args = step_runner.submitted_step(command)
+    assert name == "ingest"
+    assert args == ["--input", str(tmp_path / "s3" / "b" / "uploads") + "/", *command[-4:]]
     shutil.rmtree(tmp_path, ignore_errors=True)
 
 

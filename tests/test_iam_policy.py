@@ -235,10 +235,10 @@ def denied(call) -> bool:
 
 
 # -- the tests ----------------------------------------------------------------------------------------------
-def test_the_dag_runs_with_exactly_the_airflow_policy(emr_dag, enforced, tmp_path, random_weights):
+def test_the_dag_runs_with_exactly_the_airflow_policy(emr_dag, enforced, tmp_path, random_weights, spark):
     """Every AWS call of a successful run (guards, staging, cluster, steps, teardown, report) is allowed to
     the Airflow identity; every S3 call of the steps is allowed to the node identity."""
-    with EmrStepRunner(tmp_path / "emr", credentials=enforced["node"]) as runner:
+    with EmrStepRunner(tmp_path / "emr", credentials=enforced["node"], in_process=True) as runner:
         dagrun = emr_dag.test(
             run_after=dt.datetime(2026, 11, 8, 3, tzinfo=dt.UTC),
             logical_date=LOGICAL_DATE,

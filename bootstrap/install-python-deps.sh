@@ -3,7 +3,16 @@
 #
 #   ScriptBootstrapAction:
 #     Path: s3://BUCKET/artifacts/<version>/install-python-deps.sh
-#     Args: [s3://BUCKET/artifacts/<version>/requirements-emr.txt]
+#     Args: [s3://BUCKET/artifacts/<version>/requirements-emr.txt,
+#            s3://BUCKET/artifacts/wheelhouse/<content hash>/, <timeout seconds>]
+#
+# Offline: the nodes have no route to the internet. Every wheel comes from the wheelhouse the staging task
+# built for this requirements file and the nodes' architecture (fruits_platform.aws.bootstrap), copied
+# from S3 through the VPC's gateway endpoint and installed with --no-index: no PyPI, no pin that
+# stopped being served, at 02:00 or ever.
+# The whole script runs under `timeout`: EMR's idle timer does not run while a cluster bootstraps, so a
+# hung download or install would bill until someone notices. Past the limit the action exits non-zero and
+# EMR ends the cluster (BOOTSTRAP_FAILURE), Airflow up or not.
 #
 # requirements-emr.txt is the ONNX Runtime engine's runtime (no TensorFlow); pass
 # requirements-emr-tensorflow.txt instead for `features --engine tensorflow`.
@@ -34,9 +43,19 @@ on_error() {
 }
 trap 'on_error "$?" "${LINENO}" "${BASH_COMMAND}"' ERR
 
-[[ $# -eq 1 ]] || die "usage: $(basename "$0") s3://BUCKET/PATH/requirements-emr.txt"
-readonly REQUIREMENTS_URI="$1"
+[[ $# -eq 3 ]] ||
+  die "usage: $(basename "$0") s3://BUCKET/PATH/requirements-emr.txt s3://BUCKET/PATH/wheelhouse/ TIMEOUT_SECONDS"
+readonly REQUIREMENTS_URI="$1" WHEELHOUSE_URI="$2" TIMEOUT_SECONDS="$3"
 [[ "${REQUIREMENTS_URI}" == s3://?*/?* ]] || die "expected an s3:// URI of the requirements file, got '${REQUIREMENTS_URI}'"
+[[ "${WHEELHOUSE_URI}" == s3://?*/?*/ ]] || die "expected an s3://.../ folder URI of the wheelhouse, got '${WHEELHOUSE_URI}'"
+[[ "${TIMEOUT_SECONDS}" =~ ^[1-9][0-9]*$ ]] || die "expected a timeout in seconds, got '${TIMEOUT_SECONDS}'"
+# Re-runs itself once under timeout; --kill-after: a step that ignores SIGTERM is killed 30 s later.
+if [[ -z "${FRUITS_BOOTSTRAP_BOUNDED:-}" ]]; then
+  FRUITS_BOOTSTRAP_BOUNDED=1 timeout --kill-after=30 "${TIMEOUT_SECONDS}" bash "$0" "$@" && exit 0
+  status=$?
+  [[ ${status} -ne 124 && ${status} -ne 137 ]] || die "timed out after ${TIMEOUT_SECONDS}s: EMR ends the cluster"
+  exit "${status}"
+fi
 # `rm -rf` below must never get a relative or top-level path from a mistyped override.
 [[ "${VENV_DIR}" == /?*/?* ]] || die "refusing to manage virtualenv at '${VENV_DIR}': not an absolute path below /"
 
@@ -45,6 +64,7 @@ umask 022
 workdir="$(mktemp -d)"
 trap 'rm -rf -- "${workdir}"' EXIT
 requirements="${workdir}/requirements-emr.txt"
+wheels="${workdir}/wheels"
 
 aws s3 cp --only-show-errors "${REQUIREMENTS_URI}" "${requirements}" ||
   die "cannot download ${REQUIREMENTS_URI}: does the EMR instance profile allow s3:GetObject on it?"
@@ -73,14 +93,21 @@ python_version="$("${PYTHON}" --version 2>&1)"
 log "creating ${VENV_DIR} with ${python_version}"
 sudo "${PYTHON}" -m venv "${VENV_DIR}" || die "cannot create the virtualenv ${VENV_DIR}"
 
+log "copying the wheelhouse ${WHEELHOUSE_URI}"
+aws s3 cp --only-show-errors --recursive "${WHEELHOUSE_URI}" "${wheels}" ||
+  die "cannot download ${WHEELHOUSE_URI}: does the EMR instance profile allow s3:GetObject on it?"
+compgen -G "${wheels}/*.whl" >/dev/null || die "${WHEELHOUSE_URI} holds no wheel"
+
 log "installing requirements ${wanted:0:12} from ${REQUIREMENTS_URI}"
+# --no-index --find-links: the wheelhouse only, never an index (the nodes cannot reach one anyway).
 # --no-deps: requirements-emr.txt pins the whole closure, nothing may float in unpinned; pip check proves it.
 # --only-binary: a pin without a Linux wheel fails here, instead of compiling slowly on every node.
 # --no-cache-dir: the wheel cache would double the space the packages take on the root volume.
 sudo "${VENV_DIR}/bin/python" -m pip install \
+  --no-index --find-links "${wheels}" \
   --no-cache-dir --no-deps --only-binary=:all: --disable-pip-version-check --progress-bar off \
   --requirement "${requirements}" ||
-  die "pip could not install ${REQUIREMENTS_URI} (see the output above)"
+  die "pip could not install ${REQUIREMENTS_URI} from ${WHEELHOUSE_URI} (see the output above)"
 sudo "${VENV_DIR}/bin/python" -m pip check ||
   die "the requirements are not a complete, consistent set: pin the missing packages in requirements-emr.txt"
 

@@ -9,10 +9,10 @@ logical date (`fruits_platform.run_date`). Assets, the Report link, alerts: docs
 
 | task | what it does |
 | --- | --- |
-| `resolve_run` | reads the params and Variables once (the stack's roles and subnet are required) |
-| `check_gdpr` | EU region, bucket in it and encrypted, subnet tagged for EMR and reaching PyPI |
+| `resolve_run` | reads the params and Variables once (roles, subnet required; refuses an unwritable output) |
+| `check_gdpr` | EU region, bucket in it and encrypted, subnet tagged for EMR, private, with an S3 endpoint |
 | `check_budget` | counts the images, bounds the cost from the run's enforced limits, refuses > `budget_eur` |
-| `stage_artifacts` | code, bootstrap and weights to `s3://<bucket>/artifacts/<content hash>/` (SSE) |
+| `stage_artifacts` | code, bootstrap, the nodes' wheelhouse and weights to `s3://<bucket>/artifacts/` (SSE) |
 | `cluster_spec` | the cluster definition and its EMR steps, from the staged artifacts |
 | `create_cluster` | the run's cluster (reuses the one an earlier try created) |
 | `add_steps` | ingest, features, pca as `spark-submit` steps |
@@ -25,119 +25,44 @@ uploads), `output` (a prefix), then the pipeline's `weights` (`imagenet`, `s3://
 worker), `k`, `input_size`, `refit`, `engine` and `recompute` (the same contract as
 `fruits run-local`), and the cluster's
 `instance_type`, `core_nodes`, `use_spot`, `region` and `budget_eur`.
+A range of days on one cluster: `fruits_features_emr_backfill`.
 Set up, costs and failure modes: `docs/AWS.md`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
-import tempfile
-from pathlib import Path
 
-from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 from airflow.providers.amazon.aws.operators.emr import EmrAddStepsOperator
-from airflow.sdk import (
-    DAG,
-    Param,
-    Variable,
-    chain,
-    conf,
-    get_current_context,
-    task,
-)
+from airflow.sdk import DAG, chain, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from fruits_platform import assets, links, run_date
-from fruits_platform.aws import alerts, cluster, cost, cost_report, gdpr, operators, pricing, staging
+from fruits_platform.aws import alerts, cluster, cost, cost_report, operators, pricing, staging
 from fruits_platform.aws.refusal import GuardRefused
 from fruits_platform.aws.run_outputs import publish_run, report_url
-from fruits_platform.aws.settings import VAR_SUBNET_ID, VARIABLES, RunSettings, resolve_settings
-from fruits_platform.dag_params import refuse_unknown_keys, run_param
+from fruits_platform.aws.settings import RunSettings, resolve_settings
+from fruits_platform.aws.tasks import (
+    DEFERRABLE,
+    POKE_SECONDS,
+    aws_client,
+    check_placement,
+    stage_run,
+    variables,
+)
+from fruits_platform.dag_params import EMR_PARAMS, refuse_unknown_keys
 from fruits_spark.contract import STEP_NAMES
 
 DAG_ID = "fruits_features_emr"
 AWS_CONN_ID: str = cluster.AWS_CONN_ID
 SCHEDULE = run_date.SCHEDULE
-# docker-compose sets AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE=true (triggerer); tests run without deferral
-DEFERRABLE: bool = conf.getboolean("operators", "default_deferrable", fallback=False)
-POKE_SECONDS: float = float(os.environ.get("FRUITS_EMR_POKE_SECONDS", "60"))
-
-PARAMS = {
-    "bucket": Param(
-        None,
-        type=["null", "string"],
-        pattern=f"^$|{gdpr.BUCKET_NAME_PATTERN}",
-        title="S3 bucket",
-        description="Holds uploads/, artifacts/, emr-logs/ and the outputs; must be in `region`. "
-        "Empty: the Airflow Variable fruits_bucket (what scheduled runs use).",
-    ),
-    "input": run_param(
-        "input",
-        default=None,
-        type=["null", "string"],
-        minLength=0,
-        description="Prefix of the bucket holding the images, one sub-folder per label. "
-        "Empty: uploads/dt=<the UTC day of the logical date: today for a manual run>/.",
-    ),
-    "output": run_param(
-        "output",
-        default="features/",
-        pattern=r"^[^/].*/$",
-        description="Prefix of the bucket for the outputs.",
-    ),
-    "weights": run_param(
-        "weights",
-        description="imagenet (downloaded once by the staging task), an s3:// URI, or the path of a "
-        ".weights.h5 file on the Airflow worker (staged to S3).",
-    ),
-    "k": run_param("k"),
-    "input_size": run_param("input_size"),
-    "refit": run_param("refit"),
-    "recompute": run_param("recompute"),
-    "engine": run_param(
-        "engine",
-        description="onnx: the default, no TensorFlow on the cluster; tensorflow: the Keras "
-        "reference (its bootstrap installs TensorFlow: a slower start)",
-    ),
-    "instance_type": Param(
-        "m5.xlarge", type="string", enum=list(pricing.INSTANCE_TYPES), title="Instance type"
-    ),
-    "core_nodes": Param(2, type="integer", minimum=0, maximum=20, title="Core nodes"),
-    "use_spot": Param(False, type="boolean", title="Spot core nodes"),
-    "region": Param(
-        "eu-west-3",
-        type="string",
-        pattern=r"^[a-z]{2}(-[a-z]+)+-\d$",
-        title="AWS region",
-        description="Must be an EU region (GDPR guard), the bucket's region, and the aws_default "
-        "connection's region_name extra.",
-    ),
-    "budget_eur": Param(
-        10,
-        type="number",
-        minimum=0,
-        title="Budget (EUR)",
-        description="The run is refused if its cost bound (from the limits the run enforces) exceeds this.",
-    ),
-}
-
-
-def aws_client(service: str, region: str):
-    return AwsBaseHook(aws_conn_id=AWS_CONN_ID, client_type=service, region_name=region).conn
-
-
-def variables() -> dict[str, str | None]:
-    """The DAG's Airflow Variables, None when unset or empty (docker-compose passes unset ones as empty)."""
-    return {key: (Variable.get(key, default=None) or "").strip() or None for key in VARIABLES}
-
 
 with DAG(
     dag_id=DAG_ID,
     schedule=SCHEDULE,
     catchup=False,
     max_active_runs=1,
-    params=PARAMS,
+    params=EMR_PARAMS,
     doc_md=__doc__,
     tags=["fruits", "emr"],
     default_args={"retries": 0},
@@ -149,7 +74,7 @@ with DAG(
         """Reads the params and Variables once; a param that cannot work refuses the run, without retry."""
         context = get_current_context()
         try:
-            refuse_unknown_keys(context["dag_run"].conf, PARAMS)
+            refuse_unknown_keys(context["dag_run"].conf, EMR_PARAMS)
             run = resolve_settings(context["params"], run_date.of_context(context), variables())
         except (GuardRefused, ValueError) as refusal:
             raise AirflowFailException(str(refusal)) from None
@@ -159,23 +84,9 @@ with DAG(
 
     @task
     def check_gdpr(settings: dict) -> str:
-        """Placement guard, before anything is created: EU region, bucket in it and encrypted, a subnet EMR
-        can launch in and that reaches PyPI."""
-        run = RunSettings.from_dict(settings)
-        try:
-            algorithm, route = gdpr.check_gdpr(
-                aws_client("s3", run.region),
-                aws_client("ec2", run.region),
-                run.bucket,
-                run.region,
-                run.subnet_id,
-                VAR_SUBNET_ID,
-            )
-        except GuardRefused as refusal:
-            raise AirflowFailException(str(refusal)) from None
-        print(f"GDPR checks passed: {run.region}, bucket {run.bucket} ({algorithm})")
-        print(f"subnet {run.subnet_id} tagged for EMR, internet through {route}")
-        return algorithm
+        """Placement guard, before anything is created: EU region, bucket in it and encrypted, a private
+        subnet EMR can launch in that reaches S3 through a gateway endpoint."""
+        return check_placement(RunSettings.from_dict(settings))
 
     @task(multiple_outputs=True)
     def check_budget(settings: dict) -> dict:
@@ -218,26 +129,8 @@ with DAG(
 
     @task(retries=2, retry_delay=dt.timedelta(seconds=30))
     def stage_artifacts(settings: dict) -> dict:
-        """Code, bootstrap and weights to S3, once per content."""
-        run = RunSettings.from_dict(settings)
-        pipeline = run.pipeline  # validated by resolve_run
-        try:
-            with tempfile.TemporaryDirectory(prefix="fruits-stage-") as scratch:
-                staged = staging.stage_artifacts(
-                    aws_client("s3", run.region),
-                    run.bucket,
-                    pipeline["weights"],
-                    pipeline["input_size"],
-                    Path(scratch),
-                    pipeline["engine"],
-                )
-        except staging.StagingError as error:
-            raise AirflowFailException(str(error)) from None
-        print(
-            f"artifacts {staged.artifacts_uri}: {len(staged.uploaded)} uploaded, {len(staged.skipped)} "
-            f"already there; weights {staged.weights_uri}"
-        )
-        return staged.as_dict()
+        """Code, bootstrap, the wheelhouse for the nodes' architecture and weights to S3, once per content."""
+        return stage_run(RunSettings.from_dict(settings))
 
     @task(multiple_outputs=True)
     def cluster_spec(settings: dict, staged: dict, step_limits: dict) -> dict:

@@ -17,12 +17,17 @@ import sys
 import textwrap
 from pathlib import Path
 
+import boto3
 import botocore.session
 import pytest
 from botocore.validate import ParamValidator
+from moto import mock_aws
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+from fruits_platform.aws import bootstrap
+from fruits_platform.aws.staging import StagedArtifacts, split_s3_uri, stage_wheelhouse
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BOOTSTRAP = PROJECT_ROOT / "bootstrap"
@@ -238,6 +243,10 @@ STUBS = {
             *) dest="$arg" ;;
           esac
         done
+        if [ -d "$STUB_S3/$src" ] && [ "${src%/}" != "$src" ]; then  # cp --recursive of a prefix
+          mkdir -p "$dest" && cp -R "$STUB_S3/$src." "$dest/"
+          exit 0
+        fi
         if [ ! -f "$STUB_S3/$src" ]; then
           echo "fatal error: An error occurred (404) when calling the HeadObject operation" >&2
           exit 1
@@ -254,16 +263,22 @@ STUBS = {
         fi
         exit 3
     """,
-    # the virtualenv's interpreter; STUB_PIP_FAIL=1 makes `pip install` fail
+    # the virtualenv's interpreter; STUB_PIP_FAIL=1 makes `pip install` fail, STUB_PIP_HANG=1 hang
     "venv-python": """
         echo "venv-python $*" >> "$STUB_LOG"
-        if [ "${STUB_PIP_FAIL:-0}" = 1 ] && [ "$2" = "pip" ] && [ "$3" = "install" ]; then
-          echo "ERROR: No matching distribution found for tensorflow-cpu==2.21.0" >&2
-          exit 1
+        if [ "$2" = "pip" ] && [ "$3" = "install" ]; then
+          if [ "${STUB_PIP_HANG:-0}" = 1 ]; then exec sleep 60; fi
+          if [ "${STUB_PIP_FAIL:-0}" = 1 ]; then
+            echo "ERROR: No matching distribution found for tensorflow-cpu==2.21.0" >&2
+            exit 1
+          fi
         fi
     """,
 }
 REQUIREMENTS_URI = "s3://fruits-test-bucket/artifacts/v1/requirements-emr.txt"
+WHEELHOUSE_URI = "s3://fruits-test-bucket/artifacts/wheelhouse/0123abcd/"
+TIMEOUT = "600"
+ARGS = (REQUIREMENTS_URI, WHEELHOUSE_URI, TIMEOUT)
 
 
 class Sandbox:
@@ -278,23 +293,33 @@ class Sandbox:
             stub.write_text("#!/bin/sh\n" + textwrap.dedent(body).lstrip())
             stub.chmod(0o755)
         self.put_requirements(REQUIREMENTS.read_text())
+        self.put_wheelhouse({"numpy-1.26.4-cp311-cp311-manylinux2014_x86_64.whl": b"a wheel"})
+
+    def put_wheelhouse(self, files: dict[str, bytes], uri: str = WHEELHOUSE_URI) -> None:
+        folder = self.s3 / uri.removeprefix("s3://")
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, data in files.items():
+            (folder / name).write_bytes(data)
 
     def put_requirements(self, text: str) -> None:
         target = self.s3 / REQUIREMENTS_URI.removeprefix("s3://")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
 
-    def run(self, *args: str, pip_fails: bool = False) -> tuple[subprocess.CompletedProcess, list[str]]:
+    def run(
+        self, *args: str, pip_fails: bool = False, pip_hangs: bool = False, env: dict | None = None
+    ) -> tuple[subprocess.CompletedProcess, list[str]]:
         """Runs the script; returns its result and the commands the stubs saw during this run."""
         before = self.calls()
         env = dict(
-            os.environ,
+            env or os.environ,
             PATH=f"{self.bin}{os.pathsep}{os.environ['PATH']}",
             FRUITS_VENV_DIR=str(self.venv),
             STUB_LOG=str(self.log),
             STUB_S3=str(self.s3),
             STUB_BIN=str(self.bin),
             STUB_PIP_FAIL="1" if pip_fails else "0",
+            STUB_PIP_HANG="1" if pip_hangs else "0",
         )
         result = subprocess.run(
             ["bash", str(SCRIPT), *args], capture_output=True, text=True, env=env, check=False
@@ -321,12 +346,15 @@ def installs(calls: list[str]) -> bool:
 
 
 def test_first_run_installs_python_and_the_pinned_requirements(sandbox: Sandbox):
-    result, calls = sandbox.run(REQUIREMENTS_URI)
+    result, calls = sandbox.run(*ARGS)
     assert result.returncode == 0, result.stderr
     assert "dnf install -y python3.11 python3.11-pip" in calls
     assert f"python3.11 -m venv {sandbox.venv}" in calls
     pip_install = next(call for call in calls if call.startswith("venv-python -m pip install"))
     assert "--no-deps" in pip_install
+    # the wheelhouse staged for the run, never an index
+    assert f"aws s3 cp --only-show-errors --recursive {WHEELHOUSE_URI}" in " ".join(calls)
+    assert re.search(r"--no-index --find-links \S+/wheels ", pip_install), pip_install
     assert "--requirement" in pip_install
     assert "venv-python -m pip check" in calls
     # the installation is recorded last, by the hash of exactly the file it installed
@@ -335,9 +363,9 @@ def test_first_run_installs_python_and_the_pinned_requirements(sandbox: Sandbox)
 
 
 def test_second_run_with_the_same_requirements_changes_nothing(sandbox: Sandbox):
-    first, _ = sandbox.run(REQUIREMENTS_URI)
+    first, _ = sandbox.run(*ARGS)
     assert first.returncode == 0, first.stderr
-    second, calls = sandbox.run(REQUIREMENTS_URI)
+    second, calls = sandbox.run(*ARGS)
     assert second.returncode == 0, second.stderr
     assert "nothing to do" in second.stdout
     assert not any(call.startswith(("dnf", "python3.11")) for call in calls)
@@ -345,34 +373,45 @@ def test_second_run_with_the_same_requirements_changes_nothing(sandbox: Sandbox)
 
 
 def test_changed_requirements_rebuild_the_virtualenv(sandbox: Sandbox):
-    assert sandbox.run(REQUIREMENTS_URI)[0].returncode == 0
+    assert sandbox.run(*ARGS)[0].returncode == 0
     stale = sandbox.venv / "stale-package"
     stale.write_text("from the previous requirements")
     sandbox.put_requirements(REQUIREMENTS.read_text() + "# a new pin\n")
-    result, calls = sandbox.run(REQUIREMENTS_URI)
+    result, calls = sandbox.run(*ARGS)
     assert result.returncode == 0, result.stderr
     assert installs(calls)
     assert not stale.exists(), "the old virtualenv must be replaced, not patched"
 
 
 def test_failed_install_exits_non_zero_and_is_retried_by_the_next_run(sandbox: Sandbox):
-    result, _ = sandbox.run(REQUIREMENTS_URI, pip_fails=True)
+    result, _ = sandbox.run(*ARGS, pip_fails=True)
     assert result.returncode != 0
     assert "[fruits-bootstrap] ERROR: pip could not install" in result.stderr
     assert not sandbox.marker.exists()
-    retry, calls = sandbox.run(REQUIREMENTS_URI)
+    retry, calls = sandbox.run(*ARGS)
     assert retry.returncode == 0, retry.stderr
     assert installs(calls)
 
 
 def test_unreadable_requirements_fail_before_installing_anything(sandbox: Sandbox):
-    result, calls = sandbox.run("s3://fruits-test-bucket/artifacts/v1/missing.txt")
+    result, calls = sandbox.run("s3://fruits-test-bucket/artifacts/v1/missing.txt", WHEELHOUSE_URI, TIMEOUT)
     assert result.returncode != 0
     assert "[fruits-bootstrap] ERROR: cannot download" in result.stderr
     assert not any(call.startswith(("dnf", "python3.11")) for call in calls)
 
 
-@pytest.mark.parametrize("args", [(), ("requirements-emr.txt",), (REQUIREMENTS_URI, "extra")])
+@pytest.mark.parametrize(
+    "args",
+    [
+        (),
+        ("requirements-emr.txt",),
+        (REQUIREMENTS_URI, WHEELHOUSE_URI),
+        ("requirements-emr.txt", WHEELHOUSE_URI, TIMEOUT),
+        (REQUIREMENTS_URI, "s3://fruits-test-bucket/wheels", TIMEOUT),  # a folder URI ends with /
+        (REQUIREMENTS_URI, WHEELHOUSE_URI, "10m"),
+        (*ARGS, "extra"),
+    ],
+)
 def test_wrong_arguments_are_refused_with_usage(sandbox: Sandbox, args: tuple[str, ...]):
     result, calls = sandbox.run(*args)
     assert result.returncode != 0
@@ -387,8 +426,117 @@ def test_the_import_check_matches_the_installed_variant(
     sandbox: Sandbox, requirements_file: Path, expects_tensorflow: bool
 ):
     sandbox.put_requirements(requirements_file.read_text())
-    result, calls = sandbox.run(REQUIREMENTS_URI)
+    result, calls = sandbox.run(*ARGS)
     assert result.returncode == 0, result.stderr
     imports = next(call for call in calls if call.startswith("venv-python -c import"))
     assert "onnxruntime" in imports
     assert ("tensorflow" in imports) == expects_tensorflow
+
+
+def test_an_empty_wheelhouse_fails_before_installing(sandbox: Sandbox):
+    empty = "s3://fruits-test-bucket/artifacts/wheelhouse/empty/"
+    sandbox.put_wheelhouse({}, empty)
+    result, calls = sandbox.run(REQUIREMENTS_URI, empty, TIMEOUT)
+    assert result.returncode != 0
+    assert f"[fruits-bootstrap] ERROR: {empty} holds no wheel" in result.stderr
+    assert not installs(calls)
+
+
+def test_a_hung_install_is_ended_by_the_timeout(sandbox: Sandbox):
+    # EMR's idle timer does not run during bootstrap: the script's own limit is what ends the cluster
+    result, calls = sandbox.run(REQUIREMENTS_URI, WHEELHOUSE_URI, "2", pip_hangs=True)
+    assert installs(calls)
+    assert result.returncode != 0
+    assert "[fruits-bootstrap] ERROR: timed out after 2s" in result.stderr
+    assert not sandbox.marker.exists()
+
+
+# --- the wheelhouse ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("instance_type", "arch"),
+    [
+        ("m5.xlarge", "x86_64"),
+        ("m7g.xlarge", "aarch64"),
+        ("r6gd.2xlarge", "aarch64"),
+        ("c5n.large", "x86_64"),
+    ],
+)
+def test_the_nodes_architecture_follows_the_instance_family(instance_type: str, arch: str):
+    assert bootstrap.architecture(instance_type) == arch
+
+
+def test_the_download_accepts_every_manylinux_tag_the_nodes_run():
+    # onnxruntime publishes manylinux_2_28 wheels only, numpy manylinux2014: both must be accepted, and
+    # nothing newer than AL2023's glibc 2.34
+    tags = bootstrap.platform_tags("x86_64")
+    assert {"manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64"} <= set(tags)
+    assert "manylinux_2_34_x86_64" in tags
+    assert "manylinux_2_35_x86_64" not in tags
+    with pytest.raises(ValueError, match="architecture"):
+        bootstrap.platform_tags("arm64")
+
+
+def test_an_unavailable_pin_names_itself(tmp_path: Path):
+    requirements = tmp_path / "requirements-emr.txt"
+    requirements.write_text("six==0.0.1\n")
+    with pytest.raises(
+        bootstrap.WheelhouseError, match=r"x86_64 wheels of requirements-emr.txt: .*six==0.0.1"
+    ):
+        bootstrap.build_wheelhouse(requirements, "x86_64", tmp_path / "cache")
+    assert not list((tmp_path / "cache").iterdir()), "a failed download leaves nothing behind"
+
+
+def offline_env() -> dict[str, str]:
+    """No index at all: no pip configuration, no find-links, and an index URL and proxy that refuse."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PIP_")}
+    dead = "http://127.0.0.1:9"
+    return env | {
+        "PIP_CONFIG_FILE": os.devnull,
+        "PIP_INDEX_URL": f"{dead}/simple",
+        "http_proxy": dead,
+        "https_proxy": dead,
+        "HTTP_PROXY": dead,
+        "HTTPS_PROXY": dead,
+    }
+
+
+@pytest.mark.slow
+def test_the_staged_wheelhouse_installs_offline_in_a_clean_venv(tmp_path: Path):
+    """The real script, a real Python 3.11 venv, the wheels staging put in S3 (moto), and no index: only
+    sudo, dnf and the aws CLI are stubs. The first run downloads the wheelhouse from PyPI into the stable
+    cache (bootstrap.cache_root()); later runs reuse it."""
+    if shutil.which("bash") is None or shutil.which("python3.11") is None:
+        pytest.skip("needs bash and python3.11")
+    sandbox = Sandbox(tmp_path)
+    for stub in ("python3.11", "venv-python"):
+        (sandbox.bin / stub).unlink()  # the real interpreter builds and checks the venv
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="eu-west-3")
+        s3.create_bucket(
+            Bucket="fruits-test-bucket", CreateBucketConfiguration={"LocationConstraint": "eu-west-3"}
+        )
+        staged = StagedArtifacts("s3://fruits-test-bucket/artifacts/v1/", "")
+        wheelhouse_uri = stage_wheelhouse(s3, "fruits-test-bucket", REQUIREMENTS, "x86_64", staged)
+        # what the node copies: every object under the staged prefix, as S3 holds it
+        bucket, prefix = split_s3_uri(wheelhouse_uri)
+        keys = [item["Key"] for item in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]]
+        sandbox.put_wheelhouse(
+            {key.removeprefix(prefix): s3.get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys},
+            wheelhouse_uri,
+        )
+    staged_pins = {canonicalize_name(key.removeprefix(prefix).split("-")[0]) for key in keys}
+    assert staged_pins == set(read_pins(REQUIREMENTS)), "one wheel per pin, nothing else"
+
+    result, _ = sandbox.run(REQUIREMENTS_URI, wheelhouse_uri, TIMEOUT, env=offline_env())
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sandbox.marker.read_text().strip() == hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
+    # the script's own pip check and import check ran against the real venv; the jobs' modules import
+    python = sandbox.venv / "bin" / "python"
+    code = "import onnxruntime, numpy, pandas, pyarrow, PIL, matplotlib, h5py; print(numpy.__version__)"
+    imported = subprocess.run(
+        [str(python), "-c", code], capture_output=True, text=True, env=offline_env(), check=False
+    )
+    assert imported.returncode == 0, imported.stderr
+    assert imported.stdout.strip() == read_pins(REQUIREMENTS)["numpy"]

@@ -271,7 +271,12 @@ print(json.dumps({"errors": {k: str(v)[-500:] for k, v in bag.import_errors.item
 """
     found = image_python(image_site, script, tmp_path)
     assert found["errors"] == {}
-    assert found["dags"] == ["fruits_features_consumer", "fruits_features_emr", "fruits_features_local"]
+    assert found["dags"] == [
+        "fruits_features_consumer",
+        "fruits_features_emr",
+        "fruits_features_emr_backfill",
+        "fruits_features_local",
+    ]
     assert all(module.startswith(str(image_site)) for module in found["modules"]), found["modules"]
 
 

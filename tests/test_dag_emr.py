@@ -39,21 +39,29 @@ pytestmark = pytest.mark.slow
 
 
 # -- fixtures ---------------------------------------------------------------------------------------------
-def create_subnet(region: str = REGION, *, tagged: bool = True, internet: bool = True) -> str:
-    """A VPC and subnet as infra/ creates them (tagged for EMR's v2 policy, public, a route to an internet
-    gateway), or without the tag / the route."""
+def create_subnet(
+    region: str = REGION, *, tagged: bool = True, internet: bool = False, s3_endpoint: bool = True
+) -> str:
+    """A VPC and subnet as infra/ creates them (tagged for EMR's v2 policy, private, S3 through a gateway
+    endpoint), or without the tag / the endpoint, or with a route to an internet gateway."""
     ec2 = boto3.client("ec2", region_name=region)
     vpc = ec2.create_vpc(CidrBlock="10.42.0.0/16")["Vpc"]["VpcId"]
     subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.42.0.0/24")["Subnet"]["SubnetId"]
-    ec2.modify_subnet_attribute(SubnetId=subnet, MapPublicIpOnLaunch={"Value": True})
     if tagged:
         ec2.create_tags(Resources=[vpc, subnet], Tags=[{"Key": EMR_TAG[0], "Value": EMR_TAG[1]}])
+    table = ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]
+    ec2.associate_route_table(RouteTableId=table, SubnetId=subnet)
+    if s3_endpoint:
+        ec2.create_vpc_endpoint(
+            VpcId=vpc,
+            ServiceName=f"com.amazonaws.{region}.s3",
+            VpcEndpointType="Gateway",
+            RouteTableIds=[table],
+        )
     if internet:
         gateway = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
         ec2.attach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc)
-        table = ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]
         ec2.create_route(RouteTableId=table, DestinationCidrBlock="0.0.0.0/0", GatewayId=gateway)
-        ec2.associate_route_table(RouteTableId=table, SubnetId=subnet)
     return subnet
 
 
@@ -128,7 +136,7 @@ def xcom(dagrun, task_id: str, key: str = "return_value"):
 
     with create_session() as session:
         row = session.scalars(
-            XComModel.get_many(run_id=dagrun.run_id, dag_ids=DAG_ID, task_ids=task_id, key=key)
+            XComModel.get_many(run_id=dagrun.run_id, dag_ids=dagrun.dag_id, task_ids=task_id, key=key)
         ).first()
         return XComModel.deserialize_value(row) if row else None
 
@@ -314,8 +322,15 @@ def test_weights_the_onnx_export_refuses_stop_the_run_before_any_cluster(
         ({"region": "us-east-1"}, "check_gdpr", "GDPR: region us-east-1 is not in the EU allow-list", 10),
         ({"budget_eur": 0.1}, "check_budget", "exceeds budget_eur 0.1", 11),
         ({"bucket": ""}, "resolve_run", "param bucket is required", 12),
+        # the node role writes under the stack's OutputPrefix (features/) only
+        (
+            {"output": "exports/"},
+            "resolve_run",
+            "output exports/ is outside what the EMR nodes may write",
+            13,
+        ),
     ],
-    ids=["non-eu-region", "budget", "missing-bucket"],
+    ids=["non-eu-region", "budget", "missing-bucket", "output-not-writable"],
 )
 def test_guards_refuse_before_any_cluster(
     emr_dag, aws, uploaded, random_weights, capfd, overrides, task_id, reason, hour
@@ -486,7 +501,7 @@ def test_emr_steps_are_the_local_steps_over_s3():
         ]
 
 
-def overrides_for(instance_type="m5.xlarge", core_nodes=2, use_spot=False, engine="tensorflow"):
+def overrides_for(instance_type="m5.xlarge", core_nodes=2, use_spot=False, engine="tensorflow", tags=None):
     from fruits_platform.aws import pricing
     from fruits_platform.aws.cluster import emr_configurations, job_flow_overrides
     from fruits_platform.aws.sizing import size_executors
@@ -502,10 +517,11 @@ def overrides_for(instance_type="m5.xlarge", core_nodes=2, use_spot=False, engin
         use_spot=use_spot,
         bootstrap_script_uri="s3://b/artifacts/h/install-python-deps.sh",
         requirements_uri="s3://b/artifacts/h/requirements-emr.txt",
+        wheelhouse_uri="s3://b/artifacts/wheelhouse/w/",
         configurations=emr_configurations(
             json.loads((PROJECT_ROOT / "bootstrap" / "spark-env.json").read_text()), sizing
         ),
-        tags={"run_id": "r"},
+        tags=tags or {"run_id": "r"},
         job_flow_role=JOB_FLOW_ROLE,
         service_role=SERVICE_ROLE,
         subnet_id="subnet-0123456789abcdef0",
@@ -514,6 +530,7 @@ def overrides_for(instance_type="m5.xlarge", core_nodes=2, use_spot=False, engin
 
 
 def test_job_flow_overrides_safety_nets():
+    from fruits_platform.aws.bootstrap import BOOTSTRAP_TIMEOUT_SECONDS
     from fruits_platform.aws.cluster import IDLE_TIMEOUT_SECONDS
 
     overrides = overrides_for()
@@ -528,7 +545,12 @@ def test_job_flow_overrides_safety_nets():
     assert (core["Market"], core["InstanceCount"], core["InstanceRole"]) == ("ON_DEMAND", 2, "CORE")
     assert overrides["BootstrapActions"][0]["ScriptBootstrapAction"] == {
         "Path": "s3://b/artifacts/h/install-python-deps.sh",
-        "Args": ["s3://b/artifacts/h/requirements-emr.txt"],
+        # what to install, from which wheelhouse (no index on the nodes), within what time
+        "Args": [
+            "s3://b/artifacts/h/requirements-emr.txt",
+            "s3://b/artifacts/wheelhouse/w/",
+            str(BOOTSTRAP_TIMEOUT_SECONDS),
+        ],
     }
     classifications = {c["Classification"] for c in overrides["Configurations"]}
     assert {"spark-env", "emrfs-site", "spark-defaults"} <= classifications
@@ -883,14 +905,17 @@ def test_sensor_failure_after_deferral_names_step_and_log(aws, monkeypatch):
     ("subnet", "reason", "hour"),
     [
         ({"tagged": False}, "lack the tag for-use-with-amazon-emr-managed-policies=true", 20),
-        ({"internet": False}, "has no route to the internet", 21),
+        # a public subnet, as this stack used to create: the nodes could reach the internet
+        ({"internet": True}, "reaches the internet (0.0.0.0/0 -> igw-", 21),
+        ({"s3_endpoint": False}, "has no route to an S3 gateway endpoint", 22),
     ],
-    ids=["untagged", "no-internet"],
+    ids=["untagged", "internet", "no-s3-endpoint"],
 )
 def test_unusable_subnet_is_refused_before_any_cluster(
     emr_dag, aws, uploaded, random_weights, capfd, monkeypatch, subnet, reason, hour
 ):
-    """A subnet EMR's v2 policy cannot launch in (or without PyPI) fails check_gdpr, not the cluster."""
+    """A subnet EMR's v2 policy cannot launch in, one that reaches the internet, or one the nodes could not
+    reach S3 from fails check_gdpr, not the cluster."""
     set_emr_variables(monkeypatch, create_subnet(**subnet))
     dagrun, states = run_dag(
         emr_dag, base_conf(random_weights), dt.datetime(2026, 11, 7, hour, tzinfo=dt.UTC)

@@ -51,12 +51,12 @@ def bound(images=96_000, use_spot=False, core_nodes=2, budget_eur=10.0, image_by
 
 
 def test_bound_covers_the_longest_run_the_limits_allow():
-    """The sensors' timeouts (each step's limit, the first one plus start-up) and the idle timeout (900 s,
-    given above) are what the run enforces: the bound's hours must cover all of them back to back."""
+    """The sensors' timeouts (each step's limit, the first one plus start-up), the idle timeout (900 s, given
+    above) and then the termination are what the run enforces: the bound covers all of them back to back."""
     estimate = bound()
     timeouts = cost.sensor_timeouts(estimate.step_limits)
     assert list(timeouts) == ["ingest", "features", "pca"]
-    assert estimate.hours * 3600 >= sum(timeouts.values()) + 900 - 1
+    assert estimate.hours * 3600 >= sum(timeouts.values()) + 900 + cost.TERMINATION_SECONDS - 1
     # each limit leaves room for its step's expected compute: a normal run is never killed by it
     expected = cost.expected_step_seconds(96_000, 96_000 * THUMBNAIL_BYTES, estimate.executor_vcpus)
     for name, seconds in expected.items():
@@ -67,9 +67,10 @@ def test_bound_covers_the_longest_run_the_limits_allow():
 
 def test_bound_of_a_tiny_batch_worked_out_by_hand():
     """100 images on 3 x m5.xlarge of TABLE, no EBS, no public IPs. Every step gets the 900 s floor (its
-    compute is seconds) and its sensor 120 s of slack; start-up is allowed 1800 s, idle 900 s:
-    1800 + 3 x (900 + 120) + 900 = 5760 s = 1.6 h. Each node at its cap (0.20 + 0.05 USD/h), 0.5 EUR per
-    USD: 3 x 0.25 x 0.5 = 0.375 EUR/h. Bound: 1.6 x 0.375 = 0.60 EUR."""
+    compute is seconds) and its sensor 120 s of slack; start-up is allowed 1800 s (1200 provisioning + the
+    bootstrap's 600 s timeout), idle 900 s and then 600 s to terminate:
+    1800 + 3 x (900 + 120) + 900 + 600 = 6360 s = 1.7667 h. Each node at its cap (0.20 + 0.05 USD/h),
+    0.5 EUR per USD: 3 x 0.25 x 0.5 = 0.375 EUR/h. Bound: 1.7667 x 0.375 = 0.6625 -> 0.66 EUR."""
     estimate = cost.estimate_worst_case(
         TABLE,
         instance_type="m5.xlarge",
@@ -82,9 +83,28 @@ def test_bound_of_a_tiny_batch_worked_out_by_hand():
         ebs_gib_per_instance=0,
         public_ipv4=False,
     )
-    assert estimate.hours == pytest.approx(1.6)
+    assert estimate.hours == pytest.approx(1.7667)
     assert estimate.hourly_eur == pytest.approx(0.375)
-    assert estimate.worst_case_eur == pytest.approx(0.60)
+    assert estimate.worst_case_eur == pytest.approx(0.66)
+
+
+def test_a_range_is_bounded_with_one_start_up_and_every_days_limits():
+    """Seven days on one cluster: one start-up, one idle timeout and termination, and each day's three steps
+    limited by that day's own image count (a big day gets longer limits than a small one)."""
+    days = [100, 100, 100, 100, 100, 100, 400_000]
+    estimate = bound(images=days)
+    vcpus = estimate.executor_vcpus
+    assert estimate.day_step_limits == [cost.step_limits(count, vcpus) for count in days]
+    assert estimate.day_step_limits[-1]["features"] > estimate.day_step_limits[0]["features"]
+    steps = sum(
+        limit + cost.SENSOR_SLACK_SECONDS for day in estimate.day_step_limits for limit in day.values()
+    )
+    idle_and_end = 900 + cost.TERMINATION_SECONDS
+    assert estimate.hours * 3600 == pytest.approx(cost.STARTUP_LIMIT_SECONDS + steps + idle_and_end, abs=1)
+    assert estimate.images == sum(days)
+    # one cluster for the seven days costs less than seven daily runs, each with its start-up and idle end
+    daily = sum(bound(images=count).worst_case_eur for count in days)
+    assert estimate.worst_case_eur < daily
 
 
 # docs/BENCHMARKS.md, round 2 (onnx engine): seconds of each step for 20,000 images on 2 physical cores
@@ -116,7 +136,8 @@ def test_spot_is_bounded_at_its_cap_and_ebs_is_counted():
     ebs = 3 * 94 * table["ebs_gp3_usd_per_gb_month"] / 730 * table["usd_to_eur"]
     assert on_demand.ebs_hourly_eur == pytest.approx(ebs, abs=1e-3)
     assert on_demand.hourly_eur > on_demand.instance_hourly_eur + on_demand.ebs_hourly_eur - 1e-3
-    assert bound(public_ipv4=False).hourly_eur < on_demand.hourly_eur
+    # the private subnet the placement guard requires gives no public IPv4 (billed per hour where asked)
+    assert bound(public_ipv4=True).hourly_eur > on_demand.hourly_eur
 
 
 def test_a_night_of_phone_photos_is_neither_killed_by_its_limits_nor_under_budgeted():
@@ -163,7 +184,7 @@ def test_budget_refusal_gives_the_figures():
     assert "\n" not in message
     assert f"{estimate.worst_case_eur:.2f} EUR exceeds budget_eur 0.1" in message
     assert "3 x m5.xlarge" in message
-    assert "idle timeout 0.25" in message
+    assert "idle timeout and termination 0.42" in message  # 900 s + 600 s
     cost.check_budget(bound(images=100, budget_eur=10))
 
 
@@ -343,19 +364,48 @@ def test_untagged_subnet_or_vpc_is_refused(tagged_subnet, tagged_vpc, refused):
     assert refused in str(error.value)
 
 
-def test_subnet_needs_a_route_to_pypi():
+S3_ENDPOINT = {"DestinationPrefixListId": "pl-1", "GatewayId": "vpce-1", "State": "active"}
+IPV6_OUT = {"DestinationIpv6CidrBlock": "::/0", "EgressOnlyInternetGatewayId": "eigw-1", "State": "active"}
+
+
+def test_subnet_must_not_reach_the_internet_and_must_reach_s3():
     check = gdpr.check_subnet
-    # private subnet behind a NAT gateway (through the VPC's main table): fine
-    assert "NAT gateway nat-1" in check(
-        subnet(), VPC, [route_table(LOCAL, DEFAULT_TO_NAT, main=True)], "r", "v"
+    private = route_table(LOCAL, S3_ENDPOINT, subnet_id="subnet-1")
+    assert "vpce-1" in check(subnet(), VPC, [private], "r", "v")
+    # any default route out, IPv4 or IPv6, NAT or internet gateway: refused, naming it
+    for route, target in ((DEFAULT_TO_NAT, "nat-1"), (DEFAULT_TO_IGW, "igw-1"), (IPV6_OUT, "eigw-1")):
+        tables = [route_table(LOCAL, S3_ENDPOINT, route, subnet_id="subnet-1")]
+        with pytest.raises(GuardRefused, match=f"subnet-1 \\(Variable v\\) reaches the internet .*{target}"):
+            check(subnet(), VPC, tables, "r", "v")
+    # the VPC's main table decides for a subnet without its own; its own table wins (EC2's rule)
+    with pytest.raises(GuardRefused, match="reaches the internet"):
+        check(subnet(), VPC, [route_table(LOCAL, S3_ENDPOINT, DEFAULT_TO_NAT, main=True)], "r", "v")
+    assert "vpce-1" in check(
+        subnet(), VPC, [private, route_table(LOCAL, DEFAULT_TO_NAT, main=True)], "r", "v"
     )
-    # public subnet: an internet gateway route is only usable with public IPs on the instances
-    public = [route_table(LOCAL, DEFAULT_TO_IGW, subnet_id="subnet-1")]
-    assert "internet gateway igw-1" in check(subnet(public_ip=True), VPC, public, "r", "v")
-    for tables, node in ((public, subnet()), ([route_table(LOCAL, main=True)], subnet(public_ip=True))):
-        with pytest.raises(GuardRefused, match="no route to the internet"):
-            check(node, VPC, tables, "r", "v")
-    # the subnet's own table wins over the main one (EC2's rule)
-    own_without_route = route_table(LOCAL, subnet_id="subnet-1")
-    with pytest.raises(GuardRefused, match="no route to the internet"):
-        check(subnet(), VPC, [own_without_route, route_table(LOCAL, DEFAULT_TO_NAT, main=True)], "r", "v")
+    # public addresses are billed and needless; without an S3 endpoint nothing would install or read
+    with pytest.raises(GuardRefused, match="public IPv4 addresses"):
+        check(subnet(public_ip=True), VPC, [private], "r", "v")
+    with pytest.raises(GuardRefused, match="has no route to an S3 gateway endpoint"):
+        check(subnet(), VPC, [route_table(LOCAL, subnet_id="subnet-1")], "r", "v")
+
+
+@pytest.mark.parametrize(
+    ("output", "writable", "allowed"),
+    [
+        ("features/", "features/", True),
+        ("features/experiment-1/", "features/", True),
+        ("exports/", "exports/", True),  # a stack deployed with OutputPrefix=exports/
+        ("exports/", "features/", False),
+        ("feature/", "features/", False),
+        ("uploads/dt=2026-11-01/", "features/", False),  # would overwrite photos if it could write there
+    ],
+)
+def test_an_output_the_nodes_may_not_write_is_refused_at_once(output, writable, allowed):
+    from fruits_platform.aws.settings import check_output_writable
+
+    if allowed:
+        check_output_writable(output, writable)
+    else:
+        with pytest.raises(GuardRefused, match=f"output {output} is outside what the EMR nodes may write"):
+            check_output_writable(output, writable)

@@ -33,6 +33,7 @@ from cfnlint.decode import decode_str
 from moto import mock_aws
 from moto.core import DEFAULT_ACCOUNT_ID, enable_iam_authentication
 
+from fruits_platform.aws.cluster import cluster_tags
 from tests.emr_runner import EmrStepRunner
 from tests.test_dag_emr import (
     BUCKET,
@@ -47,6 +48,7 @@ from tests.test_dag_emr import (
     base_conf,
     create_bucket,
     create_subnet,
+    overrides_for,
     set_emr_variables,
     xcom,
 )
@@ -123,6 +125,7 @@ def emr_resource_and_conditions(response, condition_keys: set[str]) -> str:
     if response._get_action() == "RunJobFlow":
         for tag in response._get_param("Tags", []):
             values[f"aws:RequestTag/{tag['Key']}"] = tag["Value"]
+        _request.run_job_flow_params = {p for p in CREATION_TIME_ACTIONS if response._get_param(p)}
         resource = "*"
     elif cluster_id:
         cluster = response.backend.clusters.get(cluster_id)
@@ -135,19 +138,37 @@ def emr_resource_and_conditions(response, condition_keys: set[str]) -> str:
     return resource
 
 
-def check_action_permitted(self, resource: str) -> None:
-    """moto's IAMRequestBase.check_action_permitted, passing the stashed condition values."""
+# What RunJobFlow also checks on AWS, as the same caller, while it creates the cluster: AddTags for its Tags,
+# PutAutoTerminationPolicy for its idle timeout. The new cluster has no tags yet (no aws:ResourceTag).
+CREATION_TIME_ACTIONS = {
+    "Tags": "elasticmapreduce:AddTags",
+    "AutoTerminationPolicy": "elasticmapreduce:PutAutoTerminationPolicy",
+}
+NEW_CLUSTER_ARN = f"arn:aws:elasticmapreduce:{REGION}:{DEFAULT_ACCOUNT_ID}:cluster/j-BEING-CREATED"
+
+
+def permitted_by(policies: list, action: str, resource: str, values: dict | None) -> bool:
     from moto.iam.access_control import IAMPolicy, PermissionResult
 
+    results = [IAMPolicy(policy).is_action_permitted(action, resource, None, values) for policy in policies]
+    return PermissionResult.DENIED not in results and PermissionResult.PERMITTED in results
+
+
+def check_action_permitted(self, resource: str) -> None:
+    """moto's IAMRequestBase.check_action_permitted, passing the stashed condition values; RunJobFlow also
+    gets AWS's creation-time checks (moto makes none)."""
     values, _request.conditions = getattr(_request, "conditions", None), None
-    permitted = False
-    for policy in self._access_key.collect_policies():
-        result = IAMPolicy(policy).is_action_permitted(self._action, resource, None, values)
-        if result == PermissionResult.DENIED:
+    policies = self._access_key.collect_policies()
+    checks = [(self._action, resource)]
+    if self._action == "elasticmapreduce:RunJobFlow":
+        params = getattr(_request, "run_job_flow_params", set())
+        checks += [
+            (action, NEW_CLUSTER_ARN) for param, action in CREATION_TIME_ACTIONS.items() if param in params
+        ]
+        _request.creation_checks = getattr(_request, "creation_checks", []) + [a for a, _ in checks[1:]]
+    for action, on in checks:
+        if not permitted_by(policies, action, on, values):
             self._raise_access_denied()
-        permitted = permitted or result == PermissionResult.PERMITTED
-    if not permitted:
-        self._raise_access_denied()
 
 
 def user_with_policy(iam, name: str, document: dict) -> dict[str, str]:
@@ -226,6 +247,8 @@ def test_the_dag_runs_with_exactly_the_airflow_policy(emr_dag, enforced, tmp_pat
     states = {ti.task_id: ti.state for ti in dagrun.get_task_instances()}
 
     assert dagrun.state == "success", states
+    # the cluster was created with its tags and idle timeout, which AWS authorises separately
+    assert set(getattr(_request, "creation_checks", [])) == set(CREATION_TIME_ACTIONS.values())
     assert [(run.name, run.returncode) for run in runner.runs] == [("ingest", 0), ("features", 0), ("pca", 0)]
     summary = xcom(dagrun, "report_cost")
     assert summary["succeeded"] is True
@@ -270,3 +293,26 @@ def test_only_the_projects_clusters_can_be_stepped_or_terminated(enforced):
     assert denied(lambda: emr.terminate_job_flows(JobFlowIds=[theirs]))
     emr.describe_cluster(ClusterId=theirs)  # read-only: finding the run's cluster means describing others
     emr.terminate_job_flows(JobFlowIds=[ours])
+
+
+def test_creation_time_checks_allow_exactly_the_tags_the_dag_sends(emr_dag):
+    """The template's statements, evaluated by moto's IAM engine as AWS evaluates RunJobFlow's implicit
+    AddTags and PutAutoTerminationPolicy: with the request's tags (those the DAG's cluster definition
+    carries) and no resource tags yet."""
+    policy = json.dumps(template_policies()["airflow"])
+    overrides = overrides_for(
+        tags=cluster_tags(emr_dag.dag_id, "scheduled__2026-11-08T02:00:00+00:00", UPLOAD_DAY)
+    )
+    assert set(CREATION_TIME_ACTIONS) <= set(overrides), "the DAG no longer sends tags or an idle timeout"
+    sent = {tag["Key"]: tag["Value"] for tag in overrides["Tags"]}
+    keys = tag_condition_keys(template_policies()["airflow"])
+
+    def values(tags: dict[str, str]) -> dict[str, str]:
+        return dict.fromkeys(keys, "") | {f"aws:RequestTag/{k}": v for k, v in tags.items()}
+
+    for action in CREATION_TIME_ACTIONS.values():
+        assert permitted_by([policy], action, NEW_CLUSTER_ARN, values(sent)), action
+        # another project's tags, or none: refused
+        assert not permitted_by([policy], action, NEW_CLUSTER_ARN, values({**sent, "project": "other"}))
+        assert not permitted_by([policy], action, NEW_CLUSTER_ARN, values({}))
+    assert permitted_by([policy], "elasticmapreduce:RunJobFlow", "*", values(sent))

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from cfnlint.decode import decode_str
 
+from fruits_platform.aws.settings import DEFAULT_OUTPUT_PREFIX
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = PROJECT_ROOT / "infra" / "fruits-infra.yaml"
 
@@ -176,7 +178,9 @@ def test_node_role_writes_only_outputs_and_logs(template: dict):
         writes = {"s3:PutObject", "s3:DeleteObject"} & set(as_list(statement["Action"]))
         if writes:
             assert all(is_output_or_log_prefix(r) for r in as_list(statement["Resource"])), statement
-    assert parameter_default(template, {"Ref": "OutputPrefix"}) == "features/"  # the DAG's default
+    # what the DAG assumes when the Variable fruits_output_prefix is unset
+    assert parameter_default(template, {"Ref": "OutputPrefix"}) == DEFAULT_OUTPUT_PREFIX
+    assert template["Outputs"]["OutputPrefix"]["Value"] == {"Ref": "OutputPrefix"}
 
 
 def test_airflow_policy_never_deletes_objects(template: dict):
@@ -197,6 +201,18 @@ def test_first_cluster_may_create_only_the_emr_cleanup_role(template: dict):
     )
 
 
+def test_creation_time_checks_key_on_the_request_tags(template: dict):
+    """AddTags and PutAutoTerminationPolicy are checked while RunJobFlow creates the cluster, which has no
+    tags yet: a statement allowing them on aws:ResourceTag could never match then."""
+    implicit = {"elasticmapreduce:AddTags", "elasticmapreduce:PutAutoTerminationPolicy"}
+    allowing = [s for s in airflow_statements(template) if implicit & set(as_list(s["Action"]))]
+    assert allowing, (
+        "RunJobFlow with Tags and AutoTerminationPolicy needs AddTags and PutAutoTerminationPolicy"
+    )
+    for statement in allowing:
+        assert statement["Condition"] == {"StringEquals": {"aws:RequestTag/project": "fruits"}}, statement
+
+
 def test_cluster_mutations_need_the_project_tag(template: dict):
     mutating = {"elasticmapreduce:AddJobFlowSteps", "elasticmapreduce:TerminateJobFlows"}
     for statement in airflow_statements(template):
@@ -209,16 +225,26 @@ def test_cluster_mutations_need_the_project_tag(template: dict):
     assert run_job_flow["Condition"]["StringEquals"]["aws:RequestTag/project"] == "fruits"
 
 
-def test_created_subnet_is_tagged_public_and_routed_to_the_internet(template: dict):
+def test_created_subnet_is_tagged_private_and_reaches_only_s3(template: dict):
     tag = {"Key": "for-use-with-amazon-emr-managed-policies", "Value": "true"}
     assert tag in properties(template, "EmrSubnet")["Tags"]
     assert tag in properties(template, "Vpc")["Tags"]
-    assert properties(template, "EmrSubnet")["MapPublicIpOnLaunch"] is True
-    route = properties(template, "DefaultRouteToInternet")
-    assert route["DestinationCidrBlock"] == "0.0.0.0/0"
-    assert route["GatewayId"] == {"Ref": "InternetGateway"}
+    assert properties(template, "EmrSubnet")["MapPublicIpOnLaunch"] is False
+    # nothing that leads out of the VPC: no internet or egress-only gateway, no NAT, no public address
+    exits = {
+        f"AWS::EC2::{kind}"
+        for kind in ("InternetGateway", "EgressOnlyInternetGateway", "NatGateway", "EIP",
+                     "VPCGatewayAttachment", "TransitGatewayAttachment")
+    }  # fmt: skip
+    assert not [name for name, r in template["Resources"].items() if r["Type"] in exits]
+    routes = resources_of_type(template, "AWS::EC2::Route")
+    assert not routes, f"the subnet's routes are the VPC's own and the S3 endpoint's only: {sorted(routes)}"
     association = properties(template, "EmrSubnetRouteTable")
-    assert association == {"SubnetId": {"Ref": "EmrSubnet"}, "RouteTableId": {"Ref": "PublicRouteTable"}}
+    assert association == {"SubnetId": {"Ref": "EmrSubnet"}, "RouteTableId": {"Ref": "PrivateRouteTable"}}
+    endpoint = properties(template, "S3GatewayEndpoint")
+    assert endpoint["VpcEndpointType"] == "Gateway"
+    assert endpoint["ServiceName"] == {"Fn::Sub": "com.amazonaws.${AWS::Region}.s3"}
+    assert endpoint["RouteTableIds"] == [{"Ref": "PrivateRouteTable"}]
     assert template["Outputs"]["EmrSubnetId"]["Value"] == {"Ref": "EmrSubnet"}
 
 

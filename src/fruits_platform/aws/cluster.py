@@ -11,7 +11,7 @@ import copy
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from fruits_platform.aws import pricing
+from fruits_platform.aws import bootstrap, pricing
 from fruits_platform.aws.gdpr import EMR_MANAGED_TAG
 from fruits_platform.aws.sizing import ExecutorSizing, size_executors
 from fruits_platform.pipeline import PipelineParams, pipeline_steps, spark_submit_args
@@ -54,10 +54,16 @@ EMRFS_SSE: dict[str, Any] = {
 
 
 def emr_steps(
-    params: PipelineParams | Mapping[str, Any], artifacts_uri: str, step_limits: Mapping[str, int]
+    params: PipelineParams | Mapping[str, Any],
+    artifacts_uri: str,
+    step_limits: Mapping[str, int],
+    *,
+    action_on_failure: str = "TERMINATE_CLUSTER",
+    name_suffix: str = "",
 ) -> list[dict[str, Any]]:
     """The pipeline's steps as EMR steps: ``timeout <limit> spark-submit --deploy-mode client`` through
-    command-runner; a step past its limit exits 124, EMR marks it FAILED and TERMINATE_CLUSTER follows."""
+    command-runner; a step past its limit exits 124, EMR marks it FAILED and ``action_on_failure`` follows:
+    a failed step ends the cluster at once, or (CONTINUE, a range of days) the next step runs."""
     steps = []
     for step in pipeline_steps(params):
         limit = [
@@ -69,9 +75,9 @@ def emr_steps(
         submit = spark_submit_args(step, artifacts_uri, EMR_SPARK_CONF, deploy_mode="client")
         steps.append(
             {
-                "Name": step.name,
-                # a failed step ends the cluster at once; the DAG's teardown terminates it in every other case
-                "ActionOnFailure": "TERMINATE_CLUSTER",
+                "Name": step.name + name_suffix,
+                # the DAG's teardown terminates the cluster in every other case
+                "ActionOnFailure": action_on_failure,
                 "HadoopJarStep": {
                     "Jar": "command-runner.jar",
                     "Args": [*limit, *submit],
@@ -230,6 +236,7 @@ def job_flow_overrides(
     use_spot: bool,
     bootstrap_script_uri: str,
     requirements_uri: str,
+    wheelhouse_uri: str,
     configurations: list[dict[str, Any]],
     tags: Mapping[str, str],
     job_flow_role: str,
@@ -255,10 +262,7 @@ def job_flow_overrides(
         "Instances": instances,
         "AutoTerminationPolicy": {"IdleTimeout": idle_timeout_seconds},
         "BootstrapActions": [
-            {
-                "Name": "install-python-deps",
-                "ScriptBootstrapAction": {"Path": bootstrap_script_uri, "Args": [requirements_uri]},
-            }
+            bootstrap.bootstrap_action(bootstrap_script_uri, requirements_uri, wheelhouse_uri)
         ],
         "Configurations": configurations,
         "EbsRootVolumeSize": ROOT_VOLUME_GIB,
@@ -309,6 +313,7 @@ def cluster_definition(
         use_spot=run.use_spot,
         bootstrap_script_uri=staged.bootstrap_script_uri,
         requirements_uri=staged.requirements_uri(run.pipeline["engine"]),
+        wheelhouse_uri=staged.wheelhouse_uri,
         configurations=emr_configurations(
             staged.spark_env,
             executor_sizing(table, run.instance_type, run.core_nodes, run.pipeline["engine"]),

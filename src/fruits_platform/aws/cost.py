@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 
+from fruits_platform.aws.bootstrap import BOOTSTRAP_TIMEOUT_SECONDS
 from fruits_platform.aws.pricing import HOURS_PER_MONTH, instance_prices, spot_alternatives
 from fruits_platform.aws.refusal import GuardRefused
 from fruits_spark.contract import STEP_NAMES, STEPS
@@ -24,11 +25,15 @@ THROUGHPUT_SOURCE = (
     "contract.STEPS: core-seconds per image (thumbnails, 2026-11-23) and per MB (200 phone photos of 2.6 MB, "
     "2026-11-29, loaded machine: an upper bound); 2 EMR vCPUs per core"
 )
-# EMR provisioning + bootstrap (pip install into /opt/fruits-venv) before the first step runs: expected
-CLUSTER_STARTUP_SECONDS = 900
-# ... and enforced: watch_ingest's timeout is this plus the ingest step's bound, after which the teardown
-# terminates the cluster. Twice the expected start-up: a slow Spot fulfilment or PyPI is not a failure.
-STARTUP_LIMIT_SECONDS = 1800
+# EMR provisioning + bootstrap before the first step runs, expected: 900 s with the bootstrap's pip install
+# from PyPI; installing from the staged wheelhouse saved 152 s and 51 s of it in two rounds on the (loaded)
+# development VM (docs/BENCHMARKS.md, "Cluster bootstrap"): 900 - 100
+CLUSTER_STARTUP_SECONDS = 800
+# ... and enforced. Provisioning: watch_ingest's timeout includes the start-up limit (the teardown then
+# terminates), and a Spot fleet switches to On-Demand after its 20 min (cluster.SPOT_TIMEOUT_MINUTES).
+# Bootstrap: the action's own `timeout` on every node, which ends the cluster even with Airflow down.
+PROVISIONING_LIMIT_SECONDS = 1200
+STARTUP_LIMIT_SECONDS = PROVISIONING_LIMIT_SECONDS + BOOTSTRAP_TIMEOUT_SECONDS
 # spark-submit, YARN application start and weights broadcast, per step
 STEP_OVERHEAD_SECONDS = 120
 # Each step is bounded twice by the same figure: on the cluster (`timeout` wraps its spark-submit, EMR marks
@@ -39,7 +44,8 @@ STEP_LIMIT_FLOOR_SECONDS = 900
 # a sensor notices the end of its step within one poke: slack over the step's bound so that the cluster
 # side (which says why: exit 124 in the step's log) fires first
 SENSOR_SLACK_SECONDS = 120
-# terminate_cluster to instances gone (EMR bills until then): covered by the idle timeout term of the bound
+# terminate_cluster (or auto-termination) to instances gone: EMR bills until then. Added to the idle timeout
+# in the bound: a cluster left idle is billed for the idle timeout, then for its termination.
 TERMINATION_SECONDS = 600
 
 
@@ -48,9 +54,10 @@ class CostEstimate:
     """The run's cost bound (what the budget is checked against) and its expectation.
 
     bound = every instance at its price cap (On-Demand, or the Spot max price the request sets, which is
-    the On-Demand price) + EMR fee + its EBS volumes + its public IPv4, for start-up limit + the steps'
-    limits + the idle timeout. Each of those durations is enforced by the run itself (sensor timeouts,
-    `timeout` on the cluster, auto-termination), so the cluster cannot be billed longer: a real upper bound.
+    the On-Demand price) + EMR fee + its EBS volumes (+ public IPv4 where asked), for start-up limit + the
+    steps' limits (of every day, for a range) + the idle timeout + the termination. Each of those durations
+    is enforced by the run itself (sensor timeouts, `timeout` on the cluster and in the bootstrap,
+    auto-termination), so the cluster cannot be billed longer: a real upper bound.
     The expectation uses the measured throughput and the typical Spot price instead.
     """
 
@@ -79,6 +86,8 @@ class CostEstimate:
     budget_eur: float
     prices_as_of: str
     throughput_source: str
+    # a range of days on one cluster: each day's step limits, in day order (one entry for a daily run)
+    day_step_limits: list[dict[str, int]] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -89,12 +98,18 @@ class CostEstimate:
             f"{self.instances} x {self.instance_type} ({market}) at {self.hourly_eur:.3f} EUR/h "
             f"(instances {self.instance_hourly_eur:.3f} + EBS {self.ebs_gib_per_instance} GiB each "
             f"{self.ebs_hourly_eur:.3f} + public IPv4 {self.ipv4_hourly_eur:.3f}) x {self.hours:.2f} h "
-            f"(startup limit {self.startup_hours:.2f} + step limits "
-            f"{' + '.join(f'{name} {seconds / 3600:.2f}' for name, seconds in self.step_limits.items())} "
-            f"+ slack = {self.run_hours:.2f} + idle timeout "
-            f"{self.idle_hours:.2f}) = {self.worst_case_eur:.2f} EUR bound; expected "
-            f"{self.expected_eur:.2f} EUR (for {self.images} images, {self.image_bytes / 1e9:.2f} GB, at "
+            f"(startup limit {self.startup_hours:.2f} + {self.steps_text()} + slack = {self.run_hours:.2f} "
+            f"+ idle timeout and termination {self.idle_hours:.2f}) = {self.worst_case_eur:.2f} EUR bound; "
+            f"expected {self.expected_eur:.2f} EUR (for {self.images} images, "
+            f"{self.image_bytes / 1e9:.2f} GB, at "
             f"{self.images_per_second:.0f} img/s, {self.expected_hours:.2f} h)"
+        )
+
+    def steps_text(self) -> str:
+        if len(self.day_step_limits) > 1:
+            return f"step limits of {len(self.day_step_limits)} days"
+        return "step limits " + " + ".join(
+            f"{name} {seconds / 3600:.2f}" for name, seconds in self.step_limits.items()
         )
 
 
@@ -173,13 +188,16 @@ def sensor_timeouts(limits: Mapping[str, int]) -> dict[str, int]:
     }
 
 
-def bound_hours(limits: Mapping[str, int], idle_timeout_seconds: int) -> tuple[float, float, float]:
-    """(start-up, steps, idle) hours the run's limits allow at most."""
+def bound_hours(
+    day_limits: Sequence[Mapping[str, int]], idle_timeout_seconds: int
+) -> tuple[float, float, float]:
+    """(start-up, steps, idle and termination) hours the run's limits allow at most: one start-up, every
+    step of every day within its limit, then the idle timeout AND the termination (idle first, then ended)."""
     return (
         STARTUP_LIMIT_SECONDS / 3600,
         # each step within its limit, seen by its sensor within the slack; the sensors' timeouts sum to this
-        sum(limit + SENSOR_SLACK_SECONDS for limit in limits.values()) / 3600,
-        max(idle_timeout_seconds, TERMINATION_SECONDS) / 3600,
+        sum(limit + SENSOR_SLACK_SECONDS for limits in day_limits for limit in limits.values()) / 3600,
+        (idle_timeout_seconds + TERMINATION_SECONDS) / 3600,
     )
 
 
@@ -189,39 +207,48 @@ def estimate_worst_case(
     instance_type: str,
     core_nodes: int,
     use_spot: bool,
-    images: int,
-    image_bytes: int,
+    images: int | Sequence[int],
+    image_bytes: int | Sequence[int],
     idle_timeout_seconds: int,
     budget_eur: float,
     ebs_gib_per_instance: int,
     executor_cores: int | None = None,
-    public_ipv4: bool = True,
+    public_ipv4: bool = False,
 ) -> CostEstimate:
     """The cost bound from the limits the run enforces, and the expected cost (see ``CostEstimate``).
 
-    ``executor_cores``: the cores the executors really get (``sizing.size_executors`` may leave some vCPUs
-    without a Python worker when memory is short); default: every vCPU of the executor nodes."""
+    ``images`` and ``image_bytes``: the run's count and bytes, or each day's for a range of days on one
+    cluster (each day's steps are limited by its own). ``executor_cores``: the cores the executors really get
+    (``sizing.size_executors`` may leave some vCPUs without a Python worker when memory is short); default:
+    every vCPU of the executor nodes. ``public_ipv4``: nodes with public addresses (the private subnet the
+    placement guard requires has none)."""
     vcpus = executor_cores or executor_vcpus(table, instance_type, core_nodes)
     instances = 1 + core_nodes
-    limits = step_limits(images, image_bytes, vcpus)
-    startup, run, idle = bound_hours(limits, idle_timeout_seconds)
+    # a daily run is one (count, bytes) pair, a range of days on one cluster one pair per day
+    per_day = (
+        [(images, image_bytes)] if isinstance(images, int) else list(zip(images, image_bytes, strict=True))  # type: ignore[arg-type]
+    )
+    day_limits = [step_limits(count, size, vcpus) for count, size in per_day]
+    limits = day_limits[0]
+    startup, run, idle = bound_hours(day_limits, idle_timeout_seconds)
     hours = startup + run + idle
+    total_images = sum(count for count, _ in per_day)
+    compute_seconds = sum(expected_compute_seconds(count, size, vcpus) for count, size in per_day)
     instance_rate = cluster_hourly_cap_eur(table, instance_type, core_nodes, use_spot)
     ebs_rate = ebs_hourly_eur(table, ebs_gib_per_instance, instances)
     ipv4_rate = ipv4_hourly_eur(table, instances) if public_ipv4 else 0.0
     hourly = instance_rate + ebs_rate + ipv4_rate
-    expected_hours = (
-        CLUSTER_STARTUP_SECONDS + expected_run_seconds(images, image_bytes, vcpus) + TERMINATION_SECONDS
-    ) / 3600
+    expected_run = sum(expected_run_seconds(count, size, vcpus) for count, size in per_day)
+    expected_hours = (CLUSTER_STARTUP_SECONDS + expected_run + TERMINATION_SECONDS) / 3600
     expected_hourly = cluster_hourly_eur(table, instance_type, core_nodes, use_spot) + ebs_rate + ipv4_rate
     return CostEstimate(
         instance_type=instance_type,
         instances=instances,
         use_spot=use_spot,
-        images=images,
-        image_bytes=image_bytes,
+        images=total_images,
+        image_bytes=sum(size for _, size in per_day),
         executor_vcpus=vcpus,
-        images_per_second=round(images / max(expected_compute_seconds(images, image_bytes, vcpus), 1e-9), 1),
+        images_per_second=round(total_images / max(compute_seconds, 1e-9), 1),
         startup_hours=round(startup, 4),
         run_hours=round(run, 4),
         idle_hours=round(idle, 4),
@@ -240,6 +267,7 @@ def estimate_worst_case(
         budget_eur=float(budget_eur),
         prices_as_of=str(table.get("as_of")),
         throughput_source=THROUGHPUT_SOURCE,
+        day_step_limits=day_limits,
     )
 
 

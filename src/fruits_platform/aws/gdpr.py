@@ -1,5 +1,6 @@
 """The GDPR placement guard of the EMR run (and of ``fruits upload``): an EU region, a bucket in it with
-default encryption, and a subnet EMR can launch in that reaches PyPI, all checked before anything is created.
+default encryption, and a subnet EMR can launch in with no way to the internet and an S3 gateway endpoint,
+all checked before anything is created.
 
 Pure decisions over facts fetched with the boto3 clients the caller passes; no Airflow import. A refusal is
 a one-line ``GuardRefused``.
@@ -79,32 +80,58 @@ def _tags(resource: dict) -> dict[str, str]:
     return {tag["Key"]: tag["Value"] for tag in resource.get("Tags") or []}
 
 
-def internet_route(subnet: dict, route_tables: list[dict]) -> str | None:
-    """How the subnet's instances reach PyPI (the bootstrap pip-installs from it), or None.
-
-    ``route_tables``: the subnet's explicitly associated route table, else its VPC's main one (EC2's rule).
-    A default route to a NAT gateway works for any subnet; one to an internet gateway only when instances
-    get a public IPv4 address (MapPublicIpOnLaunch), which EMR relies on in a public subnet."""
+def effective_route_tables(subnet: dict, route_tables: list[dict]) -> list[dict]:
+    """The route tables that decide the subnet's routes: its own association, else its VPC's main table."""
     explicit = [
         table
         for table in route_tables
         if any(a.get("SubnetId") == subnet["SubnetId"] for a in table.get("Associations", []))
     ]
     main = [table for table in route_tables if any(a.get("Main") for a in table.get("Associations", []))]
-    for table in explicit or main:
+    return explicit or main
+
+
+# a route's target that leaves the VPC: the key EC2 reports it under
+_EXIT_TARGETS = (
+    "GatewayId",  # igw-: an internet gateway (vgw-: a VPN, local/vpce-: never a default route)
+    "NatGatewayId",
+    "EgressOnlyInternetGatewayId",
+    "TransitGatewayId",
+    "InstanceId",  # a NAT instance
+    "NetworkInterfaceId",
+    "VpcPeeringConnectionId",
+)
+
+
+def internet_routes(route_tables: list[dict]) -> list[str]:
+    """The active default routes (IPv4 0.0.0.0/0, IPv6 ::/0) of these tables, each named by its target: a
+    subnet with one can reach the internet (or another network that can)."""
+    found = []
+    for table in route_tables:
         for route in table.get("Routes", []):
-            if route.get("DestinationCidrBlock") != "0.0.0.0/0" or route.get("State", "active") != "active":
+            destination = route.get("DestinationCidrBlock") or route.get("DestinationIpv6CidrBlock")
+            if destination not in ("0.0.0.0/0", "::/0") or route.get("State", "active") != "active":
                 continue
-            if route.get("NatGatewayId"):
-                return f"NAT gateway {route['NatGatewayId']} ({table['RouteTableId']})"
+            target = next((route[key] for key in _EXIT_TARGETS if route.get(key)), "an unknown target")
+            found.append(f"{destination} -> {target} ({table['RouteTableId']})")
+    return found
+
+
+def s3_gateway_endpoint(route_tables: list[dict]) -> str | None:
+    """The gateway endpoint (vpce-) the subnet reaches S3 through: a route to a prefix list via vpce-."""
+    for table in route_tables:
+        for route in table.get("Routes", []):
             gateway = route.get("GatewayId") or ""
-            if gateway.startswith("igw-") and subnet.get("MapPublicIpOnLaunch"):
-                return f"internet gateway {gateway} with public IPs ({table['RouteTableId']})"
+            active = route.get("State", "active") == "active"
+            if route.get("DestinationPrefixListId") and gateway.startswith("vpce-") and active:
+                return f"{gateway} ({table['RouteTableId']})"
     return None
 
 
 def check_subnet(subnet: dict, vpc: dict, route_tables: list[dict], region: str, variable: str) -> str:
-    """The cluster's subnet is usable by EMR's v2 managed policy and reaches the internet; returns how."""
+    """The cluster's subnet is usable by EMR's v2 managed policy, has no way to the internet (the nodes
+    process personal data and install from the staged wheelhouse) and reaches S3 through a gateway
+    endpoint; returns the endpoint."""
     subnet_id = subnet["SubnetId"]
     key, value = EMR_MANAGED_TAG
     untagged = [
@@ -118,14 +145,29 @@ def check_subnet(subnet: dict, vpc: dict, route_tables: list[dict], region: str,
             "AmazonEMRServicePolicy_v2 would not launch the cluster's instances there (aws ec2 create-tags "
             f"--resources {subnet_id} {vpc.get('VpcId')} --tags Key={key},Value={value})"
         )
-    route = internet_route(subnet, route_tables)
-    if route is None:
+    tables = effective_route_tables(subnet, route_tables)
+    exits = internet_routes(tables)
+    if exits:
         raise GuardRefused(
-            f"subnet {subnet_id} (Variable {variable}) has no route to the internet (a 0.0.0.0/0 route to a "
-            "NAT gateway, or to an internet gateway with MapPublicIpOnLaunch): the bootstrap cannot pip "
-            "install from PyPI"
+            f"subnet {subnet_id} (Variable {variable}) reaches the internet ({'; '.join(exits)}): the nodes "
+            "process users' photos and need nothing outside S3; use a private subnet (the stack's "
+            "EmrSubnetId, docs/AWS.md 'Nodes without internet')"
         )
-    return route
+    if subnet.get("MapPublicIpOnLaunch"):
+        raise GuardRefused(
+            f"subnet {subnet_id} (Variable {variable}) gives its instances public IPv4 addresses "
+            "(MapPublicIpOnLaunch): billed per node-hour and needless in a private subnet "
+            f"(aws ec2 modify-subnet-attribute --subnet-id {subnet_id} --no-map-public-ip-on-launch)"
+        )
+    endpoint = s3_gateway_endpoint(tables)
+    if endpoint is None:
+        raise GuardRefused(
+            f"subnet {subnet_id} (Variable {variable}) has no route to an S3 gateway endpoint: without "
+            "internet, the bootstrap could not copy the wheelhouse nor Spark read the images (add one: "
+            "aws ec2 create-vpc-endpoint --vpc-endpoint-type Gateway --service-name "
+            f"com.amazonaws.{region}.s3 --vpc-id {vpc.get('VpcId')} --route-table-ids <its route table>)"
+        )
+    return endpoint
 
 
 def encryption_rules(s3, bucket: str) -> list[dict]:
@@ -157,7 +199,7 @@ def subnet_facts(ec2, subnet_id: str) -> tuple[dict, dict, list[dict]]:
 
 def check_gdpr(s3, ec2, bucket: str, region: str, subnet_id: str, subnet_variable: str) -> tuple[str, str]:
     """Every check of a run's placement, before anything is created: EU region, bucket in it and encrypted,
-    subnet usable by EMR. Returns (the bucket's encryption algorithm, how the subnet reaches PyPI)."""
+    subnet usable by EMR, private, reaching S3. Returns (the bucket's encryption, the S3 endpoint)."""
     check_region(region)
     try:
         location = s3.get_bucket_location(Bucket=bucket).get("LocationConstraint")

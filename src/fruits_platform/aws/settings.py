@@ -22,6 +22,9 @@ VAR_JOB_FLOW_ROLE = "fruits_emr_job_flow_role"
 VAR_SERVICE_ROLE = "fruits_emr_service_role"
 VAR_SUBNET_ID = "fruits_emr_subnet_id"
 VAR_SECURITY_CONFIGURATION = "fruits_emr_security_configuration"
+# the stack's OutputPrefix, where the node role may write (infra/fruits-infra.yaml); unset: its default
+VAR_OUTPUT_PREFIX = "fruits_output_prefix"
+DEFAULT_OUTPUT_PREFIX = "features/"
 # the infra stack's outputs: a run cannot start a cluster without them
 REQUIRED_VARIABLES = (VAR_SERVICE_ROLE, VAR_JOB_FLOW_ROLE, VAR_SUBNET_ID)
 VARIABLES = (
@@ -31,6 +34,7 @@ VARIABLES = (
     VAR_SERVICE_ROLE,
     VAR_SUBNET_ID,
     VAR_SECURITY_CONFIGURATION,
+    VAR_OUTPUT_PREFIX,
 )
 
 
@@ -95,6 +99,18 @@ class RunSettings:
         return cls(**{name: values[name] for name in cls.__dataclass_fields__})
 
 
+def check_output_writable(output_prefix: str, writable_prefix: str) -> None:
+    """Refuses an output the cluster's nodes may not write: the node role allows PutObject/DeleteObject under
+    the stack's OutputPrefix only, so such a run would start, pay, and fail on AccessDenied."""
+    writable = writable_prefix.strip().lstrip("/")
+    if not output_prefix.startswith(writable):
+        raise GuardRefused(
+            f"output {output_prefix} is outside what the EMR nodes may write ({writable}*, the stack's "
+            f"OutputPrefix, Airflow Variable {VAR_OUTPUT_PREFIX}): the steps would fail on AccessDenied "
+            "after the cluster was paid for"
+        )
+
+
 def resolve_settings(params: Mapping, upload_day: str, variables: Mapping[str, str | None]) -> RunSettings:
     """The run's settings; GuardRefused (one line) when a param or Variable is unusable."""
     bucket = require_bucket(params["bucket"] or variables.get(VAR_BUCKET))
@@ -102,6 +118,7 @@ def resolve_settings(params: Mapping, upload_day: str, variables: Mapping[str, s
     required = require_variables({name: variables.get(name) for name in REQUIRED_VARIABLES})
     prefix = input_prefix(params["input"], upload_day)
     output_prefix = params["output"].strip().lstrip("/").rstrip("/") + "/"
+    check_output_writable(output_prefix, variables.get(VAR_OUTPUT_PREFIX) or DEFAULT_OUTPUT_PREFIX)
     try:
         pipeline = PipelineParams.from_mapping(
             params,

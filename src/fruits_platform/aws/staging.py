@@ -9,7 +9,6 @@ is skipped (``head_object``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +16,8 @@ from pathlib import Path
 from botocore.exceptions import ClientError
 
 from fruits_platform.artifacts import build_artifacts, content_hash
+from fruits_platform.aws import bootstrap
+from fruits_platform.aws.bootstrap import sha256_file
 from fruits_spark.contract import ENGINES, PARAMS, engine_record
 from fruits_spark.images import is_input_image
 
@@ -47,14 +48,6 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
         raise ValueError(f"not an s3:// URI: {uri}")
     bucket, _, key = uri.removeprefix("s3://").partition("/")
     return bucket, key
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def head(s3, bucket: str, key: str) -> dict | None:
@@ -160,6 +153,8 @@ class StagedArtifacts:
     spark_env: list[dict] = field(default_factory=list)
     # the features step's exported model (engine onnx), staged next to the weights; empty otherwise
     onnx_model_uri: str = ""
+    # the wheels the bootstrap installs with --no-index (bootstrap.build_wheelhouse), a folder URI
+    wheelhouse_uri: str = ""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -203,11 +198,35 @@ def stage_onnx(s3, bucket: str, weights_uri: str, input_size: int, scratch: Path
     return s3_uri(bucket, key), True
 
 
+def stage_wheelhouse(s3, bucket: str, requirements: Path, arch: str, staged: StagedArtifacts) -> str:
+    """The wheelhouse of ``requirements`` for ``arch`` (built once per content), staged under its hash."""
+    try:
+        folder = bootstrap.build_wheelhouse(requirements, arch)
+    except bootstrap.WheelhouseError as error:
+        raise StagingError(str(error)) from None
+    prefix = f"{bootstrap.WHEELHOUSE_PREFIX}{bootstrap.wheelhouse_hash(folder)}/"
+    for name, sha256 in bootstrap.manifest(folder).items():
+        key, wheel = prefix + name, folder / name
+        if same_object(s3, bucket, key, wheel.stat().st_size, sha256):
+            staged.skipped.append(key)
+        else:
+            put_file(s3, bucket, key, wheel, sha256)
+            staged.uploaded.append(key)
+    return s3_uri(bucket, prefix)
+
+
 def stage_artifacts(
-    s3, bucket: str, weights: str, input_size: int, scratch: Path, engine: str = PARAMS["engine"].default
+    s3,
+    bucket: str,
+    weights: str,
+    input_size: int,
+    scratch: Path,
+    engine: str = PARAMS["engine"].default,
+    arch: str = "x86_64",
 ) -> StagedArtifacts:
-    """Builds the artifacts into ``scratch`` and stages them, with the weights (and for the onnx engine
-    the exported model), in ``bucket``."""
+    """Builds the artifacts into ``scratch`` and stages them, with the wheelhouse of the engine's
+    requirements for the nodes' ``arch``, the weights (and for the onnx engine the exported model), in
+    ``bucket``."""
     built = build_artifacts(scratch / "artifacts")
     required = (BOOTSTRAP_SCRIPT, BOOTSTRAP_REQUIREMENTS[engine], SPARK_ENV_FILE)
     missing = [name for name in required if not (built / name).is_file()]
@@ -223,6 +242,7 @@ def stage_artifacts(
         (staged.uploaded if upload_if_changed(s3, bucket, key, path) else staged.skipped).append(key)
     # the executors' Python (the bootstrap's venv), as EMR Configurations
     staged.spark_env = json.loads((built / SPARK_ENV_FILE).read_text())
+    staged.wheelhouse_uri = stage_wheelhouse(s3, bucket, built / BOOTSTRAP_REQUIREMENTS[engine], arch, staged)
     weights_dir = scratch / "weights"
     weights_dir.mkdir(parents=True, exist_ok=True)
     staged.weights_uri, uploaded = stage_weights(s3, bucket, weights, input_size, weights_dir)

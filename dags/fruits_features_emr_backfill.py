@@ -1,0 +1,189 @@
+"""
+### fruits_features_emr_backfill: a range of upload days on one transient EMR cluster
+
+`airflow backfill create` over N days makes N runs of `fruits_features_emr`: N clusters, N start-ups. This
+DAG runs the days `from_dt` .. `to_dt` (at most 31) as steps of **one** cluster: each day's ingest, features
+and pca, day after day, each day reading `uploads/dt=D/` and writing its own `dt=D` partitions exactly as
+its daily run would. A failing step does not end the cluster: the other days still run, the days before it
+stay written, and the failed day is reported (its step, reason and log) and fails the run at the end.
+Manual runs only. When to use it rather than Airflow's backfill: `docs/AWS.md`, *Schedule and backfill*.
+
+| task | what it does |
+| --- | --- |
+| `resolve_range` | the days, then the params and Variables once, as `fruits_features_emr` reads them |
+| `check_gdpr` | the same placement guard as the daily DAG |
+| `check_budget` | counts each day's images, bounds the cost of the whole range, refuses > `budget_eur` |
+| `stage_artifacts` | the same artifacts as the daily DAG |
+| `cluster_spec` | one cluster definition, every day's steps (ActionOnFailure CONTINUE) |
+| `create_cluster`, `add_steps` | as in the daily DAG |
+| `watch_days` | waits until every step has ended |
+| `terminate_cluster` | teardown: always terminates the cluster |
+| `report_range` | teardown: each day's outcome, the cluster's hours and cost; fails the run if a day failed |
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.providers.amazon.aws.operators.emr import EmrAddStepsOperator
+from airflow.sdk import DAG, chain, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from fruits_platform.aws import backfill, cluster, cost, operators, pricing, staging
+from fruits_platform.aws.refusal import GuardRefused
+from fruits_platform.aws.settings import RunSettings, resolve_settings
+from fruits_platform.aws.tasks import (
+    DEFERRABLE,
+    POKE_SECONDS,
+    aws_client,
+    check_placement,
+    stage_run,
+    variables,
+)
+from fruits_platform.dag_params import EMR_PARAMS, RANGE_PARAMS
+
+DAG_ID = "fruits_features_emr_backfill"
+AWS_CONN_ID: str = cluster.AWS_CONN_ID
+
+with DAG(
+    dag_id=DAG_ID,
+    schedule=None,
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,
+    params={**RANGE_PARAMS, **EMR_PARAMS},
+    doc_md=__doc__,
+    tags=["fruits", "emr", "backfill"],
+    default_args={"retries": 0},
+) as dag:
+
+    @task
+    def resolve_range() -> dict:
+        """The days of the range, and the run's settings (the first day's, as the daily DAG reads them)."""
+        params = get_current_context()["params"]
+        try:
+            days = backfill.days_in_range(params["from_dt"], params["to_dt"])
+            run = resolve_settings(params, days[0], variables())
+        except GuardRefused as refusal:
+            raise AirflowFailException(str(refusal)) from None
+        print(f"{len(days)} days {days[0]} .. {days[-1]} -> {run.output_uri}, one cluster")
+        return {**run.as_dict(), "days": days}
+
+    @task
+    def check_gdpr(settings: dict) -> str:
+        return check_placement(RunSettings.from_dict(settings))
+
+    @task(multiple_outputs=True)
+    def check_budget(settings: dict) -> dict:
+        """Cost guard over the whole range: each day's step limits from its own image count."""
+        run = RunSettings.from_dict(settings)
+        s3 = aws_client("s3", run.region)
+        counts = {day: backfill.count_day(s3, run.bucket, day) for day in settings["days"]}
+        days = [day for day, (images, _) in counts.items() if images]
+        if not days:
+            raise AirflowSkipException(f"no images in any day of {settings['days'][0]}..: no cluster")
+        try:
+            table = pricing.load_price_table(run.price_table)
+            estimate = backfill.estimate_range(run, table, {day: counts[day] for day in days})
+            print(f"images per day {counts}; {estimate.summary()}")
+            cost.check_budget(estimate)
+        except (GuardRefused, pricing.PriceTableError, ValueError) as refusal:
+            raise AirflowFailException(str(refusal)) from None
+        return {
+            "days": days,
+            "estimate": estimate.as_dict(),
+            "day_limits": backfill.day_limits(estimate, days),
+            "timeout_seconds": backfill.watch_timeout(estimate),
+        }
+
+    @task(retries=2, retry_delay=dt.timedelta(seconds=30))
+    def stage_artifacts(settings: dict) -> dict:
+        return stage_run(RunSettings.from_dict(settings))
+
+    @task(multiple_outputs=True)
+    def cluster_spec(settings: dict, staged: dict, days: list, day_limits: dict) -> dict:
+        run = RunSettings.from_dict(settings)
+        artifacts = staging.StagedArtifacts(**staged)
+        table = pricing.load_price_table(run.price_table)
+        return {
+            "job_flow_overrides": cluster.cluster_definition(
+                run, artifacts, table, DAG_ID, get_current_context()["run_id"]
+            ),
+            "steps": backfill.range_steps(run, artifacts, days, day_limits),
+        }
+
+    @task
+    def report_range(settings: dict, days: list, estimate: dict, cluster_id: str, step_ids: list) -> dict:
+        """Each day's outcome and the cluster's cost; the run fails if a day failed (after this report)."""
+        run = RunSettings.from_dict(settings)
+        emr = aws_client("emr", run.region)
+        summary = backfill.summarize_range(emr, run, days, estimate, cluster_id, step_ids, POKE_SECONDS)
+        backfill.publish_range(aws_client("s3", run.region), run, summary)
+        for day, outcome in summary["days"].items():
+            print(f"dt={day}: {backfill.outcome_text(outcome)}")
+        failed = [day for day, outcome in summary["days"].items() if outcome["state"] != "COMPLETED"]
+        if failed or summary["cluster_state"] in cluster.ACTIVE_CLUSTER_STATES:
+            raise AirflowFailException(backfill.failure_text(summary, failed))
+        return summary
+
+    settings = resolve_range()
+    placement = check_gdpr(settings)
+    plan = check_budget(settings)
+    staged = stage_artifacts(settings)
+    spec = cluster_spec(settings, staged, plan["days"], plan["day_limits"])
+
+    region = "{{ params.region }}"
+    create_cluster = operators.FruitsCreateJobFlowOperator(
+        task_id="create_cluster",
+        job_flow_overrides=spec["job_flow_overrides"],
+        emr_conn_id=None,
+        aws_conn_id=AWS_CONN_ID,
+        region_name=region,
+        wait_for_completion=False,
+        terminate_job_flow_on_failure=True,
+        deferrable=DEFERRABLE,
+        retries=2,
+        retry_delay=dt.timedelta(seconds=30),
+    )
+    add_steps = EmrAddStepsOperator(
+        task_id="add_steps",
+        job_flow_id=create_cluster.output,
+        steps=spec["steps"],
+        aws_conn_id=AWS_CONN_ID,
+        region_name=region,
+        wait_for_completion=False,
+        deferrable=False,
+    )
+    watch_days = backfill.RangeStepsSensor(
+        task_id="watch_days",
+        job_flow_id=create_cluster.output,
+        step_ids=add_steps.output,
+        timeout_seconds=plan["timeout_seconds"],
+        poke_interval=POKE_SECONDS,
+        mode="reschedule",
+        aws_conn_id=AWS_CONN_ID,
+        region_name=region,
+    )
+    terminate_cluster = operators.FruitsTerminateJobFlowOperator(
+        task_id="terminate_cluster",
+        job_flow_id=create_cluster.output,
+        aws_conn_id=AWS_CONN_ID,
+        region_name=region,
+        deferrable=DEFERRABLE,
+        retries=3,
+        retry_delay=dt.timedelta(seconds=30),
+    )
+    summary = report_range(settings, plan["days"], plan["estimate"], create_cluster.output, add_steps.output)
+
+    chain(
+        settings,
+        placement,
+        plan,
+        staged,
+        spec,
+        create_cluster,
+        add_steps,
+        watch_days,
+        terminate_cluster.as_teardown(setups=create_cluster),
+        summary.as_teardown(setups=create_cluster, on_failure_fail_dagrun=True),
+    )

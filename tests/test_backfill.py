@@ -1,0 +1,209 @@
+"""One cluster for a range of days: the days, the step plan and each day's outcome, then the DAG
+``fruits_features_emr_backfill`` under moto."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+import threading
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from fruits_platform.aws import backfill
+from fruits_platform.aws.refusal import GuardRefused
+from fruits_spark.contract import STEP_NAMES
+from tests.test_dag_emr import (
+    BUCKET,
+    PROJECT_ROOT,
+    REGION,
+    base_conf,
+    create_bucket,
+    create_subnet,
+    set_emr_variables,
+    xcom,
+)
+
+
+def test_a_range_is_every_day_between_included():
+    assert backfill.days_in_range("2026-10-30", "2026-11-02") == [
+        "2026-10-30",
+        "2026-10-31",
+        "2026-11-01",
+        "2026-11-02",
+    ]
+    assert backfill.days_in_range("2026-11-05", "2026-11-05") == ["2026-11-05"]
+
+
+@pytest.mark.parametrize(
+    ("from_dt", "to_dt", "reason"),
+    [
+        ("2026-11-07", "2026-11-01", "to_dt 2026-11-01 is before from_dt 2026-11-07"),
+        ("2026-01-01", "2026-03-01", "60 days from 2026-01-01 to 2026-03-01: at most 31"),
+        ("2026-11-01", "", "must be dates YYYY-MM-DD"),
+        ("11/01/2026", "2026-11-02", "must be dates YYYY-MM-DD"),
+    ],
+)
+def test_an_unusable_range_is_refused_with_the_reason(from_dt, to_dt, reason):
+    with pytest.raises(GuardRefused, match=reason):
+        backfill.days_in_range(from_dt, to_dt)
+
+
+def test_each_day_reads_its_uploads_and_writes_its_partitions():
+    pipeline = {"input": "s3://b/whatever/", "output": "s3://b/features/", "dt": "2026-11-30", "k": 3}
+    day = backfill.day_pipeline(pipeline, "b", "2026-11-02")
+    assert (day.input, day.output, day.dt, day.k) == (
+        "s3://b/uploads/dt=2026-11-02/",
+        "s3://b/features/",
+        "2026-11-02",
+        3,
+    )
+
+
+def step(state: str, **failure) -> dict:
+    return {"Status": {"State": state, **({"FailureDetails": failure} if failure else {})}}
+
+
+def test_a_failed_day_is_reported_and_the_other_days_stay_done():
+    days = ["2026-11-01", "2026-11-02", "2026-11-03"]
+    ids = [f"s-{i}" for i in range(len(days) * len(STEP_NAMES))]
+    steps = {i: step("COMPLETED") for i in ids}
+    # day 2's features failed; its pca ran anyway (CONTINUE) and failed for want of features
+    steps["s-4"] = step("FAILED", Message="features: cannot load weights", LogFile="s3://b/emr-logs/x")
+    steps["s-5"] = step("FAILED")
+    outcomes = backfill.day_outcomes(days, ids, steps)
+    assert outcomes["2026-11-01"] == {"state": "COMPLETED"}
+    assert outcomes["2026-11-03"] == {"state": "COMPLETED"}
+    assert outcomes["2026-11-02"] == {
+        "state": "FAILED",
+        "step": "features",
+        "step_id": "s-4",
+        "reason": "features: cannot load weights",
+        "log": "s3://b/emr-logs/x",
+    }
+    assert backfill.all_ended(ids, steps)
+    steps["s-8"] = step("RUNNING")
+    assert not backfill.all_ended(ids, steps)
+    with pytest.raises(ValueError, match="8 step ids for 9 planned steps"):
+        backfill.day_outcomes(days, ids[:-1], steps)
+
+
+# -- the DAG, under moto ---------------------------------------------------------------------------------
+RANGE_DAYS = [f"2026-11-0{day}" for day in range(1, 8)]
+FAILING_DAY = "2026-11-04"
+
+
+@pytest.fixture
+def backfill_dag(airflow_db, monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("FRUITS_EMR_POKE_SECONDS", "1")
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_AWS_DEFAULT", json.dumps({"conn_type": "aws", "extra": {"region_name": REGION}})
+    )
+    bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags" / "fruits_features_emr_backfill.py"))
+    assert not bag.import_errors
+    return bag.dags["fruits_features_emr_backfill"]
+
+
+@pytest.fixture
+def aws(monkeypatch):
+    with mock_aws():
+        s3 = boto3.client("s3", region_name=REGION)
+        create_bucket(s3)
+        set_emr_variables(monkeypatch, create_subnet())
+        yield s3
+
+
+class StepCompleter:
+    """Plays the cluster without Spark: ends each pending or running step, FAILED for ``failing`` steps (a
+    name suffix), COMPLETED otherwise. What the steps compute is tests/test_dag_emr.py's business; here, which
+    steps a range makes and what becomes of a failed day."""
+
+    def __init__(self, failing: str) -> None:
+        self.failing = failing
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _loop(self):
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.emr.models import emr_backends
+
+        while not self._stop.wait(0.2):
+            for cluster in list(emr_backends[DEFAULT_ACCOUNT_ID][REGION].clusters.values()):
+                for step in cluster.steps:
+                    if step.state in ("PENDING", "RUNNING"):
+                        step.state = "FAILED" if step.name.endswith(self.failing) else "COMPLETED"
+
+
+def test_seven_days_run_on_one_cluster_and_a_failed_day_loses_no_other(backfill_dag, aws, random_weights):
+    s3 = aws
+    for day in RANGE_DAYS:
+        for name in ("a.jpg", "b.jpg"):
+            s3.put_object(
+                Bucket=BUCKET, Key=f"uploads/dt={day}/apple/{name}", Body=b"\xff\xd8 not decoded here"
+            )
+    conf = base_conf(random_weights, from_dt=RANGE_DAYS[0], to_dt=RANGE_DAYS[-1])
+    with StepCompleter(failing=f"features dt={FAILING_DAY}"):
+        dagrun = backfill_dag.test(run_after=dt.datetime(2026, 11, 9, 3, tzinfo=dt.UTC), run_conf=conf)
+    states = {ti.task_id: ti.state for ti in dagrun.get_task_instances()}
+
+    emr = boto3.client("emr", region_name=REGION)
+    (only,) = emr.list_clusters()["Clusters"]  # one RunJobFlow for the seven days
+    steps = list(reversed(emr.list_steps(ClusterId=only["Id"])["Steps"]))  # list_steps: newest first
+    assert [s["Name"] for s in steps] == [f"{n} dt={d}" for d in RANGE_DAYS for n in STEP_NAMES]
+    for step in steps:
+        args = step["Config"]["Args"]
+        day = step["Name"].split("dt=")[1]
+        assert args[args.index("--dt") + 1] == day
+        if step["Name"].startswith("ingest"):  # the later steps read ingest's output
+            assert args[args.index("--input") + 1] == f"s3://{BUCKET}/uploads/dt={day}/"
+        assert step["ActionOnFailure"] == "CONTINUE"
+    assert only["Status"]["State"] == "TERMINATED"
+
+    # the cost guard bounded the range: one start-up, every day's limits, one idle timeout and termination
+    estimate = xcom(dagrun, "check_budget", "estimate")
+    assert estimate["images"] == 2 * len(RANGE_DAYS)
+    assert len(estimate["day_step_limits"]) == len(RANGE_DAYS)
+    # the failed day is reported, the run fails after the teardown, the other six are done
+    assert dagrun.state == "failed"
+    assert states["terminate_cluster"] == "success"
+    summary = json.loads(
+        s3.get_object(
+            Bucket=BUCKET, Key=f"features/reports/range={RANGE_DAYS[0]}_{RANGE_DAYS[-1]}/summary.json"
+        )["Body"].read()
+    )
+    failed = {day: o for day, o in summary["days"].items() if o["state"] != "COMPLETED"}
+    assert list(failed) == [FAILING_DAY]
+    assert failed[FAILING_DAY]["step"] == "features"
+    assert len(summary["days"]) == len(RANGE_DAYS)
+
+
+def test_the_range_dag_checks_first_and_always_terminates(backfill_dag, emr_dag):
+    order = [
+        "resolve_range",
+        "check_gdpr",
+        "check_budget",
+        "stage_artifacts",
+        "cluster_spec",
+        "create_cluster",
+    ]
+    order += ["add_steps", "watch_days", "terminate_cluster", "report_range"]
+    assert set(backfill_dag.task_ids) == set(order)
+    for upstream, task_id in itertools.pairwise(order):
+        assert task_id in backfill_dag.get_task(upstream).downstream_task_ids, f"{upstream} -> {task_id}"
+    assert backfill_dag.get_task("terminate_cluster").is_teardown
+    assert backfill_dag.get_task("report_range").is_teardown
+    # the daily DAG's params, declared once, plus the range's days
+    assert set(backfill_dag.params) == set(emr_dag.params) | {"from_dt", "to_dt"}
+    assert backfill_dag.schedule is None  # manual runs only

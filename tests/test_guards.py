@@ -92,18 +92,24 @@ def test_a_range_is_bounded_with_one_start_up_and_every_days_limits():
     """Seven days on one cluster: one start-up, one idle timeout and termination, and each day's three steps
     limited by that day's own image count (a big day gets longer limits than a small one)."""
     days = [100, 100, 100, 100, 100, 100, 400_000]
-    estimate = bound(images=days)
+    day_bytes = [count * PHONE_PHOTO_BYTES for count in days]
+    estimate = bound(images=days, image_bytes=day_bytes)
     vcpus = estimate.executor_vcpus
-    assert estimate.day_step_limits == [cost.step_limits(count, vcpus) for count in days]
+    assert estimate.day_step_limits == [
+        cost.step_limits(count, size, vcpus) for count, size in zip(days, day_bytes, strict=True)
+    ]
     assert estimate.day_step_limits[-1]["features"] > estimate.day_step_limits[0]["features"]
     steps = sum(
         limit + cost.SENSOR_SLACK_SECONDS for day in estimate.day_step_limits for limit in day.values()
     )
     idle_and_end = 900 + cost.TERMINATION_SECONDS
     assert estimate.hours * 3600 == pytest.approx(cost.STARTUP_LIMIT_SECONDS + steps + idle_and_end, abs=1)
-    assert estimate.images == sum(days)
+    assert (estimate.images, estimate.image_bytes) == (sum(days), sum(day_bytes))
     # one cluster for the seven days costs less than seven daily runs, each with its start-up and idle end
-    daily = sum(bound(images=count).worst_case_eur for count in days)
+    daily = sum(
+        bound(images=count, image_bytes=size).worst_case_eur
+        for count, size in zip(days, day_bytes, strict=True)
+    )
     assert estimate.worst_case_eur < daily
 
 

@@ -18,6 +18,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from fruits_spark.contract import PROVISIONAL_MODEL
 from tests.emr_runner import EmrStepRunner
 from tests.test_assets import asset_events
 
@@ -255,7 +256,12 @@ def test_success_runs_three_steps_and_terminates(emr_dag, aws, uploaded, submitt
         assert [(uri, extra["dt"], extra["rows"]) for uri, extra, _ in events] == [
             (f"s3://{BUCKET}/features/{dataset}", UPLOAD_DAY, uploaded)
         ]
-        assert events[0][1]["pca_model_version"] == report["pca_model_version"]
+        # the model the pca rows carry: the kept version, or provisional for a day too small to keep one
+        extra = events[0][1]
+        assert (extra["pca_model"], extra["pca_model_version"]) == (
+            report["pca_model"],
+            report["pca_model_version"] or PROVISIONAL_MODEL,
+        )
     assert xcom(dagrun, "report_cost", key="report_url") == (
         f"https://{REGION}.console.aws.amazon.com/s3/object/{BUCKET}?region={REGION}&bucketType=general"
         f"&prefix=features/reports/dt%3D{UPLOAD_DAY}/report.html"

@@ -133,7 +133,8 @@ with DAG(
     @task
     def check_days(summary: dict) -> None:
         """Fails the run if a day failed or the cluster was left running, once report_range has said so."""
-        failed = sorted(set(summary["days"]) - set(backfill.completed_days(summary)))
+        done = backfill.completed_days(summary)
+        failed = [day for day in summary["days"] if day not in done]
         if failed or summary["cluster_state"] in cluster.ACTIVE_CLUSTER_STATES:
             raise AirflowFailException(backfill.failure_text(summary, failed))
 

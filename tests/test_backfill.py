@@ -233,7 +233,8 @@ def test_seven_days_on_one_cluster_write_every_day_and_reuse_across_days(
             s3.upload_file(str(path), BUCKET, f"uploads/dt={day}/apple/{path.name}")
     conf = base_conf(random_weights, from_dt=RANGE_DAYS[0], to_dt=RANGE_DAYS[-1], k=2)
 
-    dagrun = backfill_dag.test(run_after=dt.datetime(2026, 11, 9, 3, tzinfo=dt.UTC), run_conf=conf)
+    # a run id of its own: the other range test's run stays in the session's Airflow DB
+    dagrun = backfill_dag.test(run_after=dt.datetime(2026, 11, 10, 3, tzinfo=dt.UTC), run_conf=conf)
 
     states = {ti.task_id: ti.state for ti in dagrun.get_task_instances()}
     assert dagrun.state == "success", states

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow.providers.amazon.aws.operators.emr import EmrAddStepsOperator
 from airflow.sdk import DAG, chain, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
@@ -47,6 +46,7 @@ from fruits_platform.aws.tasks import (
     POKE_SECONDS,
     aws_client,
     check_placement,
+    cluster_tasks,
     stage_run,
     variables,
 )
@@ -181,27 +181,7 @@ with DAG(
     spec = cluster_spec(settings, staged, plan["step_limits"])
 
     region = "{{ params.region }}"
-    create_cluster = operators.FruitsCreateJobFlowOperator(
-        task_id="create_cluster",
-        job_flow_overrides=spec["job_flow_overrides"],
-        emr_conn_id=None,
-        aws_conn_id=AWS_CONN_ID,
-        region_name=region,
-        wait_for_completion=False,
-        terminate_job_flow_on_failure=True,
-        deferrable=DEFERRABLE,
-        retries=2,
-        retry_delay=dt.timedelta(seconds=30),
-    )
-    add_steps = EmrAddStepsOperator(
-        task_id="add_steps",
-        job_flow_id=create_cluster.output,
-        steps=spec["steps"],
-        aws_conn_id=AWS_CONN_ID,
-        region_name=region,
-        wait_for_completion=False,
-        deferrable=False,  # adding is instant; the watch_<step> sensors wait, one step each
-    )
+    create_cluster, add_steps, terminate_cluster = cluster_tasks(spec)
     watchers = [
         operators.FruitsStepSensor(
             task_id=cost_report.watcher_id(name),
@@ -217,15 +197,6 @@ with DAG(
         )
         for name in STEP_NAMES
     ]
-    terminate_cluster = operators.FruitsTerminateJobFlowOperator(
-        task_id="terminate_cluster",
-        job_flow_id=create_cluster.output,
-        aws_conn_id=AWS_CONN_ID,
-        region_name=region,
-        deferrable=DEFERRABLE,
-        retries=3,
-        retry_delay=dt.timedelta(seconds=30),
-    )
     summary = links.with_report_link(report_cost(settings, plan["estimate"], create_cluster.output))
 
     chain(

@@ -26,20 +26,19 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow.providers.amazon.aws.operators.emr import EmrAddStepsOperator
 from airflow.sdk import DAG, chain, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from fruits_platform import assets
-from fruits_platform.aws import backfill, cluster, cost, operators, pricing, staging
+from fruits_platform.aws import backfill, cluster, cost, pricing, staging
 from fruits_platform.aws.refusal import GuardRefused
 from fruits_platform.aws.run_outputs import announce_days
 from fruits_platform.aws.settings import RunSettings, resolve_settings
 from fruits_platform.aws.tasks import (
-    DEFERRABLE,
     POKE_SECONDS,
     aws_client,
     check_placement,
+    cluster_tasks,
     stage_run,
     variables,
 )
@@ -145,27 +144,7 @@ with DAG(
     spec = cluster_spec(settings, staged, plan["days"], plan["day_limits"])
 
     region = "{{ params.region }}"
-    create_cluster = operators.FruitsCreateJobFlowOperator(
-        task_id="create_cluster",
-        job_flow_overrides=spec["job_flow_overrides"],
-        emr_conn_id=None,
-        aws_conn_id=AWS_CONN_ID,
-        region_name=region,
-        wait_for_completion=False,
-        terminate_job_flow_on_failure=True,
-        deferrable=DEFERRABLE,
-        retries=2,
-        retry_delay=dt.timedelta(seconds=30),
-    )
-    add_steps = EmrAddStepsOperator(
-        task_id="add_steps",
-        job_flow_id=create_cluster.output,
-        steps=spec["steps"],
-        aws_conn_id=AWS_CONN_ID,
-        region_name=region,
-        wait_for_completion=False,
-        deferrable=False,
-    )
+    create_cluster, add_steps, terminate_cluster = cluster_tasks(spec)
     watch_days = backfill.RangeStepsSensor(
         task_id="watch_days",
         job_flow_id=create_cluster.output,
@@ -175,15 +154,6 @@ with DAG(
         mode="reschedule",
         aws_conn_id=AWS_CONN_ID,
         region_name=region,
-    )
-    terminate_cluster = operators.FruitsTerminateJobFlowOperator(
-        task_id="terminate_cluster",
-        job_flow_id=create_cluster.output,
-        aws_conn_id=AWS_CONN_ID,
-        region_name=region,
-        deferrable=DEFERRABLE,
-        retries=3,
-        retry_delay=dt.timedelta(seconds=30),
     )
     summary = report_range(settings, plan["days"], plan["estimate"], create_cluster.output, add_steps.output)
 

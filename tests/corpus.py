@@ -82,3 +82,12 @@ def write_mixed_folder(target: Path, real_images: list[Path]) -> dict[str, str]:
     shutil.copyfile(first, target / duplicate)
     expected[duplicate] = "duplicate"
     return expected
+
+
+def copy_sample(sample_dir: Path, root: Path, per_label: int) -> Path:
+    """``root`` with the first ``per_label`` real images of each label folder of data/sample."""
+    for label in sorted(p for p in sample_dir.iterdir() if p.is_dir()):
+        (root / label.name).mkdir(parents=True)
+        for image in sorted(label.glob("*.jpg"))[:per_label]:
+            shutil.copyfile(image, root / label.name / image.name)
+    return root

@@ -1076,11 +1076,12 @@ def test_second_day_reuses_day_one_features_from_s3(emr_dag, aws, runner, sample
     aws.put_object(Bucket=BUCKET, Key=f"uploads/dt={second_day}/apple/new_photo.jpg", Body=altered.getvalue())
 
     first, _ = run_dag(emr_dag, base_conf(random_weights), dt.datetime(2026, 11, 6, 7, tzinfo=dt.UTC))
+    # a manual run processes the UTC day of its logical date (fruits_platform.run_date)
     second, states = run_dag(
         emr_dag,
         base_conf(random_weights),
         dt.datetime(2026, 11, 7, 7, tzinfo=dt.UTC),
-        logical_date=dt.datetime(2026, 11, 7, 2, 0, tzinfo=dt.UTC),
+        logical_date=dt.datetime(2026, 11, 6, 9, 0, tzinfo=dt.UTC),
     )
 
     assert (first.state, second.state) == ("success", "success"), states

@@ -87,6 +87,8 @@ def stack_names() -> dict[str, str]:
         "DataBucket.Arn": bucket_arn,
         "EmrServiceRole.Arn": f"arn:aws:iam::{DEFAULT_ACCOUNT_ID}:role/{SERVICE_ROLE}",
         "EmrNodeRole.Arn": f"arn:aws:iam::{DEFAULT_ACCOUNT_ID}:role/{JOB_FLOW_ROLE}",
+        # an SNS topic's Ref is its ARN
+        "AlertsTopic": f"arn:aws:sns:{REGION}:{DEFAULT_ACCOUNT_ID}:{STACK}-alerts",
         **PARAMETERS,
     }
 

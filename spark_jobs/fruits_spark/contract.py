@@ -110,6 +110,9 @@ FEATURE_DIM = 1280
 DATASETS = ("images", "features", "features_index", "pca", "pca_csv", "rejected", "ignored")
 # The environment variable that names the weights where a flag or param does not
 WEIGHTS_ENV = "FRUITS_WEIGHTS"
+# The PCA model of a day fitted on that day alone (too few rows to keep a model): what its rows, its report
+# and its asset events name instead of a kept version
+PROVISIONAL_MODEL = "provisional"
 DT_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
 
 

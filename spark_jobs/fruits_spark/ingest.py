@@ -122,6 +122,22 @@ def _inspect_udf(params: IngestParams):
     return inspect
 
 
+def duplicates_of(inspected: DataFrame) -> DataFrame:
+    """(path, kept_path) of every readable image whose original bytes an earlier path (by name) also has.
+
+    Hashes travel, bytes do not: the ranking sees (path, hash) only, and the few duplicates found are
+    broadcast back to the rows they name."""
+    first_of_hash = Window.partitionBy("content_hash").orderBy("path")
+    return (
+        inspected.filter(F.col("reason").isNull())
+        .select("path", "content_hash")
+        .withColumn("rank", F.row_number().over(first_of_hash))
+        .withColumn("kept_path", F.first("path").over(first_of_hash))
+        .filter(F.col("rank") > 1)
+        .select("path", "kept_path")
+    )
+
+
 def transform(files: DataFrame, params: IngestParams, unlisted: DataFrame | None = None) -> DataFrame:
     """Classify each file: status ok | rejected | duplicate | ignored, with a reason where not ok.
 
@@ -148,18 +164,7 @@ def transform(files: DataFrame, params: IngestParams, unlisted: DataFrame | None
         .select("path", "i.*")
         .localCheckpoint(eager=False)
     )
-    # hashes travel, bytes do not: the ranking sees (path, hash) only, and the few duplicates found are
-    # broadcast back to the rows they name
-    first_of_hash = Window.partitionBy("content_hash").orderBy("path")
-    duplicates = (
-        inspected.filter(F.col("reason").isNull())
-        .select("path", "content_hash")
-        .withColumn("rank", F.row_number().over(first_of_hash))
-        .withColumn("kept_path", F.first("path").over(first_of_hash))
-        .filter(F.col("rank") > 1)
-        .select("path", "kept_path")
-    )
-    marked = inspected.join(F.broadcast(duplicates), "path", "left")
+    marked = inspected.join(F.broadcast(duplicates_of(inspected)), "path", "left")
     is_duplicate = F.col("kept_path").isNotNull()
     classified = marked.select(
         "path",

@@ -156,7 +156,7 @@ def fit_or_load(spark: SparkSession, layout: Layout, params: PcaParams, refit: b
         if day_rows != rows:
             fitted = fit(today.select("path", "label", "features"), params)
         kept = f"fitted on this day's {day_rows} rows and kept for no other day ({why} refused: {note})"
-        return Fit(fitted, None, "provisional", day_rows, kept)
+        return Fit(fitted, None, contract.PROVISIONAL_MODEL, day_rows, kept)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
     version = f"v={stamp}-k{params.k}-{embedding}"
     fitted.write().overwrite().save(f"{layout.pca_models}/{version}")
@@ -204,7 +204,9 @@ def main(argv: list[str] | None = None) -> None:
     embedding = embedding_of(spark.read.parquet(layout.dataset("features")))
     chosen = fit_or_load(spark, layout, PcaParams(args.k), args.refit, embedding)
     stats = {
-        "ok": load(transform(features, chosen.model, chosen.version or "provisional"), layout, args.k),
+        "ok": load(
+            transform(features, chosen.model, chosen.version or contract.PROVISIONAL_MODEL), layout, args.k
+        ),
         "k": args.k,
         "model_version": chosen.version,
         "model": chosen.why,

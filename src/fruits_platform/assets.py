@@ -18,6 +18,7 @@ from pathlib import Path
 
 from airflow.sdk import Asset, AssetAlias
 
+from fruits_spark.contract import PROVISIONAL_MODEL
 from fruits_spark.layout import REPORT_HTML, Layout
 
 # the datasets published as Assets: the embeddings and their PCA projection (each partitioned by dt=)
@@ -42,7 +43,9 @@ def event_extra(report: Mapping, output: str, dataset: str) -> dict:
         "dt": report["dt"],
         "partition": f"{dataset_uri(output, dataset)}/dt={report['dt']}",
         "embedding": report.get("embedding"),
-        "pca_model_version": report.get("pca_model_version"),
+        # what the pca rows carry: the kept model's version, or provisional (a fit on this day alone)
+        "pca_model_version": report.get("pca_model_version") or PROVISIONAL_MODEL,
+        "pca_model": report.get("pca_model"),
         "rows": counts["ok"],
         "counts": dict(counts),
         "report": layout.report(REPORT_HTML),

@@ -31,6 +31,7 @@ import pytest
 
 from fruits_platform.local.airflow_server import HOST, LocalAirflow, wait_healthy
 from fruits_platform.local.processes import stop_processes
+from tests.corpus import copy_sample
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -95,12 +96,7 @@ def artifacts() -> Path:
 @pytest.fixture(scope="module")
 def images(tmp_path_factory, sample_dir: Path) -> Path:
     """A copy of a few real images per label of data/sample."""
-    root = tmp_path_factory.mktemp("images")
-    for label in sorted(p for p in sample_dir.iterdir() if p.is_dir()):
-        (root / label.name).mkdir()
-        for image in sorted(label.glob("*.jpg"))[:IMAGES_PER_LABEL]:
-            shutil.copyfile(image, root / label.name / image.name)
-    return root
+    return copy_sample(sample_dir, tmp_path_factory.mktemp("images"), IMAGES_PER_LABEL)
 
 
 def free_ports(count: int) -> list[int]:

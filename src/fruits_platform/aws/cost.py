@@ -201,6 +201,13 @@ def bound_hours(
     )
 
 
+def days_of(images: int | Sequence[int], image_bytes: int | Sequence[int]) -> list[tuple[int, int]]:
+    """(count, bytes) of each day a cluster processes: one pair for a daily run, one per day for a range."""
+    if isinstance(images, int):
+        return [(images, int(image_bytes))]  # type: ignore[arg-type]
+    return list(zip(images, image_bytes, strict=True))  # type: ignore[arg-type]
+
+
 def estimate_worst_case(
     table: dict,
     *,
@@ -224,10 +231,7 @@ def estimate_worst_case(
     placement guard requires has none)."""
     vcpus = executor_cores or executor_vcpus(table, instance_type, core_nodes)
     instances = 1 + core_nodes
-    # a daily run is one (count, bytes) pair, a range of days on one cluster one pair per day
-    per_day = (
-        [(images, image_bytes)] if isinstance(images, int) else list(zip(images, image_bytes, strict=True))  # type: ignore[arg-type]
-    )
+    per_day = days_of(images, image_bytes)
     day_limits = [step_limits(count, size, vcpus) for count, size in per_day]
     limits = day_limits[0]
     startup, run, idle = bound_hours(day_limits, idle_timeout_seconds)

@@ -4,15 +4,17 @@ file only wires its tasks."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import tempfile
 from pathlib import Path
 
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+from airflow.providers.amazon.aws.operators.emr import EmrAddStepsOperator
 from airflow.sdk import Variable, conf
 from airflow.sdk.exceptions import AirflowFailException
 
-from fruits_platform.aws import bootstrap, cluster, gdpr, staging
+from fruits_platform.aws import bootstrap, cluster, gdpr, operators, staging
 from fruits_platform.aws.refusal import GuardRefused
 from fruits_platform.aws.settings import VAR_SUBNET_ID, VARIABLES, RunSettings
 
@@ -71,3 +73,41 @@ def stage_run(run: RunSettings) -> dict:
         f"already there; wheelhouse {staged.wheelhouse_uri}; weights {staged.weights_uri}"
     )
     return staged.as_dict()
+
+
+def cluster_tasks(spec) -> tuple:
+    """``create_cluster``, ``add_steps`` and ``terminate_cluster`` of an EMR DAG, in the DAG being defined:
+    the run's cluster from ``spec["job_flow_overrides"]`` (an earlier try's cluster is adopted), its
+    ``spec["steps"]``, and the teardown that always ends it, all in the run's region."""
+    region = "{{ params.region }}"
+    create_cluster = operators.FruitsCreateJobFlowOperator(
+        task_id="create_cluster",
+        job_flow_overrides=spec["job_flow_overrides"],
+        emr_conn_id=None,
+        aws_conn_id=AWS_CONN_ID,
+        region_name=region,
+        wait_for_completion=False,
+        terminate_job_flow_on_failure=True,
+        deferrable=DEFERRABLE,
+        retries=2,
+        retry_delay=dt.timedelta(seconds=30),
+    )
+    add_steps = EmrAddStepsOperator(
+        task_id="add_steps",
+        job_flow_id=create_cluster.output,
+        steps=spec["steps"],
+        aws_conn_id=AWS_CONN_ID,
+        region_name=region,
+        wait_for_completion=False,
+        deferrable=False,  # adding is instant; sensors wait for the steps
+    )
+    terminate_cluster = operators.FruitsTerminateJobFlowOperator(
+        task_id="terminate_cluster",
+        job_flow_id=create_cluster.output,
+        aws_conn_id=AWS_CONN_ID,
+        region_name=region,
+        deferrable=DEFERRABLE,
+        retries=3,
+        retry_delay=dt.timedelta(seconds=30),
+    )
+    return create_cluster, add_steps, terminate_cluster

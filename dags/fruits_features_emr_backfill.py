@@ -18,7 +18,8 @@ Manual runs only. When to use it rather than Airflow's backfill: `docs/AWS.md`, 
 | `create_cluster`, `add_steps` | as in the daily DAG |
 | `watch_days` | waits until every step has ended |
 | `terminate_cluster` | teardown: always terminates the cluster |
-| `report_range` | teardown: each day's outcome, the cluster's hours and cost; fails the run if a day failed |
+| `report_range` | teardown: each day's outcome, the cluster's hours and cost; asset events of the days done |
+| `check_days` | fails the run if a day failed (after report_range, whose asset events a failure would drop) |
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ import datetime as dt
 from airflow.sdk import DAG, chain, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from fruits_platform import assets
 from fruits_platform.aws import backfill, cluster, cost, pricing, staging
 from fruits_platform.aws.refusal import GuardRefused
+from fruits_platform.aws.run_outputs import announce_days
 from fruits_platform.aws.settings import RunSettings, resolve_settings
 from fruits_platform.aws.tasks import (
     POKE_SECONDS,
@@ -111,19 +114,28 @@ with DAG(
             "steps": backfill.range_steps(run, artifacts, days, day_limits),
         }
 
-    @task
+    @task(outlets=[assets.FEATURES, assets.PCA])
     def report_range(settings: dict, days: list, estimate: dict, cluster_id: str, step_ids: list) -> dict:
-        """Each day's outcome and the cluster's cost; the run fails if a day failed (after this report)."""
+        """Each day's outcome and the cluster's cost; one features and one pca asset event per day done.
+        It succeeds even if a day failed: Airflow drops the asset events of a failed task, and the days
+        done must still be announced. check_days fails the run afterwards."""
         run = RunSettings.from_dict(settings)
-        emr = aws_client("emr", run.region)
+        emr, s3 = aws_client("emr", run.region), aws_client("s3", run.region)
         summary = backfill.summarize_range(emr, run, days, estimate, cluster_id, step_ids, POKE_SECONDS)
-        backfill.publish_range(aws_client("s3", run.region), run, summary)
+        backfill.publish_range(s3, run, summary)
         for day, outcome in summary["days"].items():
             print(f"dt={day}: {backfill.outcome_text(outcome)}")
-        failed = [day for day, outcome in summary["days"].items() if outcome["state"] != "COMPLETED"]
+        context = get_current_context()
+        announce_days(context, run, backfill.completed_days(summary), summary["created"], s3)
+        return summary
+
+    @task
+    def check_days(summary: dict) -> None:
+        """Fails the run if a day failed or the cluster was left running, once report_range has said so."""
+        done = backfill.completed_days(summary)
+        failed = [day for day in summary["days"] if day not in done]
         if failed or summary["cluster_state"] in cluster.ACTIVE_CLUSTER_STATES:
             raise AirflowFailException(backfill.failure_text(summary, failed))
-        return summary
 
     settings = resolve_range()
     placement = check_gdpr(settings)
@@ -156,4 +168,5 @@ with DAG(
         watch_days,
         terminate_cluster.as_teardown(setups=create_cluster),
         summary.as_teardown(setups=create_cluster, on_failure_fail_dagrun=True),
+        check_days(summary),
     )

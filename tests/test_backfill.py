@@ -15,13 +15,17 @@ from moto import mock_aws
 from fruits_platform.aws import backfill
 from fruits_platform.aws.refusal import GuardRefused
 from fruits_spark.contract import STEP_NAMES
-from tests.test_dag_emr import (
+from tests.test_assets import asset_events
+from tests.test_dag_emr import (  # noqa: F401 - runner: a fixture
     BUCKET,
     PROJECT_ROOT,
     REGION,
     base_conf,
+    clusters,
     create_bucket,
     create_subnet,
+    keys,
+    runner,
     set_emr_variables,
     xcom,
 )
@@ -175,9 +179,15 @@ def test_seven_days_run_on_one_cluster_and_a_failed_day_loses_no_other(backfill_
     estimate = xcom(dagrun, "check_budget", "estimate")
     assert estimate["images"] == 2 * len(RANGE_DAYS)
     assert len(estimate["day_step_limits"]) == len(RANGE_DAYS)
-    # the failed day is reported, the run fails after the teardown, the other six are done
+    # the failed day is reported, the run fails after the report (check_days), the other six are done
     assert dagrun.state == "failed"
-    assert states["terminate_cluster"] == "success"
+    assert (states["terminate_cluster"], states["report_range"], states["check_days"]) == (
+        "success",
+        "success",
+        "failed",
+    )
+    # steps ended by hand wrote no report.json: nothing proves a day's data, so no asset event
+    assert not [event for event in asset_events("fruits_features") if event[2] == dagrun.run_id]
     summary = json.loads(
         s3.get_object(
             Bucket=BUCKET, Key=f"features/reports/range={RANGE_DAYS[0]}_{RANGE_DAYS[-1]}/summary.json"
@@ -198,7 +208,7 @@ def test_the_range_dag_checks_first_and_always_terminates(backfill_dag, emr_dag)
         "cluster_spec",
         "create_cluster",
     ]
-    order += ["add_steps", "watch_days", "terminate_cluster", "report_range"]
+    order += ["add_steps", "watch_days", "terminate_cluster", "report_range", "check_days"]
     assert set(backfill_dag.task_ids) == set(order)
     for upstream, task_id in itertools.pairwise(order):
         assert task_id in backfill_dag.get_task(upstream).downstream_task_ids, f"{upstream} -> {task_id}"
@@ -207,3 +217,52 @@ def test_the_range_dag_checks_first_and_always_terminates(backfill_dag, emr_dag)
     # the daily DAG's params, declared once, plus the range's days
     assert set(backfill_dag.params) == set(emr_dag.params) | {"from_dt", "to_dt"}
     assert backfill_dag.schedule is None  # manual runs only
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("aws", "runner")  # in this order: the runner's S3 client is made under moto
+def test_seven_days_on_one_cluster_write_every_day_and_reuse_across_days(
+    backfill_dag, sample_dir, random_weights
+):
+    """The range's steps really run (tests/emr_runner.py, Spark in this process): each day two photos, one
+    of them the day before's, so every later day reuses one feature row from the day before."""
+    s3 = boto3.client("s3", region_name=REGION)
+    photos = sorted((sample_dir / "apple").glob("*.jpg"))[: len(RANGE_DAYS) + 1]
+    for i, day in enumerate(RANGE_DAYS):
+        for path in photos[i : i + 2]:
+            s3.upload_file(str(path), BUCKET, f"uploads/dt={day}/apple/{path.name}")
+    conf = base_conf(random_weights, from_dt=RANGE_DAYS[0], to_dt=RANGE_DAYS[-1], k=2)
+
+    # a run id of its own: the other range test's run stays in the session's Airflow DB
+    dagrun = backfill_dag.test(run_after=dt.datetime(2026, 11, 10, 3, tzinfo=dt.UTC), run_conf=conf)
+
+    states = {ti.task_id: ti.state for ti in dagrun.get_task_instances()}
+    assert dagrun.state == "success", states
+    assert len(clusters()) == 1  # one RunJobFlow for the seven days
+
+    def s3_json(key: str) -> dict:
+        return json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+
+    for day, dataset in itertools.product(RANGE_DAYS, ("features", "pca")):
+        written = keys(s3, f"features/{dataset}/dt={day}/")
+        assert any(key.endswith(".parquet") for key in written), (day, dataset)
+
+    def reuse(day: str) -> tuple:
+        report = s3_json(f"features/reports/dt={day}/report.json")
+        counts = report["counts"]
+        inferred = s3_json(f"features/_stats/dt={day}/features.json")["rows_inferred"]
+        return counts["ok"], counts["featurised"], counts["reused"], report["reused_from"], inferred
+
+    # day one computes both photos; each later day computes its new photo and reuses the day before's
+    assert reuse(RANGE_DAYS[0]) == (2, 2, 0, {}, 2)
+    for previous, day in itertools.pairwise(RANGE_DAYS):
+        assert reuse(day) == (2, 1, 1, {previous: 1}, 1), day
+    # one features and one pca event per day, each naming its day's partition
+    for alias, dataset in (("fruits_features", "features"), ("fruits_pca", "pca")):
+        events = [(uri, extra) for uri, extra, run_id in asset_events(alias) if run_id == dagrun.run_id]
+        assert [(uri, extra["dt"], extra["rows"]) for uri, extra in events] == [
+            (f"s3://{BUCKET}/features/{dataset}", day, 2) for day in RANGE_DAYS
+        ]
+        assert [extra["partition"] for _, extra in events] == [
+            f"s3://{BUCKET}/features/{dataset}/dt={day}" for day in RANGE_DAYS
+        ]

@@ -219,6 +219,7 @@ def summarize_range(
         "output": run.output_uri,
         "cluster_id": cluster_id,
         "cluster_state": ended["Status"]["State"],
+        "created": timeline["CreationDateTime"],  # a day's report.json written after it is this run's
         "days": outcomes,
         "cost": {
             "cluster_hours": hours,
@@ -239,6 +240,10 @@ def publish_range(s3, run: RunSettings, summary: Mapping[str, Any]) -> str:
         ServerSideEncryption=staging.SSE_ALGORITHM,
     )
     return key
+
+
+def completed_days(summary: Mapping[str, Any]) -> list[str]:
+    return [day for day, outcome in summary["days"].items() if outcome["state"] == "COMPLETED"]
 
 
 def outcome_text(outcome: Mapping[str, Any]) -> str:

@@ -3,6 +3,9 @@ the day's report.json) and, if it rejected too many files, an alert; and where i
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Sequence
+
 from fruits_platform import assets, links
 from fruits_platform.aws import alerts, cost_report
 from fruits_platform.aws.settings import RunSettings
@@ -20,15 +23,10 @@ def publish_run(context, run: RunSettings, summary: dict, s3, aws_conn_id: str) 
     context["ti"].xcom_push(key=links.REPORT_URL_KEY, value=report_url(run))
     if not summary["succeeded"]:
         return []
-    folder = Layout(run.output_prefix, run.dt).report_folders()[1]
-    report = cost_report.report_of_run(s3, run.bucket, folder, run.dt, summary["created"])
-    if report is None:  # steps marked successful by hand, or a report lost: nothing proves the day's data
-        print(f"{folder}/report.json of dt={run.dt} is not this run's: no asset event")
+    announced, reports = announce_days(context, run, [run.dt], summary["created"], s3)
+    if not reports:
         return []
-    announced = assets.emit(context["outlet_events"], run.output_uri, [report])
-    for partition in announced:
-        print(f"asset event: {partition}")
-    reason = alerts.too_many_rejections(report["counts"])
+    reason = alerts.too_many_rejections(reports[0]["counts"])
     if reason:
         text = alerts.message(
             context["run_id"], context["dag"].dag_id, reason, summary, {"report": report_url(run)}
@@ -37,3 +35,24 @@ def publish_run(context, run: RunSettings, summary: dict, s3, aws_conn_id: str) 
             context
         )
     return announced
+
+
+def announce_days(
+    context, run: RunSettings, days: Sequence[str], written_after: dt.datetime, s3
+) -> tuple[list[str], list[dict]]:
+    """The asset events of ``days`` (days whose steps succeeded), one per dataset and day, from each day's
+    report.json written after ``written_after`` (the cluster's creation). A day whose report is not this
+    run's (steps marked successful by hand, a report lost) gets none: nothing proves its data.
+    Returns (the partitions announced, the reports they came from)."""
+    reports = []
+    for day in days:
+        folder = Layout(run.output_prefix, day).report_folders()[1]
+        report = cost_report.report_of_run(s3, run.bucket, folder, day, written_after)
+        if report is None:
+            print(f"{folder}/report.json of dt={day} is not this run's: no asset event")
+        else:
+            reports.append(report)
+    announced = assets.emit(context["outlet_events"], run.output_uri, reports)
+    for partition in announced:
+        print(f"asset event: {partition}")
+    return announced, reports

@@ -21,9 +21,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: setup
 	$(BIN)/python -m fruits_platform.local.demo --input data/sample --output $(DEMO_OUTPUT)
 
-# two test processes, each test file on one of them (its module fixtures run once)
 test: setup
-	$(BIN)/pytest -n 2 --dist loadfile
+	$(BIN)/pytest
 
 # everything but the whole-pipeline, DAG and browser runs (marked slow): a minute or two while editing
 test-fast: setup

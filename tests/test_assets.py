@@ -36,8 +36,8 @@ def images(tmp_path_factory, sample_dir: Path) -> Path:
     return copy_sample(sample_dir, tmp_path_factory.mktemp("images"), IMAGES_PER_LABEL)
 
 
-def asset_events(alias: str) -> list:
-    """Every event emitted through ``alias``, oldest first."""
+def asset_events(alias: str, run_id: str | None = None) -> list:
+    """Every event emitted through ``alias`` (by the DAG run ``run_id`` where given), oldest first."""
     from airflow.models.asset import AssetAliasModel, AssetEvent
     from airflow.utils.session import create_session
     from sqlalchemy import select
@@ -48,7 +48,11 @@ def asset_events(alias: str) -> list:
             .where(AssetEvent.source_aliases.any(AssetAliasModel.name == alias))
             .order_by(AssetEvent.id)
         ).all()
-        return [(event.asset.uri, dict(event.extra), event.source_run_id) for event in events]
+        return [
+            (event.asset.uri, dict(event.extra), event.source_run_id)
+            for event in events
+            if run_id is None or event.source_run_id == run_id
+        ]
 
 
 def set_paused(dag_id: str, paused: bool) -> None:
@@ -123,8 +127,8 @@ def test_a_local_run_publishes_its_day_and_the_consumer_reads_it(
         run_conf={**conf, "weights": str(broken)},
     )
     assert failed.state == "failed"
-    assert asset_events("fruits_features") == []
-    assert asset_events("fruits_pca") == []
+    assert asset_events("fruits_features", failed.run_id) == []
+    assert asset_events("fruits_pca", failed.run_id) == []
 
     set_paused(CONSUMER_DAG_ID, False)
     dagrun = producer.test(
@@ -132,8 +136,8 @@ def test_a_local_run_publishes_its_day_and_the_consumer_reads_it(
     )
     assert dagrun.state == "success"
 
-    (features_event,) = asset_events("fruits_features")
-    (pca_event,) = asset_events("fruits_pca")
+    (features_event,) = asset_events("fruits_features", dagrun.run_id)
+    (pca_event,) = asset_events("fruits_pca", dagrun.run_id)
     n_images = sum(1 for _ in images.rglob("*.jpg"))
     for (uri, extra, run_id), dataset in ((features_event, "features"), (pca_event, "pca")):
         assert uri == (output / dataset).as_uri()

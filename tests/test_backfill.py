@@ -10,16 +10,16 @@ import threading
 
 import boto3
 import pytest
-from moto import mock_aws
 
 from fruits_platform.aws import backfill
 from fruits_platform.aws.refusal import GuardRefused
 from fruits_spark.contract import STEP_NAMES
 from tests.test_assets import asset_events
-from tests.test_dag_emr import (  # noqa: F401 - runner: a fixture
+from tests.test_dag_emr import (  # noqa: F401 - aws, runner: fixtures
     BUCKET,
     PROJECT_ROOT,
     REGION,
+    aws,
     base_conf,
     clusters,
     create_bucket,
@@ -112,15 +112,6 @@ def backfill_dag(airflow_db, monkeypatch):
     return bag.dags["fruits_features_emr_backfill"]
 
 
-@pytest.fixture
-def aws(monkeypatch):
-    with mock_aws():
-        s3 = boto3.client("s3", region_name=REGION)
-        create_bucket(s3)
-        set_emr_variables(monkeypatch, create_subnet())
-        yield s3
-
-
 class StepCompleter:
     """Plays the cluster without Spark: ends each pending or running step, FAILED for ``failing`` steps (a
     name suffix), COMPLETED otherwise. What the steps compute is tests/test_dag_emr.py's business; here, which
@@ -150,8 +141,9 @@ class StepCompleter:
                         step.state = "FAILED" if step.name.endswith(self.failing) else "COMPLETED"
 
 
-def test_seven_days_run_on_one_cluster_and_a_failed_day_loses_no_other(backfill_dag, aws, random_weights):
-    s3 = aws
+@pytest.mark.usefixtures("aws")
+def test_seven_days_run_on_one_cluster_and_a_failed_day_loses_no_other(backfill_dag, random_weights):
+    s3 = boto3.client("s3", region_name=REGION)
     for day in RANGE_DAYS:
         for name in ("a.jpg", "b.jpg"):
             s3.put_object(

@@ -55,6 +55,15 @@ def asset_events(alias: str, run_id: str | None = None) -> list:
         ]
 
 
+def why_failed(dagrun, output: Path) -> str:
+    """The run's task states and the tail of its Spark log: what a failure in CI must show, as the task
+    output pytest captured is cut there."""
+    states = {ti.task_id: ti.state for ti in dagrun.get_task_instances()}
+    logs = sorted((output / "_logs").rglob("*.log")) if (output / "_logs").is_dir() else []
+    tails = [f"--- {log}\n" + "".join(log.read_text().splitlines(keepends=True)[-40:]) for log in logs]
+    return "\n".join([f"task states: {states}", *tails])
+
+
 def set_paused(dag_id: str, paused: bool) -> None:
     from airflow.models.dag import DagModel
     from airflow.utils.session import create_session
@@ -134,7 +143,7 @@ def test_a_local_run_publishes_its_day_and_the_consumer_reads_it(
     dagrun = producer.test(
         run_after=dt.datetime(2026, 11, 5, 10, tzinfo=dt.UTC), logical_date=None, run_conf=conf
     )
-    assert dagrun.state == "success"
+    assert dagrun.state == "success", why_failed(dagrun, output)
 
     (features_event,) = asset_events("fruits_features", dagrun.run_id)
     (pca_event,) = asset_events("fruits_pca", dagrun.run_id)

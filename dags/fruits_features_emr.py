@@ -43,10 +43,10 @@ from fruits_platform.aws.run_outputs import publish_run, report_url
 from fruits_platform.aws.settings import RunSettings, resolve_settings
 from fruits_platform.aws.tasks import (
     DEFERRABLE,
-    POKE_SECONDS,
     aws_client,
     check_placement,
     cluster_tasks,
+    poke_seconds,
     stage_run,
     variables,
 )
@@ -55,6 +55,7 @@ from fruits_spark.contract import STEP_NAMES
 
 DAG_ID = "fruits_features_emr"
 AWS_CONN_ID: str = cluster.AWS_CONN_ID
+POKE_SECONDS: float = poke_seconds()
 SCHEDULE = run_date.SCHEDULE
 
 with DAG(

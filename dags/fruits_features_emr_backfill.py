@@ -35,10 +35,10 @@ from fruits_platform.aws.refusal import GuardRefused
 from fruits_platform.aws.run_outputs import announce_days
 from fruits_platform.aws.settings import RunSettings, resolve_settings
 from fruits_platform.aws.tasks import (
-    POKE_SECONDS,
     aws_client,
     check_placement,
     cluster_tasks,
+    poke_seconds,
     stage_run,
     variables,
 )
@@ -46,6 +46,7 @@ from fruits_platform.dag_params import EMR_PARAMS, RANGE_PARAMS
 
 DAG_ID = "fruits_features_emr_backfill"
 AWS_CONN_ID: str = cluster.AWS_CONN_ID
+POKE_SECONDS: float = poke_seconds()
 
 with DAG(
     dag_id=DAG_ID,

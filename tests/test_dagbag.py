@@ -130,3 +130,26 @@ def test_params_defaults_and_limits_validate(emr_dag):
     assert (defaults["k"], defaults["region"], defaults["instance_type"]) == (100, "eu-west-3", "m5.xlarge")
     for k in (1, 1280):
         assert validated(emr_dag, {"k": k, "bucket": "fruits-data"})["k"] == k
+
+
+@pytest.mark.parametrize(
+    "dag_file, dag_id",
+    [
+        ("fruits_features_emr.py", "fruits_features_emr"),
+        ("fruits_features_emr_backfill.py", "fruits_features_emr_backfill"),
+    ],
+)
+def test_the_poke_interval_is_read_when_the_dag_file_is_parsed(dag_file, dag_id, monkeypatch):
+    """Parsed once without FRUITS_EMR_POKE_SECONDS (the package then imported), then with it: the second
+    parse's sensors poke at its value. Read at the package's import, it stayed 60 s for the rest of a
+    test session and made every later EMR DAG test wait a minute per poke."""
+    monkeypatch.delenv("FRUITS_EMR_POKE_SECONDS", raising=False)
+    before = load(PROJECT_ROOT / "dags" / dag_file).dags[dag_id]
+    monkeypatch.setenv("FRUITS_EMR_POKE_SECONDS", "2")
+    after = load(PROJECT_ROOT / "dags" / dag_file).dags[dag_id]
+
+    def pokes(dag) -> set[float]:
+        return {task.poke_interval for task in dag.tasks if hasattr(task, "poke_interval")}
+
+    assert pokes(before) == {60}
+    assert pokes(after) == {2}

@@ -21,7 +21,12 @@ from fruits_platform.aws.settings import VAR_SUBNET_ID, VARIABLES, RunSettings
 AWS_CONN_ID: str = cluster.AWS_CONN_ID
 # docker-compose sets AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE=true (triggerer); tests run without deferral
 DEFERRABLE: bool = conf.getboolean("operators", "default_deferrable", fallback=False)
-POKE_SECONDS: float = float(os.environ.get("FRUITS_EMR_POKE_SECONDS", "60"))
+
+
+def poke_seconds() -> float:
+    """Seconds between two looks at the cluster. Read when a DAG file is parsed, not when this module is
+    first imported: a DagBag parsed later with FRUITS_EMR_POKE_SECONDS set (a test, a demo) gets it."""
+    return float(os.environ.get("FRUITS_EMR_POKE_SECONDS", "60"))
 
 
 def aws_client(service: str, region: str):

@@ -21,12 +21,14 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: setup
 	$(BIN)/python -m fruits_platform.local.demo --input data/sample --output $(DEMO_OUTPUT)
 
+# two test processes, each test file on one of them (its module fixtures run once; each process has its
+# own Spark session and Airflow DB)
 test: setup
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 # everything but the whole-pipeline, DAG and browser runs (marked slow): a minute or two while editing
 test-fast: setup
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -n 2 --dist loadfile -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check .

@@ -133,7 +133,7 @@ def test_params_defaults_and_limits_validate(emr_dag):
 
 
 @pytest.mark.parametrize(
-    "dag_file, dag_id",
+    ("dag_file", "dag_id"),
     [
         ("fruits_features_emr.py", "fruits_features_emr"),
         ("fruits_features_emr_backfill.py", "fruits_features_emr_backfill"),

@@ -69,13 +69,12 @@ class Engine:
 
 # Per image (docs/BENCHMARKS.md, round 2): the whole run at 2,000 thumbnails, fixed costs included, 19.9
 # img/s per core = 0.050 core-seconds an image, split by the steps' seconds at 20,000 (ingest 52 %,
-# features 42 %, pca 8 %, rounded up). Per MB (round 3, 200 phone photos of 2.6 MB, 4032x3024): the
-# ingest tasks that decode them took up to 0.22 core-seconds a MB (8.0 s for the last 37 MB, 21.5-21.8 s
-# for 128 MB), on a machine loaded by other work: an upper bound. The step's fixed costs are its overhead
-# (aws/cost.py). Features and pca read the curated copies (at most 224 px a side): their cost does not
-# follow the originals' size.
+# features 42 %, pca 8 %, rounded up). Per MB (round 3 on an idle machine, 2,000 phone photos of 2.74 MB,
+# 4032x3024): ingest took 85.24 s in its job on 2 cores, 170.5 core-seconds, of which 2,000 x 0.026 are
+# its per-image share; the other 118.5 over 5,483 MB are 0.0216 core-seconds a MB, rounded up. Features
+# and pca read the curated copies (at most 224 px a side): their cost does not follow the originals' size.
 STEPS: tuple[Step, ...] = (
-    Step("ingest", "fruits_spark.ingest", core_seconds_per_image=0.026, core_seconds_per_mb=0.22),
+    Step("ingest", "fruits_spark.ingest", core_seconds_per_image=0.026, core_seconds_per_mb=0.022),
     Step("features", "fruits_spark.features", core_seconds_per_image=0.021),
     Step("pca", "fruits_spark.pca", core_seconds_per_image=0.004),
 )

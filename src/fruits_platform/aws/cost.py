@@ -22,8 +22,8 @@ from fruits_spark.contract import STEP_NAMES, STEPS
 # counted as two vCPU-seconds.
 VCPUS_PER_CORE = 2
 THROUGHPUT_SOURCE = (
-    "contract.STEPS: core-seconds per image (thumbnails, 2026-11-23) and per MB (200 phone photos of 2.6 MB, "
-    "2026-11-29, loaded machine: an upper bound); 2 EMR vCPUs per core"
+    "contract.STEPS: core-seconds per image (thumbnails, 2026-11-23) and per MB (2,000 phone photos of "
+    "2.7 MB, 2026-11-30); 2 EMR vCPUs per core"
 )
 # EMR provisioning + bootstrap before the first step runs, expected: 900 s with the bootstrap's pip install
 # from PyPI; installing from the staged wheelhouse saved 152 s and 51 s of it in two rounds on the (loaded)

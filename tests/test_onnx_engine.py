@@ -70,7 +70,15 @@ def test_onnx_features_equal_keras_on_real_images_with_pretrained_weights(shared
     assert_same_features(actual, keras_features(shared_weights, size, batch))
 
 
-@pytest.mark.parametrize("size", contract.INPUT_SIZES)
+# each size is a Keras model build and an ONNX export (5-10 s): the default, the largest, stays in
+# `make test-fast`, the others run in `make test`
+@pytest.mark.parametrize(
+    "size",
+    [
+        pytest.param(size, marks=() if size == max(contract.INPUT_SIZES) else pytest.mark.slow)
+        for size in contract.INPUT_SIZES
+    ],
+)
 def test_onnx_features_equal_keras_at_every_input_size(size, random_weights, sample_images):
     batch = pixels(sample_images, size)
     # runs of 3 images: the split of a batch into session runs is part of what is compared

@@ -25,6 +25,7 @@ def snapshot(output: Path) -> dict[str, bytes]:
     }
 
 
+# the tests on first_day run whole `fruits run-local`s (marked slow): `make test` runs them
 @pytest.fixture(scope="module")
 def first_day(tmp_path_factory, sample_dir, random_weights):
     root = tmp_path_factory.mktemp("safety")
@@ -73,6 +74,7 @@ def last_line(completed) -> str:
     return completed.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_first_small_day_is_provisional_and_reported_in_the_same_words(first_day):
     output = first_day["output"]
     report = json.loads((output / "report.json").read_text())
@@ -100,6 +102,7 @@ def test_first_small_day_is_provisional_and_reported_in_the_same_words(first_day
     assert "notes.txt" in html
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("mistake", "message", "code"),
     [
@@ -131,6 +134,7 @@ def test_a_mistake_fails_before_any_output_changes(first_day, mistake, message, 
     assert snapshot(first_day["output"]) == first_day["before"]
 
 
+@pytest.mark.slow
 def test_an_output_that_is_a_file_gets_one_line(first_day, random_weights):
     target = first_day["root"] / "a_file"
     target.write_text("keep me")
@@ -143,6 +147,7 @@ def test_an_output_that_is_a_file_gets_one_line(first_day, random_weights):
     assert target.read_text() == "keep me"
 
 
+@pytest.mark.slow
 def test_a_day_without_one_usable_image_replaces_nothing(first_day):
     unusable = first_day["root"] / "unusable"
     (unusable / "apple").mkdir(parents=True)
@@ -159,6 +164,7 @@ def test_a_day_without_one_usable_image_replaces_nothing(first_day):
     assert snapshot(first_day["output"]) == first_day["before"]
 
 
+@pytest.mark.slow
 def test_a_run_that_fails_in_pca_leaves_the_whole_day_as_it_was(first_day, sample_dir):
     """ingest and features succeed on 40 new images, then pca cannot save its model: the day keeps its 6
     images, their features, projections, rejections and report, none of the new run's."""

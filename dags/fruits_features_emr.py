@@ -43,6 +43,7 @@ from fruits_platform.aws.run_outputs import publish_run, report_url
 from fruits_platform.aws.settings import RunSettings, resolve_settings
 from fruits_platform.aws.tasks import (
     DEFERRABLE,
+    REGION,
     aws_client,
     check_placement,
     cluster_tasks,
@@ -181,7 +182,7 @@ with DAG(
     staged = stage_artifacts(settings)
     spec = cluster_spec(settings, staged, plan["step_limits"])
 
-    region = "{{ params.region }}"
+    region = REGION
     create_cluster, add_steps, terminate_cluster = cluster_tasks(spec)
     watchers = [
         operators.FruitsStepSensor(

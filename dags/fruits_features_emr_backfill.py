@@ -35,6 +35,7 @@ from fruits_platform.aws.refusal import GuardRefused
 from fruits_platform.aws.run_outputs import announce_days
 from fruits_platform.aws.settings import RunSettings, resolve_settings
 from fruits_platform.aws.tasks import (
+    REGION,
     aws_client,
     check_placement,
     cluster_tasks,
@@ -144,7 +145,7 @@ with DAG(
     staged = stage_artifacts(settings)
     spec = cluster_spec(settings, staged, plan["days"], plan["day_limits"])
 
-    region = "{{ params.region }}"
+    region = REGION
     create_cluster, add_steps, terminate_cluster = cluster_tasks(spec)
     watch_days = backfill.RangeStepsSensor(
         task_id="watch_days",

@@ -21,6 +21,8 @@ from fruits_platform.aws.settings import VAR_SUBNET_ID, VARIABLES, RunSettings
 AWS_CONN_ID: str = cluster.AWS_CONN_ID
 # docker-compose sets AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE=true (triggerer); tests run without deferral
 DEFERRABLE: bool = conf.getboolean("operators", "default_deferrable", fallback=False)
+# the region every AWS task of a run works in: its ``region`` param, rendered when the task runs
+REGION = "{{ params.region }}"
 
 
 def poke_seconds() -> float:
@@ -84,7 +86,7 @@ def cluster_tasks(spec) -> tuple:
     """``create_cluster``, ``add_steps`` and ``terminate_cluster`` of an EMR DAG, in the DAG being defined:
     the run's cluster from ``spec["job_flow_overrides"]`` (an earlier try's cluster is adopted), its
     ``spec["steps"]``, and the teardown that always ends it, all in the run's region."""
-    region = "{{ params.region }}"
+    region = REGION
     create_cluster = operators.FruitsCreateJobFlowOperator(
         task_id="create_cluster",
         job_flow_overrides=spec["job_flow_overrides"],

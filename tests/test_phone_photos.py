@@ -23,7 +23,7 @@ from fruits_platform.tools.phone_photos import (
     prepare_phone_photos,
 )
 from fruits_platform.tools.phone_photos import ORIENTATIONS as PHONE_ORIENTATIONS
-from fruits_spark import features, images, ingest, model
+from fruits_spark import features, images, ingest, model, storage
 from fruits_spark.engines import onnx as onnx_engine
 from fruits_spark.layout import Layout
 
@@ -59,7 +59,8 @@ def phone_folder(tmp_path_factory, sample_dir) -> Path:
 def ingested(spark, phone_folder, tmp_path_factory):
     output = tmp_path_factory.mktemp("phone-out")
     layout = Layout(str(output), DAY)
-    files, unlisted, listing = ingest.extract(spark, str(phone_folder))
+    listing = storage.list_files(spark, str(phone_folder))
+    files, unlisted = ingest.extract(spark, str(phone_folder), listing)
     params = ingest.IngestParams(
         "file:" + str(phone_folder), rows_inspected=spark.sparkContext.accumulator(0)
     )

@@ -70,14 +70,18 @@ def same_object(s3, bucket: str, key: str, size: int, sha256: str) -> bool:
 
 
 def put_file(s3, bucket: str, key: str, path: Path, sha256: str | None = None) -> None:
-    with path.open("rb") as body:
-        s3.put_object(
-            Bucket=bucket,
-            Key=key,
-            Body=body,
-            ServerSideEncryption=SSE_ALGORITHM,
-            Metadata={SHA256_METADATA: sha256 or sha256_file(path)},
-        )
+    # upload_file, not put_object: one put_object streams the body through botocore's checksummed
+    # aws-chunked encoding in pure Python (44 s for TensorFlow's 274 MB wheel, measured against moto, 21 s
+    # of it on the client side), where s3transfer sends 8 MB parts on threads (2.2 s)
+    s3.upload_file(
+        str(path),
+        bucket,
+        key,
+        ExtraArgs={
+            "ServerSideEncryption": SSE_ALGORITHM,
+            "Metadata": {SHA256_METADATA: sha256 or sha256_file(path)},
+        },
+    )
 
 
 def upload_if_changed(s3, bucket: str, key: str, path: Path) -> bool:

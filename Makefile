@@ -24,11 +24,11 @@ demo: setup
 # two test processes, each test file on one of them (its module fixtures run once; each process has its
 # own Spark session and Airflow DB)
 test: setup
-	$(BIN)/pytest -n 2 --dist loadfile
+	$(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 # everything but the whole-pipeline, DAG and browser runs (marked slow): a minute or two while editing
 test-fast: setup
-	$(BIN)/pytest -n 2 --dist loadfile -m "not slow"
+	$(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check .

@@ -43,8 +43,9 @@ os.environ.update(
 
 def pytest_collection_modifyitems(items):
     """Files with the most slow tests first, the rest in their order: `make test` hands whole files to two
-    processes as each goes idle, so a long file collected last (the browser's) left one process alone for
-    its last minutes; ending on short files, both finish together."""
+    processes as each goes idle, in this order (``--no-loadscope-reorder``; xdist would otherwise start
+    with the files holding the most tests, and the browser's two long tests came last, one process alone
+    on them for two minutes); ending on short files, both finish together."""
     slow = {}
     for item in items:
         slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker("slow") is not None)

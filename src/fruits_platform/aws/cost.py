@@ -208,6 +208,17 @@ def days_of(images: int | Sequence[int], image_bytes: int | Sequence[int]) -> li
     return list(zip(images, image_bytes, strict=True))  # type: ignore[arg-type]
 
 
+def expected_cluster_hours(per_day: list[tuple[int, int]], vcpus: int) -> float:
+    """Start-up, each day's steps at the measured rates, termination: the hours a run is expected to bill."""
+    expected_run = sum(expected_run_seconds(count, size, vcpus) for count, size in per_day)
+    return (CLUSTER_STARTUP_SECONDS + expected_run + TERMINATION_SECONDS) / 3600
+
+
+def expected_images_per_second(per_day: list[tuple[int, int]], vcpus: int) -> float:
+    compute_seconds = sum(expected_compute_seconds(count, size, vcpus) for count, size in per_day)
+    return round(sum(count for count, _ in per_day) / max(compute_seconds, 1e-9), 1)
+
+
 def estimate_worst_case(
     table: dict,
     *,
@@ -224,40 +235,35 @@ def estimate_worst_case(
 ) -> CostEstimate:
     """The cost bound from the limits the run enforces, and the expected cost (see ``CostEstimate``).
 
-    ``images`` and ``image_bytes``: the run's count and bytes, or each day's for a range of days on one
-    cluster (each day's steps are limited by its own). ``executor_cores``: the cores the executors really get
-    (``sizing.size_executors`` may leave some vCPUs without a Python worker when memory is short); default:
-    every vCPU of the executor nodes. ``public_ipv4``: nodes with public addresses (the private subnet the
-    placement guard requires has none)."""
+    ``images``, ``image_bytes``: the run's count and bytes, or each day's for a range on one cluster (each
+    day's steps have their own limits). ``executor_cores``: the cores the executors really get (``sizing``
+    may leave vCPUs without a Python worker when memory is short); default: every executor vCPU.
+    ``public_ipv4``: nodes with public addresses (the private subnet the guard requires has none)."""
     vcpus = executor_cores or executor_vcpus(table, instance_type, core_nodes)
     instances = 1 + core_nodes
     per_day = days_of(images, image_bytes)
     day_limits = [step_limits(count, size, vcpus) for count, size in per_day]
-    limits = day_limits[0]
     startup, run, idle = bound_hours(day_limits, idle_timeout_seconds)
     hours = startup + run + idle
-    total_images = sum(count for count, _ in per_day)
-    compute_seconds = sum(expected_compute_seconds(count, size, vcpus) for count, size in per_day)
     instance_rate = cluster_hourly_cap_eur(table, instance_type, core_nodes, use_spot)
     ebs_rate = ebs_hourly_eur(table, ebs_gib_per_instance, instances)
     ipv4_rate = ipv4_hourly_eur(table, instances) if public_ipv4 else 0.0
     hourly = instance_rate + ebs_rate + ipv4_rate
-    expected_run = sum(expected_run_seconds(count, size, vcpus) for count, size in per_day)
-    expected_hours = (CLUSTER_STARTUP_SECONDS + expected_run + TERMINATION_SECONDS) / 3600
+    expected_hours = expected_cluster_hours(per_day, vcpus)
     expected_hourly = cluster_hourly_eur(table, instance_type, core_nodes, use_spot) + ebs_rate + ipv4_rate
     return CostEstimate(
         instance_type=instance_type,
         instances=instances,
         use_spot=use_spot,
-        images=total_images,
+        images=sum(count for count, _ in per_day),
         image_bytes=sum(size for _, size in per_day),
         executor_vcpus=vcpus,
-        images_per_second=round(total_images / max(compute_seconds, 1e-9), 1),
+        images_per_second=expected_images_per_second(per_day, vcpus),
         startup_hours=round(startup, 4),
         run_hours=round(run, 4),
         idle_hours=round(idle, 4),
         hours=round(hours, 4),
-        step_limits=limits,
+        step_limits=day_limits[0],
         startup_limit_seconds=STARTUP_LIMIT_SECONDS,
         instance_hourly_eur=round(instance_rate, 4),
         ebs_hourly_eur=round(ebs_rate, 4),

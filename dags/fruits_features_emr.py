@@ -182,7 +182,6 @@ with DAG(
     staged = stage_artifacts(settings)
     spec = cluster_spec(settings, staged, plan["step_limits"])
 
-    region = REGION
     create_cluster, add_steps, terminate_cluster = cluster_tasks(spec)
     watchers = [
         operators.FruitsStepSensor(
@@ -195,7 +194,7 @@ with DAG(
             mode="poke" if DEFERRABLE else "reschedule",
             deferrable=DEFERRABLE,
             aws_conn_id=AWS_CONN_ID,
-            region_name=region,
+            region_name=REGION,
         )
         for name in STEP_NAMES
     ]

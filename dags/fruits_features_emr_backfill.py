@@ -145,7 +145,6 @@ with DAG(
     staged = stage_artifacts(settings)
     spec = cluster_spec(settings, staged, plan["days"], plan["day_limits"])
 
-    region = REGION
     create_cluster, add_steps, terminate_cluster = cluster_tasks(spec)
     watch_days = backfill.RangeStepsSensor(
         task_id="watch_days",
@@ -155,7 +154,7 @@ with DAG(
         poke_interval=POKE_SECONDS,
         mode="reschedule",
         aws_conn_id=AWS_CONN_ID,
-        region_name=region,
+        region_name=REGION,
     )
     summary = report_range(settings, plan["days"], plan["estimate"], create_cluster.output, add_steps.output)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -46,11 +47,9 @@ def pytest_collection_modifyitems(items):
     processes as each goes idle, in this order (``--no-loadscope-reorder``; xdist would otherwise start
     with the files holding the most tests, and the browser's two long tests came last, one process alone
     on them for two minutes); ending on short files, both finish together."""
-    slow = {}
-    for item in items:
-        slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker("slow") is not None)
-    order = {path: rank for rank, path in enumerate(dict.fromkeys(item.path for item in items))}
-    items.sort(key=lambda item: (-slow[item.path], order[item.path]))
+    slow = collections.Counter(item.path for item in items if item.get_closest_marker("slow"))
+    # a stable sort: a file's tests stay together and in order, as do files with as many slow tests
+    items.sort(key=lambda item: -slow[item.path])
 
 
 @pytest.fixture(scope="session")

@@ -201,6 +201,11 @@ def api(stack, path: str) -> dict:
         return json.load(response)
 
 
+def run_id_of(run_url: str) -> str:
+    """The run id in a run's page address (``.../dags/<dag>/runs/<run id>[/...]``)."""
+    return urllib.parse.unquote(run_url.split("/runs/")[1].split("/")[0])
+
+
 def wait_for_end(page, run_url: str) -> str:
     deadline = time.monotonic() + RUN_DONE_SECONDS
     state = run_state(page, run_url)
@@ -317,8 +322,7 @@ def trigger_and_wait(stack, page, images: Path, weights: Path, output: Path, art
 def record_run_seconds(stack, run_url: str, report: dict, n_images: int, artifacts: Path) -> None:
     """The UI run's duration as Airflow records it, and its steps' seconds: docs/BENCHMARKS.md's figure for
     "a run from the UI" comes from here (a record, not a timed assertion)."""
-    run_id = urllib.parse.unquote(run_url.split("/runs/")[1].split("/")[0])
-    run = api(stack, f"/dags/{DAG_ID}/dagRuns/{run_id}")
+    run = api(stack, f"/dags/{DAG_ID}/dagRuns/{run_id_of(run_url)}")
     started, ended = (datetime.fromisoformat(run[key]) for key in ("start_date", "end_date"))
     timing = {
         "images": n_images,
@@ -350,7 +354,7 @@ def test_emr_form_with_empty_bucket_and_input_runs_the_variables_bucket_today(st
 
         page.wait_for_url(lambda address: address.startswith(f"{dag_url}/runs/"))
         run_url = page.url
-        run_id = urllib.parse.unquote(run_url.removeprefix(f"{dag_url}/runs/").split("/")[0])
+        run_id = run_id_of(run_url)
         assert wait_for_end(page, run_url) == "failed"  # at its first AWS call: there is none here
         page.screenshot(path=artifacts / "07-emr-run.png")
 

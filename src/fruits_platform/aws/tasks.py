@@ -86,13 +86,12 @@ def cluster_tasks(spec) -> tuple:
     """``create_cluster``, ``add_steps`` and ``terminate_cluster`` of an EMR DAG, in the DAG being defined:
     the run's cluster from ``spec["job_flow_overrides"]`` (an earlier try's cluster is adopted), its
     ``spec["steps"]``, and the teardown that always ends it, all in the run's region."""
-    region = REGION
     create_cluster = operators.FruitsCreateJobFlowOperator(
         task_id="create_cluster",
         job_flow_overrides=spec["job_flow_overrides"],
         emr_conn_id=None,
         aws_conn_id=AWS_CONN_ID,
-        region_name=region,
+        region_name=REGION,
         wait_for_completion=False,
         terminate_job_flow_on_failure=True,
         deferrable=DEFERRABLE,
@@ -104,7 +103,7 @@ def cluster_tasks(spec) -> tuple:
         job_flow_id=create_cluster.output,
         steps=spec["steps"],
         aws_conn_id=AWS_CONN_ID,
-        region_name=region,
+        region_name=REGION,
         wait_for_completion=False,
         deferrable=False,  # adding is instant; sensors wait for the steps
     )
@@ -112,7 +111,7 @@ def cluster_tasks(spec) -> tuple:
         task_id="terminate_cluster",
         job_flow_id=create_cluster.output,
         aws_conn_id=AWS_CONN_ID,
-        region_name=region,
+        region_name=REGION,
         deferrable=DEFERRABLE,
         retries=3,
         retry_delay=dt.timedelta(seconds=30),

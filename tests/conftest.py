@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import collections
+import contextlib
+import inspect
 import json
 import logging
 import os
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -124,7 +128,7 @@ def sample_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def airflow_db() -> str:
+def airflow_db() -> Iterator[str]:
     """A migrated Airflow metadata DB (SQLite) in a throw-away AIRFLOW_HOME, for dag.test()."""
     subprocess.run(
         [str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
@@ -132,7 +136,35 @@ def airflow_db() -> str:
         capture_output=True,
         env=os.environ.copy(),
     )
-    return _AIRFLOW_HOME
+    with dag_test_polls_every(0.1):
+        yield _AIRFLOW_HOME
+
+
+@contextlib.contextmanager
+def dag_test_polls_every(seconds: float) -> Iterator[None]:
+    """dag.test() sleeps a whole second each time no task is ready. After a failure, that is once per
+    layer of downstream tasks that only wait for its next pass to be marked (a refused run's
+    create_cluster, terminate and report): ~60 s of the DAG tests' sleep, which this cuts to ``seconds``.
+    Its other sleeps, while a sensor waits for its reschedule, stay a second: polling faster there took
+    the GIL from the steps running in process beside it and made those tests slower. Only sleeps called
+    from dag.test() itself change: sensors, moto and Spark keep theirs."""
+    from airflow.sdk.definitions.dag import DAG
+
+    loop = inspect.unwrap(DAG.test).__code__
+    real_sleep = time.sleep
+
+    def sleep(duration: float) -> None:
+        caller = sys._getframe(1)
+        # the tasks dag.test() found nothing to run for, in its own variable; not there: a stock sleep
+        waiting = caller.f_locals.get("ids_unrunnable") if caller.f_code is loop else None
+        only_next_pass = waiting and all(ti.state is None for ti in waiting)
+        real_sleep(min(duration, seconds) if only_next_pass else duration)
+
+    time.sleep = sleep
+    try:
+        yield
+    finally:
+        time.sleep = real_sleep
 
 
 @pytest.fixture

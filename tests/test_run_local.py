@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from fruits_platform.pipeline import PipelineParams
+from fruits_spark.report import describe_counts
 from tests.corpus import write_mixed_folder
 from tests.inprocess import run_pipeline
 
@@ -99,6 +100,8 @@ def test_report_reconciles_with_the_outputs(mixed_run):
     assert len(report["explained_variance"]) == 5
     assert report["cumulative_explained_variance"][-1] == pytest.approx(sum(report["explained_variance"]))
     assert set(report["step_seconds"]) == {"ingest", "features", "pca"}
+    # one truth: the terminal says what report.json says
+    assert f"done: {describe_counts(report)}" in completed.stdout
     assert f"{counts['ok']} images ok: {counts['featurised']} featurised now, 0 reused;" in completed.stdout
     # the steps' own lines reach the terminal while they run (progress included), not only the log
     embedded = counts["ok"] + report["rejected_by_reason"].get("featurization_failed", 0)

@@ -194,7 +194,7 @@ def test_weights_of_another_network_with_the_same_size_stop_the_step_in_one_line
 
 
 def test_a_missing_tf2onnx_stops_the_step_in_one_line(spark, tmp_path, monkeypatch, random_weights):
-    monkeypatch.setenv(onnx_engine.CACHE_ENV, str(tmp_path / "empty-cache"))
+    monkeypatch.setenv(contract.CACHE_ENV, str(tmp_path / "empty-cache"))
     monkeypatch.setitem(sys.modules, "tf2onnx", None)
     message = run_step(tmp_path, "--weights", str(random_weights))
     assert message.startswith("features: cannot export the model to ONNX here (ModuleNotFoundError")

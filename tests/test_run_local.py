@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from fruits_platform.local.class_archive import archive_path
 from fruits_platform.pipeline import PipelineParams
 from fruits_spark.report import describe_counts
 from tests.corpus import write_mixed_folder
@@ -170,7 +171,8 @@ def test_rerun_replaces_its_date_only_and_applies_the_current_model(
     assert rerun_report["pca_model_version"] == second_report["pca_model_version"]
 
 
-def test_without_imagenet_access_the_error_names_the_way_out(tmp_path, sample_dir):
+def test_without_imagenet_access_the_error_names_the_way_out(mixed_run, tmp_path, sample_dir):
+    """(After mixed_run: this second CLI run of the session maps the class archive the first one wrote.)"""
     env = dict(
         os.environ,
         KERAS_HOME=str(tmp_path / "keras"),
@@ -194,6 +196,10 @@ def test_without_imagenet_access_the_error_names_the_way_out(tmp_path, sample_di
     assert re.search(r"cannot download the ImageNet weights \(\w+: .*(fetch|refused|proxy|Proxy)", message)
     assert "--weights" in message
     assert "FRUITS_WEIGHTS" in message
+    # its JVM started from the class archive an earlier run of this machine wrote (class_archive)
+    command = (tmp_path / "out" / "_logs").rglob("pipeline.log").__next__().read_text().splitlines()[0]
+    assert f"-XX:SharedArchiveFile={archive_path()}" in command
+    assert archive_path().stat().st_size > 10_000_000
 
 
 def test_the_runner_takes_the_resolved_params_the_local_dag_passes(tmp_path):

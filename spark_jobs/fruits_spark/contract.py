@@ -19,9 +19,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -109,6 +111,16 @@ FEATURE_DIM = 1280
 DATASETS = ("images", "features", "features_index", "pca", "pca_csv", "rejected", "ignored")
 # The environment variable that names the weights where a flag or param does not
 WEIGHTS_ENV = "FRUITS_WEIGHTS"
+# The environment variable naming this machine's cache (ONNX exports, the local Spark driver's class
+# archive); ~/.cache/fruits where unset
+CACHE_ENV = "FRUITS_CACHE"
+
+
+def machine_cache(part: str) -> Path:
+    root = os.environ.get(CACHE_ENV)
+    return (Path(root) if root else Path.home() / ".cache" / "fruits") / part
+
+
 # The PCA model of a day fitted on that day alone (too few rows to keep a model): what its rows, its report
 # and its asset events name instead of a kept version
 PROVISIONAL_MODEL = "provisional"

@@ -22,9 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from fruits_spark import model
-from fruits_spark.contract import FEATURE_DIM
+from fruits_spark.contract import FEATURE_DIM, machine_cache
 
-CACHE_ENV = "FRUITS_CACHE"
 # Images per InferenceSession.run in a worker. ONNX Runtime holds a whole run's activations at once: at
 # 224x224 one process peaked at 938 MB for 64 images; in the features step at 20,000 images a Python worker
 # peaked at 611 MB with 16 and 521 MB with 8, at the same speed (docs/BENCHMARKS.md, round 2).
@@ -103,8 +102,7 @@ def export_onnx(weights: model.WeightsFile, input_size: int, destination: str | 
 
 
 def cache_dir() -> Path:
-    root = os.environ.get(CACHE_ENV)
-    return (Path(root) if root else Path.home() / ".cache" / "fruits") / "onnx"
+    return machine_cache("onnx")
 
 
 def cached_onnx(weights: model.WeightsFile, input_size: int, folder: Path | None = None) -> OnnxModel:

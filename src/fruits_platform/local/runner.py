@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from fruits_platform.artifacts import build_artifacts, content_hash
+from fruits_platform.local.class_archive import class_archive
 from fruits_platform.local.preflight import check_run
 from fruits_platform.pipeline import (
     LOCAL_APP,
@@ -88,13 +89,16 @@ def log_path(params: RunValues, name: str) -> Path:
     return Path(_layout(params).logs()) / f"{name}.log"
 
 
-def local_app_args(params: RunValues, names: list[str], artifacts: Path, master: str) -> list[str]:
-    """One spark-submit of ``local_app.py`` running ``names`` with the steps' own arguments (EMR's)."""
+def local_app_args(
+    params: RunValues, names: list[str], artifacts: Path, master: str, conf: Mapping[str, str] | None = None
+) -> list[str]:
+    """One spark-submit of ``local_app.py`` running ``names`` with the steps' own arguments (EMR's);
+    ``conf`` adds to ``LOCAL_SPARK_CONF`` (the driver's class archive)."""
     steps = [step for step in pipeline_steps(params) if step.name in names]
     plan = json.dumps([[step.name, list(step.args)] for step in steps])
     app = SparkStep("local", LOCAL_APP, (plan,))
     return spark_submit_args(
-        app, str(artifacts), LOCAL_SPARK_CONF, binary=spark_submit_binary(), master=master
+        app, str(artifacts), {**LOCAL_SPARK_CONF, **(conf or {})}, binary=spark_submit_binary(), master=master
     )
 
 
@@ -104,13 +108,13 @@ def run_steps(
     """Runs ``names`` in one Spark application; returns each step's seconds. Lines the steps print for
     people (``<step>: ...``, progress included) are echoed; everything goes to the log.
     Raises StepFailed with the failed step's own reason."""
-    command = local_app_args(params, names, artifacts, master)
     log = log_path(params, names[0] if len(names) == 1 else "pipeline")
     log.parent.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     current = names[0]
     step_lines = re.compile(rf"^({'|'.join(STEP_NAMES)}): ")
-    with log.open("w") as handle:
+    with class_archive() as java_options, log.open("w") as handle:
+        command = local_app_args(params, names, artifacts, master, java_options)
         handle.write(" ".join(command) + "\n")
         handle.flush()
         process = subprocess.Popen(

@@ -8,6 +8,7 @@ import inspect
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,7 @@ SAMPLE_DIR = PROJECT_ROOT / "data" / "sample"
 
 # Airflow reads its configuration when first imported: set it before any test module imports it.
 _AIRFLOW_HOME = tempfile.mkdtemp(prefix="fruits-airflow-home-")
+_CACHE = tempfile.mkdtemp(prefix="fruits-cache-")
 os.environ.update(
     AIRFLOW_HOME=_AIRFLOW_HOME,
     AIRFLOW__CORE__DAGS_FOLDER=str(PROJECT_ROOT / "dags"),
@@ -33,8 +35,8 @@ os.environ.update(
     AIRFLOW__CORE__UNIT_TEST_MODE="True",
     PYSPARK_PYTHON=sys.executable,
     PYSPARK_DRIVER_PYTHON=sys.executable,
-    # ONNX exports cached per test session, never in the developer's ~/.cache
-    FRUITS_CACHE=tempfile.mkdtemp(prefix="fruits-cache-"),
+    # ONNX exports and the driver's class archive cached per test session, never in the developer's ~/.cache
+    FRUITS_CACHE=_CACHE,
 )
 # py4j logs at INFO while the interpreter shuts down, after pytest closed the streams it writes to
 logging.getLogger("py4j").setLevel(logging.WARNING)
@@ -44,6 +46,12 @@ for _name in ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_
 os.environ.update(
     AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="eu-west-3"
 )
+
+
+def pytest_unconfigure(config):
+    """The session's Airflow home and cache go with it (a class archive is ~190 MB, per test process)."""
+    for folder in (_AIRFLOW_HOME, _CACHE):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items):

@@ -197,7 +197,8 @@ def test_without_imagenet_access_the_error_names_the_way_out(mixed_run, tmp_path
     assert "--weights" in message
     assert "FRUITS_WEIGHTS" in message
     # its JVM started from the class archive an earlier run of this machine wrote (class_archive)
-    command = (tmp_path / "out" / "_logs").rglob("pipeline.log").__next__().read_text().splitlines()[0]
+    (log,) = (tmp_path / "out" / "_logs").rglob("pipeline.log")
+    command = log.read_text().splitlines()[0]
     assert f"-XX:SharedArchiveFile={archive_path()}" in command
     assert archive_path().stat().st_size > 10_000_000
 

@@ -51,7 +51,6 @@ def first_day(tmp_path_factory, sample_dir, random_weights):
         "output": output,
         "args": args,
         "weights": random_weights,
-        "printed": printed,
         "before": snapshot(output),
     }
 

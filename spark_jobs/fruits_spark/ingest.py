@@ -16,6 +16,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from fruits_spark import contract, images, storage
+from fruits_spark.frames import driver_frame
 from fruits_spark.layout import Layout
 
 # 50 MB: far above any phone photo; bigger files are refused before their bytes are read
@@ -23,6 +24,10 @@ MAX_FILE_BYTES = 50 * 1024 * 1024
 # Spark counts 4 MB per file when packing partitions, so 2,000 photos of 5-50 KB make 60+ tiny tasks;
 # at 256 KB per file they pack into a few tasks per core, and a cluster still gets one task per core.
 FILE_OPEN_COST_BYTES = 256 * 1024
+# At least this many read tasks per core: cores take tasks as they finish, so the last wave leaves a core idle
+# for a fraction of a task, not for a fifth of the day (200 phone photos made 5 tasks on 2 cores: the fifth
+# ran alone for 1.7 s).
+TASKS_PER_CORE = 4
 # Bytes of originals per Arrow batch sent to a Python worker: Spark's 10,000 records a batch would be 25 GB
 # of phone photos; 32 MB keeps a worker (batch, its pandas copy, decoders) well under 600 MB.
 ARROW_BATCH_BYTES = 32 * 1024 * 1024
@@ -88,10 +93,10 @@ def extract(
                     "0 bytes",
                 )
             )
-    # most days have nothing hidden nor empty: no DataFrame (its first creation costs ~0.7 s) and no union
-    unlisted_df = spark.createDataFrame(unlisted, UNLISTED_SCHEMA) if unlisted else None
+    # a day with nothing hidden nor empty needs no union
+    unlisted_df = driver_frame(spark, unlisted, UNLISTED_SCHEMA) if unlisted else None
     if len(unlisted) == len(listing):
-        return spark.createDataFrame([], BINARY_FILE_SCHEMA), unlisted_df
+        return driver_frame(spark, [], BINARY_FILE_SCHEMA), unlisted_df
     files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(input_uri)
     return files, unlisted_df
 
@@ -269,6 +274,9 @@ def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
     spark = SparkSession.builder.appName("fruits-ingest").getOrCreate()
     spark.conf.set("spark.sql.files.openCostInBytes", str(FILE_OPEN_COST_BYTES))
+    spark.conf.set(
+        "spark.sql.files.minPartitionNum", str(TASKS_PER_CORE * spark.sparkContext.defaultParallelism)
+    )
     listing = check_paths(spark, args.input, args.output)
     layout = Layout(args.output, args.dt, staged=True)
     files, unlisted = extract(spark, args.input, listing)

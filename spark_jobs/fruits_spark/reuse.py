@@ -30,6 +30,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from fruits_spark import storage
+from fruits_spark.frames import driver_frame
 from fruits_spark.layout import Layout
 
 INDEX = "features_index"
@@ -105,7 +106,7 @@ def read_index(spark: SparkSession, layout: Layout, indexed: list[str], unindexe
         if "embedding" in scanned.columns:
             parts.append(scanned.select("content_hash", "embedding", "dt"))
     if not parts:
-        return spark.createDataFrame([], "content_hash string, embedding string, dt string")
+        return driver_frame(spark, [], "content_hash string, embedding string, dt string")
     index = parts[0]
     for part in parts[1:]:
         index = index.unionByName(part)
@@ -160,7 +161,7 @@ def plan(spark: SparkSession, layout: Layout, embedding: str, recompute: bool = 
     """Finds and stages the reusable rows of this day; must run before features/dt=D is overwritten."""
     today = spark.read.parquet(layout.dataset("images")).select("path", "label", "content_hash")
     n_images = today.count()
-    empty = spark.createDataFrame([], REUSED_SCHEMA)
+    empty = driver_frame(spark, [], REUSED_SCHEMA)
     if recompute:
         result = ReusePlan(empty, 0, n_images, "not used: --recompute")
     else:

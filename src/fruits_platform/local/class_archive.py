@@ -8,9 +8,9 @@ instead of parsing and verifying those classes again. Measured here: the session
 first ingest 1.5-3.4 s sooner (docs/BENCHMARKS.md).
 
 The archive belongs to one Java and one Spark: its name carries both, so another JDK or pyspark writes its
-own. A JVM that cannot use an archive (another classpath, an older Java) warns and runs without it, and
-``-XX:+IgnoreUnrecognizedVMOptions`` keeps a Java without these options (8, 11) starting as before. EMR is
-not concerned: its JVMs are YARN's.
+own. A JVM that cannot use an archive (another classpath, an older Java) warns and runs without it, and the
+runner's ``-XX:+IgnoreUnrecognizedVMOptions`` keeps a Java without these options (8, 11) starting as before.
+EMR is not concerned: its JVMs are YARN's.
 """
 
 from __future__ import annotations
@@ -25,8 +25,6 @@ from pathlib import Path
 import pyspark
 
 from fruits_spark.contract import machine_cache
-
-JAVA_OPTIONS = "spark.driver.extraJavaOptions"
 
 
 def java_binary() -> str:
@@ -43,18 +41,18 @@ def archive_path() -> Path:
 
 
 @contextlib.contextmanager
-def class_archive() -> Iterator[dict[str, str]]:
-    """The driver's Java options for one spark-submit, which runs inside the ``with``: map the archive, or
+def class_archive() -> Iterator[list[str]]:
+    """The driver's JVM flags for one spark-submit, which runs inside the ``with``: map the archive, or
     write one at the JVM's exit where there is none yet. Written under a name of this process and renamed
     once the JVM is gone, so a run never maps a half-written archive, and two first runs do not collide."""
     final = archive_path()
     if final.exists():
-        yield {JAVA_OPTIONS: f"-XX:+IgnoreUnrecognizedVMOptions -XX:SharedArchiveFile={final}"}
+        yield [f"-XX:SharedArchiveFile={final}"]
         return
     final.parent.mkdir(parents=True, exist_ok=True)
     scratch = final.with_name(f"{final.name}.{os.getpid()}.tmp")
     try:
-        yield {JAVA_OPTIONS: f"-XX:+IgnoreUnrecognizedVMOptions -XX:ArchiveClassesAtExit={scratch}"}
+        yield [f"-XX:ArchiveClassesAtExit={scratch}"]
         if scratch.exists():
             os.replace(scratch, final)
     finally:

@@ -36,6 +36,7 @@ from fruits_spark.local_app import STEP_MARKER
 # every local core: the default master of `fruits run-local`, the local DAG and the bench
 LOCAL_MASTER = "local[*]"
 
+DRIVER_JAVA_OPTIONS = "spark.driver.extraJavaOptions"
 LOCAL_SPARK_CONF = {
     "spark.driver.memory": "4g",
     # the defaults (200) are sized for clusters: on one machine they only add task overhead
@@ -43,6 +44,11 @@ LOCAL_SPARK_CONF = {
     "spark.ui.enabled": "false",
     "spark.python.worker.reuse": "true",
 }
+# The local driver JVM lives for a run, a minute or less: C2, the optimising JIT compiler, spends more CPU
+# compiling than its code saves before the exit, CPU the Python workers need on a laptop's few cores. C1
+# only: 36 s of CPU instead of 20 s for a run on 200 phone photos, 30 s against 25 s of wall time
+# (docs/BENCHMARKS.md). A Java without these flags starts as before (IgnoreUnrecognizedVMOptions).
+LOCAL_DRIVER_JAVA_FLAGS = ("-XX:+IgnoreUnrecognizedVMOptions", "-XX:TieredStopAtLevel=1")
 
 
 class StepFailed(RuntimeError):
@@ -93,7 +99,7 @@ def local_app_args(
     params: RunValues, names: list[str], artifacts: Path, master: str, conf: Mapping[str, str] | None = None
 ) -> list[str]:
     """One spark-submit of ``local_app.py`` running ``names`` with the steps' own arguments (EMR's);
-    ``conf`` adds to ``LOCAL_SPARK_CONF`` (the driver's class archive)."""
+    ``conf`` adds to ``LOCAL_SPARK_CONF`` (the driver's JVM flags)."""
     steps = [step for step in pipeline_steps(params) if step.name in names]
     plan = json.dumps([[step.name, list(step.args)] for step in steps])
     app = SparkStep("local", LOCAL_APP, (plan,))
@@ -113,8 +119,9 @@ def run_steps(
     seconds: dict[str, float] = {}
     current = names[0]
     step_lines = re.compile(rf"^({'|'.join(STEP_NAMES)}): ")
-    with class_archive() as java_options, log.open("w") as handle:
-        command = local_app_args(params, names, artifacts, master, java_options)
+    with class_archive() as archive_flags, log.open("w") as handle:
+        java_flags = " ".join([*LOCAL_DRIVER_JAVA_FLAGS, *archive_flags])
+        command = local_app_args(params, names, artifacts, master, {DRIVER_JAVA_OPTIONS: java_flags})
         handle.write(" ".join(command) + "\n")
         handle.flush()
         process = subprocess.Popen(

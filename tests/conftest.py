@@ -68,12 +68,16 @@ def pytest_collection_modifyitems(items):
 def spark():
     from pyspark.sql import SparkSession
 
+    from fruits_platform.local.runner import DRIVER_JAVA_OPTIONS, LOCAL_DRIVER_JAVA_FLAGS
+
     session = (
         SparkSession.builder.master("local[2]")
         .appName("fruits-tests")
         .config("spark.sql.shuffle.partitions", "4")
         .config("spark.ui.enabled", "false")
         .config("spark.driver.memory", "2g")
+        # the local runs' JIT: a session of short jobs, as theirs
+        .config(DRIVER_JAVA_OPTIONS, " ".join(LOCAL_DRIVER_JAVA_FLAGS))
         .getOrCreate()
     )
     yield session

@@ -49,7 +49,11 @@ os.environ.update(
 
 
 def pytest_unconfigure(config):
-    """The session's Airflow home and cache go with it (a class archive is ~190 MB, per test process)."""
+    """The session's local Spark daemon, Airflow home and cache go with it (a class archive is ~190 MB, per
+    test process)."""
+    from fruits_platform.local import spark_daemon
+
+    spark_daemon.stop()
     for folder in (_AIRFLOW_HOME, _CACHE):
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -1,4 +1,5 @@
-"""The ``fruits`` command: run the pipeline locally, benchmark it, upload images to S3."""
+"""The ``fruits`` command: run the pipeline locally, benchmark it, upload images to S3, see to the local
+Spark daemon."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import sys
 from pathlib import Path
 
 from fruits_platform.aws import upload
+from fruits_platform.local import spark_daemon
 from fruits_platform.local.runner import LOCAL_MASTER
 from fruits_platform.pipeline import WEIGHTS_HELP, PipelineParams, default_weights
 from fruits_platform.tools import bench
@@ -43,7 +45,7 @@ def _run_local(args: argparse.Namespace) -> int:
     )
     try:
         params = PipelineParams(**values)
-        report, _ = run_local(params, master=args.master)
+        report, _ = run_local(params, master=args.master, daemon=not args.no_daemon)
     except (StepFailed, ValueError, FileNotFoundError) as error:
         print(f"fruits: {error}", file=sys.stderr)
         return 1
@@ -69,6 +71,12 @@ def _register_run_local(commands) -> None:
         else:
             param.add_argument(local)
     local.add_argument("--master", default=LOCAL_MASTER, help="Spark master (local[*]: every local core)")
+    local.add_argument(
+        "--no-daemon",
+        action="store_true",
+        help="a spark-submit of its own instead of the local Spark daemon that local runs share "
+        "(`fruits daemon stop` ends the daemon; it also exits after 15 idle minutes)",
+    )
     local.set_defaults(handler=_run_local)
 
 
@@ -96,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     _register_run_local(commands)
     upload.register(commands)
     bench.register(commands)
+    spark_daemon.register(commands)
     for command in commands.choices.values():
         command.formatter_class = DefaultsHelp
     return parser

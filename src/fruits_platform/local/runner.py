@@ -1,8 +1,9 @@
-"""Runs the pipeline's steps with spark-submit in local mode: the embedded default, no AWS needed.
+"""Runs the pipeline's steps with Spark in local mode: the embedded default, no AWS needed.
 
 The one runner behind ``fruits run-local``, ``fruits_features_local`` and the bench: the same step
 definitions as EMR and the same artifacts. The steps run in one Spark application (in the local DAG, its one
-task ``spark_steps``), whose log goes under the output's ``_logs/dt=<dt>/``.
+task ``spark_steps``): the local Spark daemon's (``spark_daemon``), else a spark-submit of their own. The
+run's log goes under the output's ``_logs/dt=<dt>/``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from fruits_platform.artifacts import build_artifacts, content_hash
+from fruits_platform.local import spark_daemon
 from fruits_platform.local.class_archive import class_archive
 from fruits_platform.local.preflight import check_run
 from fruits_platform.pipeline import (
@@ -95,54 +97,116 @@ def log_path(params: RunValues, name: str) -> Path:
     return Path(_layout(params).logs()) / f"{name}.log"
 
 
+def _plan(params: RunValues, names: list[str]) -> list:
+    """``names`` with the steps' own arguments (EMR's), as ``fruits_spark.local_app`` takes them."""
+    return [[step.name, list(step.args)] for step in pipeline_steps(params) if step.name in names]
+
+
 def local_app_args(
     params: RunValues, names: list[str], artifacts: Path, master: str, conf: Mapping[str, str] | None = None
 ) -> list[str]:
-    """One spark-submit of ``local_app.py`` running ``names`` with the steps' own arguments (EMR's);
-    ``conf`` adds to ``LOCAL_SPARK_CONF`` (the driver's JVM flags)."""
-    steps = [step for step in pipeline_steps(params) if step.name in names]
-    plan = json.dumps([[step.name, list(step.args)] for step in steps])
-    app = SparkStep("local", LOCAL_APP, (plan,))
+    """One spark-submit of ``local_app.py`` running ``names``; ``conf`` adds to ``LOCAL_SPARK_CONF`` (the
+    driver's JVM flags)."""
+    app = SparkStep("local", LOCAL_APP, (json.dumps(_plan(params, names)),))
     return spark_submit_args(
         app, str(artifacts), {**LOCAL_SPARK_CONF, **(conf or {})}, binary=spark_submit_binary(), master=master
     )
 
 
+class _StepLines:
+    """Reads a run's lines as they come: which step runs, each step's seconds, the current step's lines
+    (its failure reason); echoes those printed for people (``<step>: ...``) and logs everything."""
+
+    STEP_LINE = re.compile(rf"^({'|'.join(STEP_NAMES)}): ")
+
+    def __init__(self, log, echo, first: str) -> None:
+        self.log, self.echo, self.current = log, echo, first
+        self.seconds: dict[str, float] = {}
+        self.section: list[str] = []
+
+    def __call__(self, line: str) -> None:
+        self.log.write(line)
+        marker = line.removeprefix(STEP_MARKER).split() if line.startswith(STEP_MARKER) else None
+        if marker and marker[1] == "started":
+            self.current, self.section = marker[0], []
+        elif marker and marker[1] == "done":
+            self.seconds[marker[0]] = float(marker[2])
+        else:
+            self.section.append(line)
+            if self.STEP_LINE.match(line):
+                self.echo(line.rstrip())
+
+
+def _is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file:")
+
+
+def daemon_serves(params: RunValues, master: str) -> bool:
+    """The daemon is local[*] with this machine's files: another master, or an s3:// URI (read with the
+    credentials of the JVM's environment, the daemon's, not the caller's), gets a spark-submit of its own."""
+    values = params.as_dict() if isinstance(params, PipelineParams) else params
+    uris = [values[name] for name in ("input", "output", "weights", "onnx_model") if values.get(name)]
+    return master == LOCAL_MASTER and all(_is_local(str(uri)) for uri in uris)
+
+
+def _on_daemon(params: RunValues, names: list[str], artifacts: Path, lines: _StepLines) -> int | None:
+    """The run on the local Spark daemon: its exit status, or None (said in the log and echoed) when no
+    daemon could take it."""
+    if spark_daemon.status() is None:
+        lines.echo(
+            f"starting the local Spark daemon: later local runs skip Spark's start-up; it exits after "
+            f"{spark_daemon.IDLE_SECONDS // 60} idle minutes (or `fruits daemon stop`)"
+        )
+    lines.log.write(f"on the local Spark daemon (its Spark log: {spark_daemon.log_path()})\n")
+    lines.log.flush()
+    try:
+        return spark_daemon.submit(_plan(params, names), artifacts.name, spark_env(), lines)
+    except spark_daemon.DaemonUnavailable as error:
+        lines(f"{names[0]}: {error}; running a spark-submit of its own\n")
+        return None
+
+
+def _spark_submit(
+    params: RunValues, names: list[str], artifacts: Path, master: str, lines: _StepLines
+) -> int:
+    with class_archive() as archive_flags:
+        java_flags = " ".join([*LOCAL_DRIVER_JAVA_FLAGS, *archive_flags])
+        command = local_app_args(params, names, artifacts, master, {DRIVER_JAVA_OPTIONS: java_flags})
+        lines.log.write(" ".join(command) + "\n")
+        lines.log.flush()
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=spark_env(), text=True, bufsize=1
+        )
+        for line in process.stdout:
+            lines(line)
+        return process.wait()
+
+
 def run_steps(
-    params: RunValues, names: list[str], artifacts: Path, master: str = LOCAL_MASTER, echo=print
+    params: RunValues,
+    names: list[str],
+    artifacts: Path,
+    master: str = LOCAL_MASTER,
+    echo=print,
+    daemon: bool = True,
 ) -> dict[str, float]:
-    """Runs ``names`` in one Spark application; returns each step's seconds. Lines the steps print for
+    """Runs ``names`` in one Spark application, the local Spark daemon's where it serves the run (and
+    ``daemon``), else a spark-submit of its own; returns each step's seconds. Lines the steps print for
     people (``<step>: ...``, progress included) are echoed; everything goes to the log.
     Raises StepFailed with the failed step's own reason."""
     log = log_path(params, names[0] if len(names) == 1 else "pipeline")
     log.parent.mkdir(parents=True, exist_ok=True)
-    seconds: dict[str, float] = {}
-    current = names[0]
-    step_lines = re.compile(rf"^({'|'.join(STEP_NAMES)}): ")
-    with class_archive() as archive_flags, log.open("w") as handle:
-        java_flags = " ".join([*LOCAL_DRIVER_JAVA_FLAGS, *archive_flags])
-        command = local_app_args(params, names, artifacts, master, {DRIVER_JAVA_OPTIONS: java_flags})
-        handle.write(" ".join(command) + "\n")
-        handle.flush()
-        process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=spark_env(), text=True, bufsize=1
-        )
-        section: list[str] = []
-        for line in process.stdout:
-            handle.write(line)
-            marker = line.removeprefix(STEP_MARKER).split() if line.startswith(STEP_MARKER) else None
-            if marker and marker[1] == "started":
-                current, section = marker[0], []
-            elif marker and marker[1] == "done":
-                seconds[marker[0]] = float(marker[2])
-            else:
-                section.append(line)
-                if step_lines.match(line):
-                    echo(line.rstrip())
-        returncode = process.wait()
+    with log.open("w") as handle:
+        lines = _StepLines(handle, echo, names[0])
+        returncode = None
+        if daemon and daemon_serves(params, master):
+            returncode = _on_daemon(params, names, artifacts, lines)
+        if returncode is None:
+            returncode = _spark_submit(params, names, artifacts, master, lines)
     if returncode != 0:
-        raise StepFailed(current, returncode, log, failure_reason(current, "".join(section)))
-    return seconds
+        reason = failure_reason(lines.current, "".join(lines.section))
+        raise StepFailed(lines.current, returncode, log, reason)
+    return lines.seconds
 
 
 def read_report(params: RunValues) -> dict:
@@ -151,14 +215,14 @@ def read_report(params: RunValues) -> dict:
 
 
 def run_local(
-    params: PipelineParams, master: str = LOCAL_MASTER, echo=print
+    params: PipelineParams, master: str = LOCAL_MASTER, echo=print, daemon: bool = True
 ) -> tuple[dict, dict[str, float]]:
     """Runs every step of ``contract.STEPS`` in one Spark application; returns (report.json, seconds per
     step). Raises BadRun, before anything is written, when a param cannot work."""
     check_run(params)
     artifacts = stage_artifacts(params.output)
-    echo(f"spark-submit {LOCAL_APP}: {', '.join(STEP_NAMES)} (log: {log_path(params, 'pipeline')})")
+    echo(f"steps {', '.join(STEP_NAMES)} (log: {log_path(params, 'pipeline')})")
     started = time.monotonic()
-    seconds = run_steps(params, list(STEP_NAMES), artifacts, master, echo)
+    seconds = run_steps(params, list(STEP_NAMES), artifacts, master, echo, daemon)
     seconds["spark_submit"] = round(time.monotonic() - started, 2)
     return read_report(params), seconds

@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -24,21 +23,19 @@ from fruits_platform.artifacts import PROJECT_ROOT
 from fruits_platform.local.runner import (
     LOCAL_MASTER,
     LOCAL_SPARK_CONF,
-    run_local,
     spark_env,
     spark_submit_binary,
 )
-from fruits_platform.pipeline import WEIGHTS_HELP, PipelineParams, default_weights
+from fruits_platform.pipeline import WEIGHTS_HELP, default_weights
 from fruits_platform.tools import phone_photos, quality
 from fruits_platform.tools.bench_bare import BARE_ENGINES, run_bare
+from fruits_platform.tools.bench_pipeline import BENCH_DAY, WorkerMemory, run_pipeline, warm_daemon
 from fruits_platform.tools.bench_spark import history, pca_fit_time
-from fruits_spark.contract import ENGINES, INPUT_SIZES, PARAMS, STEP_NAMES
+from fruits_spark.contract import ENGINES, INPUT_SIZES, PARAMS
 from fruits_spark.images import is_input_image
 from fruits_spark.layout import Layout
 from fruits_spark.model import WeightsUnavailable, read_weights
 
-# the date partition every bench run writes (its outputs are thrown away)
-BENCH_DAY = "2026-01-01"
 SHARED_IMAGES = PROJECT_ROOT.parent / "shared" / "data" / "fruits-360-sample"
 
 
@@ -76,37 +73,6 @@ def prepare_images(source: Path, count: int, destination: Path) -> list[Path]:
     return prepared
 
 
-class WorkerMemory:
-    """Samples the RSS of Spark's Python workers (pyspark.daemon and its forks) while a step runs."""
-
-    def __init__(self, interval: float = 0.5) -> None:
-        self.interval, self.peak_mb, self._stop = interval, 0.0, threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        import psutil
-
-        this = psutil.Process()
-        while not self._stop.is_set():
-            # only this run's workers (its descendants): other test suites on the machine run Spark too
-            for process in this.children(recursive=True):
-                try:
-                    cmdline = " ".join(process.cmdline())
-                    if "pyspark.daemon" in cmdline or "pyspark.worker" in cmdline:
-                        self.peak_mb = max(self.peak_mb, process.memory_info().rss / 2**20)
-                except psutil.Error:
-                    pass  # ended between the listing and the reading
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> WorkerMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def run_notebook(input_dir: Path, weights: str, work: Path) -> dict:
     command = [spark_submit_binary(), "--master", LOCAL_MASTER]
     for key, value in sorted(LOCAL_SPARK_CONF.items()):
@@ -118,26 +84,6 @@ def run_notebook(input_dir: Path, weights: str, work: Path) -> dict:
     with WorkerMemory() as memory, (work / "notebook.log").open("w") as log:
         subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, check=True)
     return {"seconds": round(time.monotonic() - started, 2), "peak_worker_rss_mb": round(memory.peak_mb)}
-
-
-def run_pipeline(input_dir: Path, weights: str, input_size: int, work: Path, engine: str = "onnx") -> dict:
-    output = work / f"pipeline_{input_size}"
-    shutil.rmtree(output, ignore_errors=True)
-    params = PipelineParams(
-        str(input_dir), str(output), BENCH_DAY, weights, input_size=input_size, engine=engine
-    )
-    with WorkerMemory() as memory:
-        report, wall = run_local(params, echo=lambda _: None)
-    return {
-        "ok": report["counts"]["ok"],
-        "features_seconds_in_job": report["step_seconds"]["features"],
-        "step_seconds_in_job": report["step_seconds"],
-        "step_seconds": {name: wall[name] for name in STEP_NAMES},
-        "whole_seconds": wall["spark_submit"],
-        "peak_worker_rss_mb": round(memory.peak_mb),
-        "model_builds": report["model_builds"],
-        "output": str(output),
-    }
 
 
 def embedding_quality(outputs: dict[int, str]) -> dict[int, dict]:
@@ -180,23 +126,37 @@ def _rate(images: int, seconds: float) -> float:
     return round(images / seconds, 1) if seconds else 0.0
 
 
+def _with_rates(pipeline: dict) -> dict:
+    pipeline["features_img_per_s"] = _rate(pipeline["ok"], pipeline["features_seconds_in_job"])
+    pipeline["features_wall_img_per_s"] = _rate(pipeline["ok"], pipeline["step_seconds"]["features"])
+    pipeline["whole_img_per_s"] = _rate(pipeline["ok"], pipeline["whole_seconds"])
+    return pipeline
+
+
+def _print_pipeline(label: str, pipeline: dict) -> None:
+    steps = ", ".join(f"{name} {seconds} s" for name, seconds in pipeline["step_seconds"].items())
+    print(
+        f"(b) {label}: features {pipeline['features_img_per_s']} img/s "
+        f"(step's main() {pipeline['features_wall_img_per_s']}), whole run-local "
+        f"{pipeline['whole_img_per_s']} img/s in {pipeline['whole_seconds']} s ({steps}), "
+        f"peak Python worker RSS {pipeline['peak_worker_rss_mb']} MB"
+    )
+
+
 def measure_pipelines(args: argparse.Namespace, input_dir: Path, weights: str, work: Path) -> dict:
-    """(b) at ``--input-size`` (and every input size with ``--sizes``, with its embedding quality)."""
+    """(b) at ``--input-size`` (and every input size with ``--sizes``, with its embedding quality), each on a
+    spark-submit of its own; then ``--input-size`` again on a warm local Spark daemon."""
     figures = {}
     sizes = INPUT_SIZES if args.sizes else (args.input_size,)
     for size in sizes:
-        pipeline = run_pipeline(input_dir, weights, size, work, args.engine)
-        pipeline["features_img_per_s"] = _rate(pipeline["ok"], pipeline["features_seconds_in_job"])
-        pipeline["features_wall_img_per_s"] = _rate(pipeline["ok"], pipeline["step_seconds"]["features"])
-        pipeline["whole_img_per_s"] = _rate(pipeline["ok"], pipeline["whole_seconds"])
+        pipeline = _with_rates(run_pipeline(input_dir, weights, size, work, args.engine))
         figures[f"pipeline_{size}"] = pipeline
-        steps = ", ".join(f"{name} {seconds} s" for name, seconds in pipeline["step_seconds"].items())
-        print(
-            f"(b) pipeline ({args.engine}), input {size}: features {pipeline['features_img_per_s']} img/s "
-            f"(step's main() {pipeline['features_wall_img_per_s']}), whole run-local "
-            f"{pipeline['whole_img_per_s']} img/s in {pipeline['whole_seconds']} s ({steps}), "
-            f"peak Python worker RSS {pipeline['peak_worker_rss_mb']} MB"
-        )
+        _print_pipeline(f"pipeline ({args.engine}), input {size}, own spark-submit", pipeline)
+    if "daemon" not in args.skip:
+        daemon = warm_daemon(weights, args.input_size, work, args.engine)
+        pipeline = _with_rates(run_pipeline(input_dir, weights, args.input_size, work, args.engine, daemon))
+        figures[f"pipeline_{args.input_size}_daemon"] = pipeline
+        _print_pipeline(f"pipeline ({args.engine}), input {args.input_size}, on the warm daemon", pipeline)
     if args.sizes:
         outputs = {size: figures[f"pipeline_{size}"]["output"] for size in sizes}
         for size, measured in embedding_quality(outputs).items():
@@ -209,8 +169,16 @@ def measure_pipelines(args: argparse.Namespace, input_dir: Path, weights: str, w
     return figures
 
 
-def measure_bare(args: argparse.Namespace, paths: list[Path], weights: str, work: Path, main: dict) -> dict:
-    """(a) for each engine not skipped, and its ratios to (b)'s figures ``main``."""
+def _runs(main: dict, warm: dict | None) -> list[tuple[str, str, dict]]:
+    """(key suffix, label, figures) of (b)'s whole runs: on its own spark-submit, on the warm daemon."""
+    return [("", "own spark-submit", main)] + ([("_daemon", "warm daemon", warm)] if warm else [])
+
+
+def measure_bare(
+    args: argparse.Namespace, paths: list[Path], weights: str, work: Path, main: dict, warm: dict | None
+) -> dict:
+    """(a) for each engine not skipped, and its ratios to (b)'s figures ``main`` (and ``warm``, the run on
+    the daemon)."""
     figures = {}
     for engine in (record.name for record in ENGINES if record.name in BARE_ENGINES):
         if f"bare-{engine}" in args.skip:
@@ -232,25 +200,34 @@ def measure_bare(args: argparse.Namespace, paths: list[Path], weights: str, work
     # the whole pipeline's wall time against one bare TensorFlow process over the same images
     if "bare_tensorflow" in figures:
         tensorflow_seconds = figures["bare_tensorflow"]["seconds_process"]
-        figures["ratio_whole_wall_vs_bare_tensorflow"] = round(main["whole_seconds"] / tensorflow_seconds, 2)
-        print(
-            f"    wall time (b) whole run-local / (a) bare TensorFlow process: {main['whole_seconds']} s / "
-            f"{tensorflow_seconds} s = {figures['ratio_whole_wall_vs_bare_tensorflow']}"
-        )
+        for suffix, label, run in _runs(main, warm):
+            ratio = figures[f"ratio_whole_wall_vs_bare_tensorflow{suffix}"] = round(
+                run["whole_seconds"] / tensorflow_seconds, 2
+            )
+            print(
+                f"    wall time (b) whole run-local ({label}) / (a) bare TensorFlow process: "
+                f"{run['whole_seconds']} s / {tensorflow_seconds} s = {ratio}"
+            )
     return figures
 
 
-def measure_notebook(input_dir: Path, images: int, weights: str, work: Path, main: dict) -> dict:
-    """(c), and the ratio of (b)'s whole run ``main`` to it."""
+def measure_notebook(
+    input_dir: Path, images: int, weights: str, work: Path, main: dict, warm: dict | None
+) -> dict:
+    """(c), and the ratio of (b)'s whole runs ``main`` (and ``warm``) to it."""
     notebook = run_notebook(input_dir, weights, work)
     notebook["img_per_s"] = _rate(images, notebook["seconds"])
-    ratio = round(main["whole_img_per_s"] / notebook["img_per_s"], 2)
     print(
         f"(c) notebook approach: {notebook['img_per_s']} img/s end to end, "
         f"peak Python worker RSS {notebook['peak_worker_rss_mb']} MB"
     )
-    print(f"    ratio (b) whole run-local / (c) notebook: {ratio}")
-    return {"notebook": notebook, "ratio_whole_vs_notebook": ratio}
+    figures = {"notebook": notebook}
+    for suffix, label, run in _runs(main, warm):
+        ratio = figures[f"ratio_whole_vs_notebook{suffix}"] = round(
+            run["whole_img_per_s"] / notebook["img_per_s"], 2
+        )
+        print(f"    ratio (b) whole run-local ({label}) / (c) notebook: {ratio}")
+    return figures
 
 
 def bench(args: argparse.Namespace) -> int:
@@ -276,10 +253,11 @@ def bench(args: argparse.Namespace) -> int:
     print(f"bench: {len(paths)} images from {args.source}, {os.cpu_count()} cores")
     figures.update(measure_pipelines(args, input_dir, weights, work))
     main = figures[f"pipeline_{args.input_size}"]
+    warm = figures.get(f"pipeline_{args.input_size}_daemon")
     if "bare" not in args.skip:
-        figures.update(measure_bare(args, paths, weights, work, main))
+        figures.update(measure_bare(args, paths, weights, work, main, warm))
     if "notebook" not in args.skip:
-        figures.update(measure_notebook(input_dir, len(paths), weights, work, main))
+        figures.update(measure_notebook(input_dir, len(paths), weights, work, main, warm))
     if args.pca_rows:
         figures["pca_fit"] = pca_fit_time(args.pca_rows, work)
         print(f"PCA fit on {args.pca_rows} x 1280 features, k=100: {figures['pca_fit']['seconds']} s")
@@ -303,7 +281,7 @@ def register(commands) -> None:
         "--skip",
         action="append",
         default=[],
-        choices=["bare", *(f"bare-{engine}" for engine in BARE_ENGINES), "notebook"],
+        choices=["bare", *(f"bare-{engine}" for engine in BARE_ENGINES), "notebook", "daemon"],
     )
     parser.add_argument(
         "--phone-photos",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 
 import pyarrow.parquet as pq
@@ -109,6 +110,26 @@ def test_a_failed_step_on_the_daemon_says_its_reason_and_the_daemon_serves_on(da
     assert spark_daemon.status()["pid"] == states[-1]["pid"]
 
 
+def test_two_runs_at_once_take_turns_on_one_daemon(daemon_runs, photos, random_weights, tmp_path):
+    """The local DAG runs two tasks at once (a backfill): both runs end, each with its own outputs."""
+    before = spark_daemon.status()
+    reports = {}
+
+    def run(name: str) -> None:
+        params = params_for(photos, tmp_path / name, random_weights)
+        reports[name] = runner.run_local(params, echo=lambda _: None)[0]
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [reports[name]["counts"]["featurised"] for name in ("a", "b")] == [8, 8]
+    assert features_by_name(tmp_path / "a") == features_by_name(tmp_path / "b")
+    after = spark_daemon.status()
+    assert (after["pid"], after["runs"]) == (before["pid"], before["runs"] + 2)
+
+
 def test_a_daemon_serving_other_code_makes_way(daemon_runs):
     pid = spark_daemon.status()["pid"]
     with pytest.raises(spark_daemon.DaemonUnavailable, match="other code"):
@@ -117,8 +138,8 @@ def test_a_daemon_serving_other_code_makes_way(daemon_runs):
     assert spark_daemon.status() is None
 
 
-def test_stop_ends_the_daemon(daemon_runs, photos, random_weights, tmp_path):
-    runner.run_local(params_for(photos, tmp_path / "out", random_weights), echo=lambda _: None)
+def test_stop_ends_the_daemon(daemon_runs):
+    spark_daemon._start()
     pid = spark_daemon.status()["pid"]
     assert spark_daemon.stop()
     assert gone(pid)

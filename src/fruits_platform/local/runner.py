@@ -152,7 +152,7 @@ def daemon_serves(params: RunValues, master: str) -> bool:
 def _on_daemon(params: RunValues, names: list[str], artifacts: Path, lines: _StepLines) -> int | None:
     """The run on the local Spark daemon: its exit status, or None (said in the log and echoed) when no
     daemon could take it."""
-    if spark_daemon.status() is None:
+    if not spark_daemon.running():
         lines.echo(
             f"starting the local Spark daemon: later local runs skip Spark's start-up; it exits after "
             f"{spark_daemon.IDLE_SECONDS // 60} idle minutes (or `fruits daemon stop`)"

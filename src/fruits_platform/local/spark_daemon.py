@@ -140,10 +140,8 @@ def submit(plan: list, code: str, env: dict[str, str], on_line: Callable[[str], 
     every step done). DaemonUnavailable when no daemon can run it."""
     for _ in range(2):
         with _start_lock():
-            if (probe := _connect()) is None:
+            if not running():
                 _start()
-            else:
-                probe.close()
         for line in _request({"code": code, "plan": plan, "env": env}):
             if not line.startswith(EXIT):
                 on_line(line)
@@ -158,10 +156,22 @@ def submit(plan: list, code: str, env: dict[str, str], on_line: Callable[[str], 
     raise DaemonUnavailable("the local Spark daemon kept serving other code")
 
 
+def running() -> bool:
+    """Whether a daemon answers (a busy one too: the kernel queues the connection)."""
+    client = _connect()
+    if client is not None:
+        client.close()
+    return client is not None
+
+
 def status() -> dict | None:
-    for line in _request({"status": True}, timeout=10):
-        if not line.startswith(EXIT):
-            return json.loads(line)
+    """The daemon's pid, code, runs and start; ``{"busy": True}`` when a run keeps it from answering."""
+    try:
+        for line in _request({"status": True}, timeout=10):
+            if not line.startswith(EXIT):
+                return json.loads(line)
+    except TimeoutError:
+        return {"busy": True}
     return None
 
 

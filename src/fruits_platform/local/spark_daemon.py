@@ -12,7 +12,7 @@ printed lines come back as they are printed.
 - It serves only the code it started with: a caller whose steps' content hash differs (an upgrade, an edit)
   is told ``stale``, the daemon exits and the caller starts a new one.
 - It exits after ``IDLE_SECONDS`` without a request, or on ``fruits daemon stop``. Its Spark log is
-  ``daemon.log`` beside the socket.
+  ``daemon.log`` beside the socket (the previous daemon's: ``daemon.log.1``).
 - A client that goes away (Ctrl-C) cancels its run's Spark jobs.
 
 Only this user can connect: the socket's folder is private (0700).
@@ -39,7 +39,7 @@ from pathlib import Path
 
 from fruits_spark.contract import machine_cache
 
-# 15 minutes: a day's runs, a backfill, a demo then a UI run share one; an idle laptop gets its ~1.5 GB back
+# 15 minutes: a day's runs, a backfill, a demo then a UI run share one; an idle laptop gets its ~1.8 GB back
 IDLE_SECONDS = 15 * 60
 # a JVM, a session and the first imports: ~5 s here, far less than this on any machine that can run Spark
 START_SECONDS = 120
@@ -96,7 +96,10 @@ def _start() -> None:
     from fruits_platform.local.runner import spark_env
 
     socket_path().unlink(missing_ok=True)
-    with log_path().open("ab") as log:
+    # one log per daemon, and the one before it (what a crashed daemon said stays until the next start)
+    if log_path().exists():
+        os.replace(log_path(), log_path().with_suffix(".log.1"))
+    with log_path().open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "fruits_platform.local.spark_daemon"],
             stdin=subprocess.DEVNULL,
@@ -109,9 +112,7 @@ def _start() -> None:
     threading.Thread(target=process.wait, daemon=True).start()
     deadline = time.monotonic() + START_SECONDS
     while time.monotonic() < deadline and process.poll() is None:
-        client = _connect()
-        if client is not None:
-            client.close()
+        if running():
             return
         time.sleep(0.1)
     if process.poll() is None:
@@ -224,13 +225,13 @@ def _session():
     return builder.getOrCreate()
 
 
-def _own_code(spark) -> str:
-    """The content hash of the steps this daemon runs; its workers get the same code as a zip, so that an
-    edit of the sources after its start cannot reach them."""
+def _own_code(spark, scratch: Path) -> str:
+    """The content hash of the steps this daemon runs; its workers get the same code as a zip (built in
+    ``scratch``), so that an edit of the sources after its start cannot reach them."""
     from fruits_platform.artifacts import build_artifacts, content_hash
     from fruits_platform.pipeline import PY_FILES_ZIP
 
-    built = build_artifacts(Path(tempfile.mkdtemp(prefix="artifacts-", dir=daemon_dir())))
+    built = build_artifacts(scratch)
     spark.sparkContext.addPyFile(str(built / PY_FILES_ZIP))
     return content_hash(built)
 
@@ -295,11 +296,16 @@ def _serve_one(spark, state: dict, client: socket.socket) -> bool:
 
 
 def serve(idle_seconds: float = IDLE_SECONDS) -> None:
+    """The daemon itself (``python -m fruits_platform.local.spark_daemon``): a session, then requests one
+    at a time until idle, stopped or stale."""
     started = time.time()
     spark = _session()
-    code = _own_code(spark)
     path = socket_path()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+    with (
+        tempfile.TemporaryDirectory(prefix="artifacts-", dir=daemon_dir()) as scratch,
+        socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server,
+    ):
+        code = _own_code(spark, Path(scratch))
         server.bind(str(path))
         bound = path.stat().st_ino
         server.listen(16)
@@ -319,7 +325,6 @@ def serve(idle_seconds: float = IDLE_SECONDS) -> None:
                     except Exception:
                         # one bad request (a client gone mid-sentence) is not the daemon's end
                         traceback.print_exc()
-
         finally:
             # only our own socket: a daemon that replaced this one owns the path now
             with contextlib.suppress(OSError):

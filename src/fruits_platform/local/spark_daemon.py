@@ -66,9 +66,6 @@ def log_path() -> Path:
     return daemon_dir() / "daemon.log"
 
 
-# ---- client side ---------------------------------------------------------------------------------------
-
-
 def _connect(timeout: float | None = None) -> socket.socket | None:
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -181,9 +178,6 @@ def stop() -> bool:
     answered = any(line.startswith(EXIT) for line in _request({"stop": True}))
     _wait_gone()
     return answered
-
-
-# ---- daemon side ---------------------------------------------------------------------------------------
 
 
 class _Lines(io.TextIOBase):

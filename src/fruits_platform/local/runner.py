@@ -48,7 +48,7 @@ LOCAL_SPARK_CONF = {
 }
 # The local driver JVM lives for a run, a minute or less: C2, the optimising JIT compiler, spends more CPU
 # compiling than its code saves before the exit, CPU the Python workers need on a laptop's few cores. C1
-# only: 36 s of CPU instead of 20 s for a run on 200 phone photos, 30 s against 25 s of wall time
+# only: 20 s of CPU instead of 36 s for a run on 200 phone photos, 25 s of wall time instead of 30 s
 # (docs/BENCHMARKS.md). A Java without these flags starts as before (IgnoreUnrecognizedVMOptions).
 LOCAL_DRIVER_JAVA_FLAGS = ("-XX:+IgnoreUnrecognizedVMOptions", "-XX:TieredStopAtLevel=1")
 

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from fruits_platform.artifacts import PROJECT_ROOT
+from fruits_platform.local import spark_daemon
 from fruits_platform.local.airflow_server import airflow_env
 from fruits_platform.pipeline import default_weights
 from fruits_spark.contract import DATASETS
@@ -63,7 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"run succeeded: {report['counts']}")
     print(f"outputs:   {output}/{{{','.join(DATASETS)}}}/dt={report['dt']}/")
     print(f"report:    {layout.report(REPORT_HTML)} (and report.json, report_*.png)")
-    print(f"task logs: {log} (Airflow), {layout.logs()}/pipeline.log (Spark)")
+    print(f"task logs: {log} (Airflow), {layout.logs()}/pipeline.log (the steps)")
+    if spark_daemon.running():
+        print(
+            f"the local Spark daemon that ran the steps stays up for the next runs: it exits after "
+            f"{spark_daemon.IDLE_SECONDS // 60} idle minutes, or on `.venv/bin/fruits daemon stop` "
+            f"(its Spark log: {spark_daemon.log_path()})"
+        )
     return 0
 
 

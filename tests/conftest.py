@@ -72,7 +72,7 @@ def pytest_collection_modifyitems(items):
 def spark():
     from pyspark.sql import SparkSession
 
-    from fruits_platform.local.runner import DRIVER_JAVA_OPTIONS, LOCAL_DRIVER_JAVA_FLAGS
+    from fruits_platform.local.runner import driver_java_conf
 
     session = (
         SparkSession.builder.master("local[2]")
@@ -81,7 +81,7 @@ def spark():
         .config("spark.ui.enabled", "false")
         .config("spark.driver.memory", "2g")
         # the local runs' JIT: a session of short jobs, as theirs
-        .config(DRIVER_JAVA_OPTIONS, " ".join(LOCAL_DRIVER_JAVA_FLAGS))
+        .config(map=driver_java_conf())
         .getOrCreate()
     )
     yield session

@@ -53,6 +53,11 @@ LOCAL_SPARK_CONF = {
 LOCAL_DRIVER_JAVA_FLAGS = ("-XX:+IgnoreUnrecognizedVMOptions", "-XX:TieredStopAtLevel=1")
 
 
+def driver_java_conf(*extra: str) -> dict[str, str]:
+    """The Spark conf of a local driver's JVM flags: ``LOCAL_DRIVER_JAVA_FLAGS``, then ``extra``."""
+    return {DRIVER_JAVA_OPTIONS: " ".join([*LOCAL_DRIVER_JAVA_FLAGS, *extra])}
+
+
 class StepFailed(RuntimeError):
     def __init__(self, step: str, returncode: int, log: Path, reason: str) -> None:
         super().__init__(f"step {step} failed (exit {returncode}): {reason} [log: {log}]")
@@ -152,15 +157,17 @@ def daemon_serves(params: RunValues, master: str) -> bool:
 def _on_daemon(params: RunValues, names: list[str], artifacts: Path, lines: _StepLines) -> int | None:
     """The run on the local Spark daemon: its exit status, or None (said in the log and echoed) when no
     daemon could take it."""
-    if not spark_daemon.running():
+
+    def starting() -> None:
         lines.echo(
             f"starting the local Spark daemon: later local runs skip Spark's start-up; it exits after "
             f"{spark_daemon.IDLE_SECONDS // 60} idle minutes (or `fruits daemon stop`)"
         )
+
     lines.log.write(f"on the local Spark daemon (its Spark log: {spark_daemon.log_path()})\n")
     lines.log.flush()
     try:
-        return spark_daemon.submit(_plan(params, names), artifacts.name, spark_env(), lines)
+        return spark_daemon.submit(_plan(params, names), artifacts.name, spark_env(), lines, starting)
     except spark_daemon.DaemonUnavailable as error:
         lines(f"{names[0]}: {error}; running a spark-submit of its own\n")
         return None
@@ -170,8 +177,7 @@ def _spark_submit(
     params: RunValues, names: list[str], artifacts: Path, master: str, lines: _StepLines
 ) -> int:
     with class_archive() as archive_flags:
-        java_flags = " ".join([*LOCAL_DRIVER_JAVA_FLAGS, *archive_flags])
-        command = local_app_args(params, names, artifacts, master, {DRIVER_JAVA_OPTIONS: java_flags})
+        command = local_app_args(params, names, artifacts, master, driver_java_conf(*archive_flags))
         lines.log.write(" ".join(command) + "\n")
         lines.log.flush()
         process = subprocess.Popen(

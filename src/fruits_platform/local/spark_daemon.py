@@ -132,13 +132,20 @@ def _wait_gone(seconds: float = 30) -> None:
         time.sleep(0.1)
 
 
-def submit(plan: list, code: str, env: dict[str, str], on_line: Callable[[str], None]) -> int:
+def submit(
+    plan: list,
+    code: str,
+    env: dict[str, str],
+    on_line: Callable[[str], None],
+    on_start: Callable[[], None] = lambda: None,
+) -> int:
     """Runs ``plan`` (local_app's ``[[step, args], ...]``) on the daemon serving ``code``, in ``env``,
-    starting one where needed; each printed line goes to ``on_line``; returns the plan's exit status (0:
-    every step done). DaemonUnavailable when no daemon can run it."""
+    starting one where needed (``on_start`` is called first); each printed line goes to ``on_line``;
+    returns the plan's exit status (0: every step done). DaemonUnavailable when no daemon can run it."""
     for _ in range(2):
         with _start_lock():
             if not running():
+                on_start()
                 _start()
         for line in _request({"code": code, "plan": plan, "env": env}):
             if not line.startswith(EXIT):
@@ -205,16 +212,10 @@ class _Lines(io.TextIOBase):
 def _session():
     from pyspark.sql import SparkSession
 
-    from fruits_platform.local.runner import (
-        DRIVER_JAVA_OPTIONS,
-        LOCAL_DRIVER_JAVA_FLAGS,
-        LOCAL_MASTER,
-        LOCAL_SPARK_CONF,
-    )
+    from fruits_platform.local.runner import LOCAL_MASTER, LOCAL_SPARK_CONF, driver_java_conf
 
     builder = SparkSession.builder.master(LOCAL_MASTER).appName("fruits-local-daemon")
-    conf = {**LOCAL_SPARK_CONF, DRIVER_JAVA_OPTIONS: " ".join(LOCAL_DRIVER_JAVA_FLAGS)}
-    for key, value in conf.items():
+    for key, value in {**LOCAL_SPARK_CONF, **driver_java_conf()}.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
 

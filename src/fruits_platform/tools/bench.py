@@ -29,7 +29,13 @@ from fruits_platform.local.runner import (
 from fruits_platform.pipeline import WEIGHTS_HELP, default_weights
 from fruits_platform.tools import phone_photos, quality
 from fruits_platform.tools.bench_bare import BARE_ENGINES, run_bare
-from fruits_platform.tools.bench_pipeline import BENCH_DAY, WorkerMemory, run_pipeline, warm_daemon
+from fruits_platform.tools.bench_pipeline import (
+    BENCH_DAY,
+    WorkerMemory,
+    labelled_runs,
+    run_on_warm_daemon,
+    run_pipeline,
+)
 from fruits_platform.tools.bench_spark import history, pca_fit_time
 from fruits_spark.contract import ENGINES, INPUT_SIZES, PARAMS
 from fruits_spark.images import is_input_image
@@ -153,8 +159,7 @@ def measure_pipelines(args: argparse.Namespace, input_dir: Path, weights: str, w
         figures[f"pipeline_{size}"] = pipeline
         _print_pipeline(f"pipeline ({args.engine}), input {size}, own spark-submit", pipeline)
     if "daemon" not in args.skip:
-        daemon = warm_daemon(weights, args.input_size, work, args.engine)
-        pipeline = _with_rates(run_pipeline(input_dir, weights, args.input_size, work, args.engine, daemon))
+        pipeline = _with_rates(run_on_warm_daemon(input_dir, weights, args.input_size, work, args.engine))
         figures[f"pipeline_{args.input_size}_daemon"] = pipeline
         _print_pipeline(f"pipeline ({args.engine}), input {args.input_size}, on the warm daemon", pipeline)
     if args.sizes:
@@ -167,11 +172,6 @@ def measure_pipelines(args: argparse.Namespace, input_dir: Path, weights: str, w
                 f"mean cosine to the 224 features {measured.get('cosine_to_224', float('nan')):.3f}"
             )
     return figures
-
-
-def _runs(main: dict, warm: dict | None) -> list[tuple[str, str, dict]]:
-    """(key suffix, label, figures) of (b)'s whole runs: on its own spark-submit, on the warm daemon."""
-    return [("", "own spark-submit", main)] + ([("_daemon", "warm daemon", warm)] if warm else [])
 
 
 def measure_bare(
@@ -200,7 +200,7 @@ def measure_bare(
     # the whole pipeline's wall time against one bare TensorFlow process over the same images
     if "bare_tensorflow" in figures:
         tensorflow_seconds = figures["bare_tensorflow"]["seconds_process"]
-        for suffix, label, run in _runs(main, warm):
+        for suffix, label, run in labelled_runs(main, warm):
             ratio = figures[f"ratio_whole_wall_vs_bare_tensorflow{suffix}"] = round(
                 run["whole_seconds"] / tensorflow_seconds, 2
             )
@@ -222,7 +222,7 @@ def measure_notebook(
         f"peak Python worker RSS {notebook['peak_worker_rss_mb']} MB"
     )
     figures = {"notebook": notebook}
-    for suffix, label, run in _runs(main, warm):
+    for suffix, label, run in labelled_runs(main, warm):
         ratio = figures[f"ratio_whole_vs_notebook{suffix}"] = round(
             run["whole_img_per_s"] / notebook["img_per_s"], 2
         )

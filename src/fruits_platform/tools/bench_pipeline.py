@@ -91,3 +91,14 @@ def run_pipeline(
         "model_builds": report["model_builds"],
         "output": str(output),
     }
+
+
+def run_on_warm_daemon(input_dir: Path, weights: str, input_size: int, work: Path, engine: str) -> dict:
+    """(b) on a daemon of the bench's own, warmed by one run (``warm_daemon``)."""
+    daemon = warm_daemon(weights, input_size, work, engine)
+    return run_pipeline(input_dir, weights, input_size, work, engine, daemon)
+
+
+def labelled_runs(own: dict, warm: dict | None) -> list[tuple[str, str, dict]]:
+    """(key suffix, label, figures) of (b)'s runs: on its own spark-submit, then on the warm daemon."""
+    return [("", "own spark-submit", own)] + ([("_daemon", "warm daemon", warm)] if warm else [])

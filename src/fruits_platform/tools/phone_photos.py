@@ -178,21 +178,19 @@ def bench_phone_photos(args: argparse.Namespace, work: Path, weights: str) -> in
         "cpus": os.cpu_count(),
         "load_average_at_start": os.getloadavg(),
     }
-    runs = {"pipeline": bench_pipeline.run_pipeline(input_dir, weights, args.input_size, work, args.engine)}
+    own = bench_pipeline.run_pipeline(input_dir, weights, args.input_size, work, args.engine)
+    warm = None
     if "daemon" not in args.skip:
-        daemon = bench_pipeline.warm_daemon(weights, args.input_size, work, args.engine)
-        runs["pipeline_daemon"] = bench_pipeline.run_pipeline(
-            input_dir, weights, args.input_size, work, args.engine, daemon
-        )
-    for key, pipeline in runs.items():
+        warm = bench_pipeline.run_on_warm_daemon(input_dir, weights, args.input_size, work, args.engine)
+    runs = bench_pipeline.labelled_runs(own, warm)
+    for suffix, label, pipeline in runs:
         in_job = pipeline["step_seconds_in_job"]
         pipeline["ingest_img_per_s"] = round(pipeline["ok"] / in_job["ingest"], 2)
         pipeline["features_img_per_s"] = round(pipeline["ok"] / in_job["features"], 2)
-        figures[key] = pipeline
+        figures[f"pipeline{suffix}"] = pipeline
         print(
-            f"(b) pipeline ({'warm daemon' if key.endswith('daemon') else 'own spark-submit'}): ingest "
-            f"{in_job['ingest']} s ({pipeline['ingest_img_per_s']} photos/s), features "
-            f"{in_job['features']} s in their jobs; whole run-local {pipeline['whole_seconds']} s; "
+            f"(b) pipeline ({label}): ingest {in_job['ingest']} s ({pipeline['ingest_img_per_s']} photos/s), "
+            f"features {in_job['features']} s in their jobs; whole run-local {pipeline['whole_seconds']} s; "
             f"peak Python worker RSS {pipeline['peak_worker_rss_mb']} MB"
         )
     if "bare" not in args.skip:
@@ -204,13 +202,11 @@ def bench_phone_photos(args: argparse.Namespace, work: Path, weights: str) -> in
             f"(a) bare reference (hash, draft decode, orientation, resize, ONNX Runtime): "
             f"{bare['seconds_decode_inference']} s decode+inference, {bare['seconds_process']} s process"
         )
-        for key, pipeline in runs.items():
+        for suffix, label, pipeline in runs:
             in_job = pipeline["step_seconds_in_job"]
-            suffix = key.removeprefix("pipeline")
             ratio = figures[f"ratio_ingest_features_vs_bare{suffix}"] = round(
                 (in_job["ingest"] + in_job["features"]) / bare["seconds_decode_inference"], 2
             )
-            label = "warm daemon" if suffix else "own spark-submit"
             print(f"    ratio (b) ingest + features ({label}) / (a) decode+inference: {ratio}")
     result_file = work / f"bench_phone_{args.images}.json"
     result_file.write_text(json.dumps(figures, indent=2))

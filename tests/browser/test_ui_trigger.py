@@ -4,8 +4,11 @@ Starts `python -m fruits_platform.local.airflow_server` (what `make airflow` run
 with a fresh AIRFLOW_HOME, opens the UI in headless Chromium (Debian's /usr/bin/chromium through
 Playwright), triggers `fruits_features_local` on a copy of 8 sample images, waits for the run page to say
 Success, then checks the outputs on disk and that the run's page reaches its report ("Report" link).
-Then triggers `fruits_features_emr` from its form with `bucket` and `input` left empty: the run takes the
-Variable's bucket and the day of the form's logical date (today), and unpausing starts no second run.
+Then unpauses `fruits_features_emr` and triggers it from its form with `bucket` and `input` left empty:
+the run takes the Variable's bucket and the day of the form's logical date (today), and unpausing started no
+second run. Both DAGs are unpaused with their page's toggle, and the test waits for the API to say so: a
+paused DAG's runs stay queued, and the form's "unpause on trigger" is a request of its own, sent beside the
+trigger's.
 Screenshots go to test-artifacts/browser/, the stack's logs too.
 """
 
@@ -67,6 +70,7 @@ IMAGES_PER_LABEL = 2
 STACK_READY_SECONDS = 600
 DAG_PARSED_SECONDS = 300
 RUN_DONE_SECONDS = 15 * 60
+UNPAUSE_SECONDS = 60
 
 
 def local_dag_task_count() -> int:
@@ -206,16 +210,36 @@ def run_id_of(run_url: str) -> str:
     return urllib.parse.unquote(run_url.split("/runs/")[1].split("/")[0])
 
 
-def wait_for_end(page, run_url: str) -> str:
+def wait_for_end(stack, page, run_url: str) -> str:
     deadline = time.monotonic() + RUN_DONE_SECONDS
+    dag_id = run_url.split("/dags/")[1].split("/")[0]
     state = run_state(page, run_url)
     while state not in ("success", "failed"):
+        # the scheduler never starts a paused DAG's queued run: say so now rather than after the deadline
+        assert state != "queued" or not api(stack, f"/dags/{dag_id}")["is_paused"], (
+            f"{dag_id} is paused: its run stays queued: {run_url}"
+        )
         assert time.monotonic() < deadline, (
             f"the run is still {state!r} after {RUN_DONE_SECONDS} s: {run_url}"
         )
         time.sleep(10)
         state = run_state(page, run_url)
     return state
+
+
+def unpause(stack, page, dag_id: str) -> None:
+    """The DAG page's toggle, until the API says the DAG is unpaused: the toggle shows its new state before
+    the server has stored it, and a request that failed on a busy SQLite would leave the run queued."""
+    deadline = time.monotonic() + UNPAUSE_SECONDS
+    toggle = page.get_by_test_id("toggle-pause")
+    while api(stack, f"/dags/{dag_id}")["is_paused"]:
+        assert time.monotonic() < deadline, f"{dag_id} is still paused after {UNPAUSE_SECONDS} s"
+        page.reload()
+        toggle.wait_for()
+        if toggle.get_attribute("data-state") != "checked":
+            toggle.click()
+        time.sleep(2)
+    sync_api.expect(toggle).to_have_attribute("data-state", "checked")
 
 
 def open_dag(page, url: str) -> None:
@@ -264,10 +288,7 @@ def trigger_and_wait(stack, page, images: Path, weights: Path, output: Path, art
     dag_url = f"{stack.url}/dags/{DAG_ID}"
     open_dag(page, dag_url)
 
-    toggle = page.get_by_test_id("toggle-pause")
-    if toggle.get_attribute("data-state") != "checked":
-        toggle.click()
-    sync_api.expect(toggle).to_have_attribute("data-state", "checked")
+    unpause(stack, page, DAG_ID)
     page.screenshot(path=artifacts / "01-dag-page.png")
 
     page.get_by_test_id("trigger-dag-button").click()
@@ -284,7 +305,7 @@ def trigger_and_wait(stack, page, images: Path, weights: Path, output: Path, art
 
     page.wait_for_url(lambda address: address.startswith(f"{dag_url}/runs/"))
     run_url = page.url
-    state = wait_for_end(page, run_url)
+    state = wait_for_end(stack, page, run_url)
     if state != "success":
         page.screenshot(path=artifacts / "03-run-failed.png")
         pytest.fail(f"the run ended {state}: {run_url} (logs: {artifacts / 'logs'})")
@@ -341,6 +362,7 @@ def test_emr_form_with_empty_bucket_and_input_runs_the_variables_bucket_today(st
     with screenshot_on_failure(page, artifacts / "zz-emr-failure.png"):
         dag_url = f"{stack.url}/dags/{EMR_DAG_ID}"
         open_dag(page, dag_url)
+        unpause(stack, page, EMR_DAG_ID)
         page.get_by_test_id("trigger-dag-button").click()
         form = page.get_by_role("dialog")
         # bucket and input left empty: the form must not refuse them ("This field is required")
@@ -355,7 +377,7 @@ def test_emr_form_with_empty_bucket_and_input_runs_the_variables_bucket_today(st
         page.wait_for_url(lambda address: address.startswith(f"{dag_url}/runs/"))
         run_url = page.url
         run_id = run_id_of(run_url)
-        assert wait_for_end(page, run_url) == "failed"  # at its first AWS call: there is none here
+        assert wait_for_end(stack, page, run_url) == "failed"  # at its first AWS call: there is none here
         page.screenshot(path=artifacts / "07-emr-run.png")
 
     run = api(stack, f"/dags/{EMR_DAG_ID}/dagRuns/{run_id}")
@@ -368,6 +390,6 @@ def test_emr_form_with_empty_bucket_and_input_runs_the_variables_bucket_today(st
     assert settings["bucket"] == EMR_VARIABLES["AIRFLOW_VAR_FRUITS_BUCKET"]
     assert settings["dt"] == logical_day == today()
     assert settings["input_prefix"] == f"uploads/dt={logical_day}/"
-    # "unpause on trigger" unpaused the DAG: no scheduled run for a past day started beside this one
+    # unpausing started no scheduled run for a past day beside this one (run_date.SCHEDULE)
     runs = api(stack, f"/dags/{EMR_DAG_ID}/dagRuns")
     assert [r["dag_run_id"] for r in runs["dag_runs"]] == [run_id]

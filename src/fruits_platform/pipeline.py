@@ -61,10 +61,16 @@ class SparkStep:
     args: tuple[str, ...]
 
 
+def run_values(params: PipelineParams | Mapping) -> dict:
+    """A run's params as a dict. A mapping is a ``PipelineParams.as_dict()`` already validated upstream
+    (the DAGs pass their resolved run through XCom, the EMR DAG with the staged weights' URIs), not validated
+    again."""
+    return params.as_dict() if isinstance(params, PipelineParams) else dict(params)
+
+
 def pipeline_steps(params: PipelineParams | Mapping) -> list[SparkStep]:
-    """The steps' command lines. A mapping is a ``PipelineParams.as_dict()`` already validated upstream
-    (the EMR DAG passes its resolved run through XCom, with the staged weights' URIs), not validated again."""
-    values = params.as_dict() if isinstance(params, PipelineParams) else dict(params)
+    """The steps' command lines (``run_values``)."""
+    values = run_values(params)
     return [SparkStep(name, f"{name}.py", step_args(name, values)) for name in STEP_NAMES]
 
 

@@ -29,6 +29,7 @@ from fruits_platform.pipeline import (
     SparkStep,
     failure_reason,
     pipeline_steps,
+    run_values,
     spark_submit_args,
 )
 from fruits_spark.contract import STEP_NAMES
@@ -93,7 +94,7 @@ RunValues = PipelineParams | Mapping
 
 
 def _layout(params: RunValues) -> Layout:
-    values = params.as_dict() if isinstance(params, PipelineParams) else params
+    values = run_values(params)
     return Layout(values["output"], values["dt"])
 
 
@@ -149,7 +150,7 @@ def _is_local(uri: str) -> bool:
 def daemon_serves(params: RunValues, master: str) -> bool:
     """The daemon is local[*] with this machine's files: another master, or an s3:// URI (read with the
     credentials of the JVM's environment, the daemon's, not the caller's), gets a spark-submit of its own."""
-    values = params.as_dict() if isinstance(params, PipelineParams) else params
+    values = run_values(params)
     uris = [values[name] for name in ("input", "output", "weights", "onnx_model") if values.get(name)]
     return master == LOCAL_MASTER and all(_is_local(str(uri)) for uri in uris)
 

@@ -35,7 +35,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -291,9 +291,8 @@ class Lease:
         return {key: getattr(self, key) for key in keys}
 
     def as_dict(self) -> dict[str, Any]:
-        values = asdict(self)
-        values.pop("_backend")
-        return values
+        # not dataclasses.asdict: it would deep-copy the backend's S3 client
+        return {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "_backend"}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], s3=None) -> Lease:

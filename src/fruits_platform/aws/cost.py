@@ -13,17 +13,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 from fruits_platform.aws.bootstrap import BOOTSTRAP_TIMEOUT_SECONDS
-from fruits_platform.aws.pricing import HOURS_PER_MONTH, instance_prices, spot_alternatives
+from fruits_platform.aws.pricing import HOURS_PER_MONTH, instance_prices, spot_alternatives, vcpus_per_core
 from fruits_platform.aws.refusal import GuardRefused
 from fruits_spark.contract import STEP_NAMES, STEPS
 
 # What each step costs per image and per MB of input is its record's (contract.STEPS, measured on one
-# core of the development machine). An m5 vCPU is half a physical core (hyperthread): a core-second is
-# counted as two vCPU-seconds.
+# core of the development machine). An Intel vCPU (m5, m6i, c5, c6i) is half a physical core (hyperthread):
+# a core-second is counted as two vCPU-seconds; a Graviton vCPU is a core (pricing.vcpus_per_core). Every
+# family's core is counted as one development-machine core: measured on none of them.
 VCPUS_PER_CORE = 2
 THROUGHPUT_SOURCE = (
     "contract.STEPS: core-seconds per image (thumbnails, 2026-11-23) and per MB (2,000 phone photos of "
-    "2.7 MB, 2026-11-30); 2 EMR vCPUs per core"
+    "2.7 MB, 2026-11-30); 2 EMR vCPUs per core on x86, 1 on Graviton"
 )
 # EMR provisioning + bootstrap before the first step runs, expected: 900 s with the bootstrap's pip install
 # from PyPI; installing from the staged wheelhouse saved 152 s and 51 s of it in two rounds on the (loaded)
@@ -88,6 +89,9 @@ class CostEstimate:
     throughput_source: str
     # a range of days on one cluster: each day's step limits, in day order (one entry for a daily run)
     day_step_limits: list[dict[str, int]] = field(default_factory=list)
+    vcpus_per_core: int = VCPUS_PER_CORE
+    # start-up and every step at the measured rates: when the outputs are written (the deadline's measure)
+    finish_hours: float = 0.0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -150,32 +154,37 @@ def executor_vcpus(table: dict, instance_type: str, core_nodes: int) -> int:
     return int(instance_prices(table, instance_type)["vcpus"]) * max(core_nodes, 1)
 
 
-def expected_step_seconds(images: int, image_bytes: int, vcpus: int) -> dict[str, float]:
+def expected_step_seconds(
+    images: int, image_bytes: int, vcpus: int, per_core: int = VCPUS_PER_CORE
+) -> dict[str, float]:
     """Each step's expected compute (seconds, in pipeline order) for ``images`` files of ``image_bytes``
-    in all, on ``vcpus`` executor vCPUs."""
+    in all, on ``vcpus`` executor vCPUs of ``per_core`` vCPUs per physical core."""
     megabytes = image_bytes / 1e6
     return {
-        step.name: VCPUS_PER_CORE
+        step.name: per_core
         * (images * step.core_seconds_per_image + megabytes * step.core_seconds_per_mb)
         / vcpus
         for step in STEPS
     }
 
 
-def expected_compute_seconds(images: int, image_bytes: int, vcpus: int) -> float:
-    return sum(expected_step_seconds(images, image_bytes, vcpus).values())
+def expected_compute_seconds(
+    images: int, image_bytes: int, vcpus: int, per_core: int = VCPUS_PER_CORE
+) -> float:
+    return sum(expected_step_seconds(images, image_bytes, vcpus, per_core).values())
 
 
-def expected_run_seconds(images: int, image_bytes: int, vcpus: int) -> float:
-    return len(STEP_NAMES) * STEP_OVERHEAD_SECONDS + expected_compute_seconds(images, image_bytes, vcpus)
+def expected_run_seconds(images: int, image_bytes: int, vcpus: int, per_core: int = VCPUS_PER_CORE) -> float:
+    compute = expected_compute_seconds(images, image_bytes, vcpus, per_core)
+    return len(STEP_NAMES) * STEP_OVERHEAD_SECONDS + compute
 
 
-def step_limits(images: int, image_bytes: int, vcpus: int) -> dict[str, int]:
+def step_limits(images: int, image_bytes: int, vcpus: int, per_core: int = VCPUS_PER_CORE) -> dict[str, int]:
     """What each step may take (seconds, in pipeline order), enforced on the cluster (`timeout`) and by
     its sensor: its expected compute x the factor, plus its overhead, at least the floor."""
     return {
         name: max(STEP_LIMIT_FLOOR_SECONDS, math.ceil(STEP_OVERHEAD_SECONDS + STEP_LIMIT_FACTOR * seconds))
-        for name, seconds in expected_step_seconds(images, image_bytes, vcpus).items()
+        for name, seconds in expected_step_seconds(images, image_bytes, vcpus, per_core).items()
     }
 
 
@@ -208,14 +217,26 @@ def days_of(images: int | Sequence[int], image_bytes: int | Sequence[int]) -> li
     return list(zip(images, image_bytes, strict=True))  # type: ignore[arg-type]
 
 
-def expected_cluster_hours(per_day: list[tuple[int, int]], vcpus: int) -> float:
+def expected_finish_seconds(
+    per_day: list[tuple[int, int]], vcpus: int, per_core: int = VCPUS_PER_CORE
+) -> float:
+    """Start-up and each day's steps at the measured rates: when the last day's outputs are written."""
+    return CLUSTER_STARTUP_SECONDS + sum(
+        expected_run_seconds(count, size, vcpus, per_core) for count, size in per_day
+    )
+
+
+def expected_cluster_hours(
+    per_day: list[tuple[int, int]], vcpus: int, per_core: int = VCPUS_PER_CORE
+) -> float:
     """Start-up, each day's steps at the measured rates, termination: the hours a run is expected to bill."""
-    expected_run = sum(expected_run_seconds(count, size, vcpus) for count, size in per_day)
-    return (CLUSTER_STARTUP_SECONDS + expected_run + TERMINATION_SECONDS) / 3600
+    return (expected_finish_seconds(per_day, vcpus, per_core) + TERMINATION_SECONDS) / 3600
 
 
-def expected_images_per_second(per_day: list[tuple[int, int]], vcpus: int) -> float:
-    compute_seconds = sum(expected_compute_seconds(count, size, vcpus) for count, size in per_day)
+def expected_images_per_second(
+    per_day: list[tuple[int, int]], vcpus: int, per_core: int = VCPUS_PER_CORE
+) -> float:
+    compute_seconds = sum(expected_compute_seconds(count, size, vcpus, per_core) for count, size in per_day)
     return round(sum(count for count, _ in per_day) / max(compute_seconds, 1e-9), 1)
 
 
@@ -240,16 +261,17 @@ def estimate_worst_case(
     may leave vCPUs without a Python worker when memory is short); default: every executor vCPU.
     ``public_ipv4``: nodes with public addresses (the private subnet the guard requires has none)."""
     vcpus = executor_cores or executor_vcpus(table, instance_type, core_nodes)
+    per_core = vcpus_per_core(table, instance_type)
     instances = 1 + core_nodes
     per_day = days_of(images, image_bytes)
-    day_limits = [step_limits(count, size, vcpus) for count, size in per_day]
+    day_limits = [step_limits(count, size, vcpus, per_core) for count, size in per_day]
     startup, run, idle = bound_hours(day_limits, idle_timeout_seconds)
     hours = startup + run + idle
     instance_rate = cluster_hourly_cap_eur(table, instance_type, core_nodes, use_spot)
     ebs_rate = ebs_hourly_eur(table, ebs_gib_per_instance, instances)
     ipv4_rate = ipv4_hourly_eur(table, instances) if public_ipv4 else 0.0
     hourly = instance_rate + ebs_rate + ipv4_rate
-    expected_hours = expected_cluster_hours(per_day, vcpus)
+    expected_hours = expected_cluster_hours(per_day, vcpus, per_core)
     expected_hourly = cluster_hourly_eur(table, instance_type, core_nodes, use_spot) + ebs_rate + ipv4_rate
     return CostEstimate(
         instance_type=instance_type,
@@ -258,7 +280,7 @@ def estimate_worst_case(
         images=sum(count for count, _ in per_day),
         image_bytes=sum(size for _, size in per_day),
         executor_vcpus=vcpus,
-        images_per_second=expected_images_per_second(per_day, vcpus),
+        images_per_second=expected_images_per_second(per_day, vcpus, per_core),
         startup_hours=round(startup, 4),
         run_hours=round(run, 4),
         idle_hours=round(idle, 4),
@@ -278,6 +300,8 @@ def estimate_worst_case(
         prices_as_of=str(table.get("as_of")),
         throughput_source=THROUGHPUT_SOURCE,
         day_step_limits=day_limits,
+        vcpus_per_core=per_core,
+        finish_hours=round(expected_finish_seconds(per_day, vcpus, per_core) / 3600, 4),
     )
 
 

@@ -118,6 +118,7 @@ def summarize_run(
     # priced at the expected rate (typical Spot price): the bound's caps would overstate a Spot run
     hours, cost = actual_cost_eur(estimate["expected_hourly_eur"], timeline["CreationDateTime"], ended)
     succeeded, failure = run_outcome(states, watchers(), failures)
+    choice = estimate.get("cluster_choice")
     return {
         "dt": run.dt,
         "input": run.input_uri,
@@ -137,7 +138,26 @@ def summarize_run(
             "estimated_worst_case_eur": estimate["worst_case_eur"],
             "budget_eur": estimate["budget_eur"],
             "prices_as_of": estimate["prices_as_of"],
+            # what check_budget chose and why (one line each: the report's cost table shows them)
+            **(choice_fields(choice) if choice else {}),
         },
+        # the whole comparison (cost.json and the XCom): every kind's best shape with its cost
+        "cluster_choice": choice,
+    }
+
+
+def choice_fields(choice: Mapping) -> dict[str, str]:
+    """The cluster choice (``shapes.Choice.as_dict``) as the report's one-line fields."""
+    alternatives = "; ".join(
+        f"{option['label']}: {option['expected_eur']:.2f} EUR, outputs in {option['finish_hours']:.2f} h"
+        + ("" if option["meets_deadline"] else ", after the deadline")
+        for option in choice["alternatives"]
+    )
+    return {
+        "cluster": choice["label"],
+        "cluster_expected_eur": f"{choice['expected_eur']:.2f}",
+        "cluster_chosen_because": choice["reason"],
+        "cluster_alternatives": alternatives or "none",
     }
 
 
@@ -168,8 +188,9 @@ def publish(s3, run: RunSettings, summary: dict) -> None:
 def outcome_line(summary: dict, estimate: dict) -> str:
     cost = summary["cost"]
     outcome = "steps succeeded" if summary["succeeded"] else "FAILED: " + summary["failure"]["message"]
+    chosen = f" ({cost['cluster']}: {cost['cluster_chosen_because']})" if "cluster" in cost else ""
     return (
-        f"run summary: {outcome}; cluster {summary['cluster_id']} {summary['cluster_state']} after "
+        f"run summary: {outcome}; cluster {summary['cluster_id']}{chosen} {summary['cluster_state']} after "
         f"{cost['cluster_hours']:.2f} h, ~{cost['estimated_cost_eur']:.2f} EUR (bound "
         f"{estimate['worst_case_eur']:.2f}, budget {estimate['budget_eur']:g}), "
         f"NormalizedInstanceHours {cost['normalized_instance_hours']}"

@@ -1,6 +1,8 @@
-"""Hourly prices of the EMR instance types the DAG offers, for the cost guard and the run's cost report.
+"""Hourly prices of the EMR instance types the cost guard compares (general-purpose m*, compute-optimised c*;
+x86 and Graviton), for the guard, the cluster choice (``aws.shapes``) and the run's cost report.
 
-Source: AWS public list prices for region eu-west-3 (Paris), Linux, in USD per instance-hour:
+Source: AWS public list prices for region eu-west-3 (Paris), Linux, in USD per instance-hour (each row's
+``source`` says whether its figures were read from the list or derived from us-east-1's):
   - EC2 On-Demand: https://aws.amazon.com/ec2/pricing/on-demand/
   - Amazon EMR fee (added on top of EC2): https://aws.amazon.com/emr/pricing/
   - Spot: no list price; the figure below is a typical Spot price (about 40 % of On-Demand, see
@@ -19,6 +21,10 @@ import copy
 import json
 from typing import Any
 
+from fruits_platform.aws import bootstrap
+from fruits_platform.aws.refusal import GuardRefused
+from fruits_spark.contract import engine_record
+
 PRICES_REGION = "eu-west-3"
 PRICES_AS_OF = "2025-06"
 PRICES_SOURCE = "AWS list prices eu-west-3 (EC2 On-Demand Linux + Amazon EMR fee), USD per instance-hour"
@@ -33,6 +39,69 @@ EBS_GP3_USD_PER_GB_MONTH = 0.0928
 PUBLIC_IPV4_USD_PER_HOUR = 0.005
 HOURS_PER_MONTH = 730  # AWS bills GB-months over 730 hours
 
+# Paris / N. Virginia price ratio of the listed m5.xlarge (0.224 / 0.192 USD/h): applied to the us-east-1 list
+# price of the types below whose eu-west-3 price was not read from the price list
+PARIS_RATIO = 0.224 / 0.192
+# the table's typical Spot price as a share of On-Demand (m5.xlarge 0.090 / 0.224): what the expectation uses
+TYPICAL_SPOT_SHARE = 0.40
+# physical cores per vCPU: Intel vCPUs (m5, m6i, c5, c6i) are hyperthreads, two per core; a Graviton vCPU is a
+# core (EC2 User Guide, "CPU options": default threads per core)
+THREADS_PER_CORE = {"x86_64": 2, "arm64": 1}
+# memory per vCPU (GiB): general-purpose (m) 4, compute-optimised (c) 2 (EC2 instance type specifications)
+GIB_PER_VCPU = {"m": 4, "c": 2}
+SIZES = {"xlarge": 4, "2xlarge": 8, "4xlarge": 16}
+LISTED = f"eu-west-3 list price ({PRICES_AS_OF}); EMR fee: us-east-1's"
+
+
+def _row(instance_type: str, on_demand: float, spot: float, emr: float, source: str) -> dict[str, Any]:
+    """One type's prices (USD per instance-hour) and shape: vCPUs, memory, and where the prices come from."""
+    vcpus = SIZES[instance_type.split(".", 1)[1]]
+    return {
+        "vcpus": vcpus,
+        "memory_gib": vcpus * GIB_PER_VCPU[instance_type[0]],
+        "ec2_on_demand_usd": on_demand,
+        "ec2_spot_usd": spot,
+        "emr_usd": emr,
+        "source": source,
+    }
+
+
+def _derived(instance_type: str, us_east_1_usd: float, emr_usd: float) -> dict[str, Any]:
+    """A type priced from its us-east-1 list price x PARIS_RATIO: NOT read from the eu-west-3 price list (no
+    network access where it was written). TO RE-CHECK with `aws pricing get-products`, or override it with
+    the Variable fruits_price_table."""
+    on_demand = round(us_east_1_usd * PARIS_RATIO, 3)
+    source = (
+        f"derived: us-east-1 list {us_east_1_usd} USD/h x {PARIS_RATIO:.3f} (Paris/N. Virginia, m5.xlarge); "
+        f"EMR fee: us-east-1's; Spot: {TYPICAL_SPOT_SHARE:.0%} of On-Demand; to re-check"
+    )
+    return _row(instance_type, on_demand, round(TYPICAL_SPOT_SHARE * on_demand, 3), emr_usd, source)
+
+
+# us-east-1 list prices (EC2 On-Demand Linux, EMR fee) of the types whose eu-west-3 price is derived
+_US_EAST_1: dict[str, tuple[float, float]] = {
+    # Graviton2 and Graviton3, general-purpose
+    "m6g.xlarge": (0.154, 0.039),
+    "m6g.2xlarge": (0.308, 0.077),
+    "m6g.4xlarge": (0.616, 0.154),
+    "m7g.xlarge": (0.1632, 0.041),
+    "m7g.2xlarge": (0.3264, 0.082),
+    "m7g.4xlarge": (0.6528, 0.163),
+    # compute-optimised: x86 (Intel) and Graviton
+    "c5.xlarge": (0.17, 0.043),
+    "c5.2xlarge": (0.34, 0.085),
+    "c5.4xlarge": (0.68, 0.17),
+    "c6i.xlarge": (0.17, 0.043),
+    "c6i.2xlarge": (0.34, 0.085),
+    "c6i.4xlarge": (0.68, 0.17),
+    "c6g.xlarge": (0.136, 0.034),
+    "c6g.2xlarge": (0.272, 0.068),
+    "c6g.4xlarge": (0.544, 0.136),
+    "c7g.xlarge": (0.145, 0.036),
+    "c7g.2xlarge": (0.289, 0.072),
+    "c7g.4xlarge": (0.578, 0.145),
+}
+
 PRICE_TABLE: dict[str, Any] = {
     "region": PRICES_REGION,
     "as_of": PRICES_AS_OF,
@@ -41,50 +110,63 @@ PRICE_TABLE: dict[str, Any] = {
     "ebs_gp3_usd_per_gb_month": EBS_GP3_USD_PER_GB_MONTH,
     "public_ipv4_usd_per_hour": PUBLIC_IPV4_USD_PER_HOUR,
     "instances": {
-        # vcpus: what the throughput estimate multiplies; arch: what the bootstrap's wheels must exist for
-        "m5.xlarge": {"vcpus": 4, "ec2_on_demand_usd": 0.224, "ec2_spot_usd": 0.090, "emr_usd": 0.048},
-        "m5.2xlarge": {"vcpus": 8, "ec2_on_demand_usd": 0.448, "ec2_spot_usd": 0.180, "emr_usd": 0.096},
-        "m5.4xlarge": {"vcpus": 16, "ec2_on_demand_usd": 0.896, "ec2_spot_usd": 0.360, "emr_usd": 0.192},
-        "m6i.xlarge": {"vcpus": 4, "ec2_on_demand_usd": 0.224, "ec2_spot_usd": 0.090, "emr_usd": 0.048},
-        "m6i.2xlarge": {"vcpus": 8, "ec2_on_demand_usd": 0.448, "ec2_spot_usd": 0.180, "emr_usd": 0.096},
-        "m6i.4xlarge": {"vcpus": 16, "ec2_on_demand_usd": 0.896, "ec2_spot_usd": 0.360, "emr_usd": 0.192},
-        # Graviton (arm64). NOT verified online (no access to the price list from here): eu-west-3 figures
-        # derived from the us-east-1 list prices (m6g.xlarge 0.154, m7g.xlarge 0.1632 USD/h) x 1.167, the
-        # Paris / N. Virginia ratio of m5.xlarge (0.224 / 0.192); EMR fees are the us-east-1 ones, as for m5
-        # above. TO RE-CHECK with `aws pricing get-products` before relying on them (or override them with
-        # the Variable fruits_price_table).
-        "m6g.xlarge": {"vcpus": 4, "ec2_on_demand_usd": 0.180, "ec2_spot_usd": 0.072, "emr_usd": 0.039},
-        "m6g.2xlarge": {"vcpus": 8, "ec2_on_demand_usd": 0.359, "ec2_spot_usd": 0.144, "emr_usd": 0.077},
-        "m6g.4xlarge": {"vcpus": 16, "ec2_on_demand_usd": 0.719, "ec2_spot_usd": 0.288, "emr_usd": 0.154},
-        "m7g.xlarge": {"vcpus": 4, "ec2_on_demand_usd": 0.190, "ec2_spot_usd": 0.076, "emr_usd": 0.041},
-        "m7g.2xlarge": {"vcpus": 8, "ec2_on_demand_usd": 0.381, "ec2_spot_usd": 0.152, "emr_usd": 0.082},
-        "m7g.4xlarge": {"vcpus": 16, "ec2_on_demand_usd": 0.762, "ec2_spot_usd": 0.305, "emr_usd": 0.163},
+        # vcpus: what the throughput estimate multiplies; architecture (from the name) what the bootstrap's
+        # wheels must exist for; Spot: a typical figure (40 % of On-Demand), not a quote
+        "m5.xlarge": _row("m5.xlarge", 0.224, 0.090, 0.048, LISTED),
+        "m5.2xlarge": _row("m5.2xlarge", 0.448, 0.180, 0.096, LISTED),
+        "m5.4xlarge": _row("m5.4xlarge", 0.896, 0.360, 0.192, LISTED),
+        "m6i.xlarge": _row("m6i.xlarge", 0.224, 0.090, 0.048, LISTED),
+        "m6i.2xlarge": _row("m6i.2xlarge", 0.448, 0.180, 0.096, LISTED),
+        "m6i.4xlarge": _row("m6i.4xlarge", 0.896, 0.360, 0.192, LISTED),
+        **{name: _derived(name, *prices) for name, prices in _US_EAST_1.items()},
     },
 }
-GRAVITON_FAMILIES = ("m6g", "m7g")
-# Graviton types are offered only once every pin of bootstrap/requirements-emr.txt has a manylinux aarch64
-# wheel for Python 3.11 (the bootstrap installs with --only-binary). Checked 2026-11-23 with
-#   pip download --platform manylinux2014_aarch64 --only-binary=:all: --python-version 3.11 --no-deps \
-#     -r bootstrap/requirements-emr.txt
-# tensorflow-cpu==2.21.0 has no aarch64 wheel (TensorFlow ships arm64 Linux wheels as `tensorflow`, not
-# `tensorflow-cpu`); see docs/AWS.md for the ONNX Runtime pins. Flip this once the check passes.
-GRAVITON_WHEELS_CHECKED = False
+# The bootstrap installs with --only-binary: a node architecture can run an engine only if every pin of the
+# engine's requirements file has a manylinux wheel for it (Python 3.11). aarch64, checked:
+#   requirements-emr.txt (onnx): 2026-11-23 `pip download --platform manylinux2014_aarch64 ...` fetched all 19
+#     pins; 2026-11-29 bootstrap.build_wheelhouse(requirements-emr.txt, "aarch64") too (docs/AWS.md, Graviton)
+#   requirements-emr-tensorflow.txt: tensorflow-cpu==2.21.0 has no aarch64 wheel (TensorFlow ships arm64 Linux
+#     wheels as `tensorflow`): Graviton stays refused for engine=tensorflow
+AARCH64_REQUIREMENTS_CHECKED = ("requirements-emr.txt",)
 
 
 def architecture(instance_type: str) -> str:
-    return "arm64" if instance_type.split(".", 1)[0] in GRAVITON_FAMILIES else "x86_64"
+    return "arm64" if bootstrap.architecture(instance_type) == "aarch64" else "x86_64"
 
 
-# what the DAG's instance_type param offers
-INSTANCE_TYPES: tuple[str, ...] = tuple(
-    name for name in PRICE_TABLE["instances"] if architecture(name) == "x86_64" or GRAVITON_WHEELS_CHECKED
-)
+def engine_architectures(engine: str) -> tuple[str, ...]:
+    """The node architectures the engine's bootstrap requirements have every wheel for."""
+    requirements = engine_record(engine).requirements
+    return ("x86_64", "arm64") if requirements in AARCH64_REQUIREMENTS_CHECKED else ("x86_64",)
+
+
+def check_engine_architecture(instance_type: str, engine: str) -> None:
+    """GuardRefused when the run's nodes could not install the engine's runtime (Graviton for tensorflow)."""
+    arch = architecture(instance_type)
+    if arch not in engine_architectures(engine):
+        raise GuardRefused(
+            f"instance_type {instance_type} is {arch} (Graviton): engine {engine}'s runtime "
+            f"({engine_record(engine).requirements}) has no {arch} wheel for every pin; pin an x86_64 "
+            "type or leave instance_type at auto"
+        )
+
+
+def vcpus_per_core(table: dict[str, Any], instance_type: str) -> int:
+    """vCPUs per physical core of the type: a row's own figure, else its architecture's."""
+    row = instance_prices(table, instance_type)
+    return int(row.get("vcpus_per_core", THREADS_PER_CORE[architecture(instance_type)]))
+
+
+# what the DAG's instance_type param offers (besides auto): every priced type; engine_architectures decides
+# which of them a run may use
+INSTANCE_TYPES: tuple[str, ...] = tuple(PRICE_TABLE["instances"])
 
 
 def spot_alternatives(table: dict[str, Any], instance_type: str) -> tuple[str, ...]:
     """The instance types a Spot core fleet may use for ``instance_type``: it first, then the offered types
-    of the same architecture, size and vCPUs (same executor sizing, same bootstrap wheels). Several types
-    let price-capacity-optimized find Spot capacity where a single type would wait or be reclaimed."""
+    of the same architecture, size, vCPUs, memory and cores (same executor sizing, same bootstrap wheels, same
+    expected pace). Several types let price-capacity-optimized find Spot capacity where a single type would
+    wait or be reclaimed."""
     wanted = table["instances"][instance_type]
     size = instance_type.split(".", 1)[-1]
     others = [
@@ -93,8 +175,11 @@ def spot_alternatives(table: dict[str, Any], instance_type: str) -> tuple[str, .
         if name != instance_type
         and name in table["instances"]
         and name.split(".", 1)[-1] == size
+        and name[0] == instance_type[0]
         and architecture(name) == architecture(instance_type)
         and table["instances"][name]["vcpus"] == wanted["vcpus"]
+        and table["instances"][name].get("memory_gib") == wanted.get("memory_gib")
+        and vcpus_per_core(table, name) == vcpus_per_core(table, instance_type)
     ]
     return (instance_type, *others)
 

@@ -11,11 +11,15 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from fruits_spark.contract import ENGINES
+from fruits_spark.contract import engine_record
 
 # Peak RSS of one Python worker running the features UDF, per inference engine, in MB: each engine's record
 # (contract.ENGINES, measured by `fruits bench`). The sizing follows whatever these say.
-PYTHON_WORKER_PEAK_MB: dict[str, int] = {engine.name: engine.worker_peak_mb for engine in ENGINES}
+
+
+def python_worker_peak_mb(engine: str) -> int:
+    """The engine record's measured peak of one Python worker (a registered engine's too)."""
+    return engine_record(engine).worker_peak_mb
 # margin over the measured peak: batch sizes and image sizes vary, glibc arenas fragment
 PYTHON_MEMORY_HEADROOM = 1.25
 # the executor JVM only moves Arrow batches of image bytes between Parquet and the Python workers
@@ -23,10 +27,17 @@ EXECUTOR_JVM_MB = 2048
 # Spark's own overhead rule for the JVM (off-heap, thread stacks): max(384 MB, 10 % of the heap)
 JVM_OVERHEAD_MIN_MB = 384
 JVM_OVERHEAD_FACTOR = 0.10
-# YARN memory per node (yarn.nodemanager.resource.memory-mb) that EMR 7 sets by instance size, same for the
-# m5/m6i/m6g/m7g families: Amazon EMR Management Guide, "Task configuration" defaults (to re-check for a
-# new family)
-YARN_MEMORY_MB: dict[str, int] = {"xlarge": 12288, "2xlarge": 24576, "4xlarge": 57344}
+# YARN memory per node (yarn.nodemanager.resource.memory-mb) that EMR 7 sets by instance size: Amazon EMR
+# Management Guide, "Task configuration" defaults, the same within a family class: general-purpose
+# (m5/m6i/m6g/m7g, 4 GiB a vCPU) and compute-optimised (c5/c6i/c6g/c7g, 2 GiB a vCPU; to re-check)
+YARN_MEMORY_MB: dict[str, dict[str, int]] = {
+    "m": {"xlarge": 12288, "2xlarge": 24576, "4xlarge": 57344},
+    "c": {"xlarge": 6144, "2xlarge": 12288, "4xlarge": 24576},
+}
+# A single-node cluster runs the step's driver (client mode: its JVM and its Python) beside the executors,
+# outside YARN: the executors' container leaves it this much of the node's YARN memory (EMR's default driver
+# heap of 2 GiB, its overhead and the driver's Python process)
+SINGLE_NODE_DRIVER_MB = 3072
 # partitions per executor core: a few tasks per core keep every core busy when tasks differ in length
 PARTITIONS_PER_CORE = 2
 
@@ -80,35 +91,35 @@ class ExecutorSizing:
 def yarn_memory_mb(instance_type: str) -> int:
     size = instance_type.split(".", 1)[-1]
     try:
-        return YARN_MEMORY_MB[size]
+        return YARN_MEMORY_MB[instance_type[:1]][size]
     except KeyError:
-        raise SizingError(
-            f"no YARN memory figure for {instance_type} (sizes: {sorted(YARN_MEMORY_MB)})"
-        ) from None
+        known = [f"{family}*.{size}" for family, sizes in YARN_MEMORY_MB.items() for size in sizes]
+        raise SizingError(f"no YARN memory figure for {instance_type} (known: {', '.join(known)})") from None
 
 
 def size_executors(instance_type: str, vcpus: int, core_nodes: int, engine: str) -> ExecutorSizing:
     """One executor shape per node: as many Python workers as vCPUs, fewer if their memory does not fit."""
     try:
-        worker_mb = PYTHON_WORKER_PEAK_MB[engine]
-    except KeyError:
-        raise SizingError(
-            f"no Python worker peak for engine {engine!r} ({sorted(PYTHON_WORKER_PEAK_MB)})"
-        ) from None
+        worker_mb = python_worker_peak_mb(engine)
+    except ValueError as error:
+        raise SizingError(f"no Python worker peak: {error}") from None
     yarn_mb = yarn_memory_mb(instance_type)
+    # the executors' share of it: all of a core node's; a single node's less what its driver needs
+    usable_mb = yarn_mb - (SINGLE_NODE_DRIVER_MB if core_nodes == 0 else 0)
     jvm_overhead = max(JVM_OVERHEAD_MIN_MB, math.ceil(JVM_OVERHEAD_FACTOR * EXECUTOR_JVM_MB))
     for cores in range(vcpus, 0, -1):
         python_mb = math.ceil(cores * worker_mb * PYTHON_MEMORY_HEADROOM)
         container = EXECUTOR_JVM_MB + jvm_overhead + python_mb
-        if container <= yarn_mb:
+        if container <= usable_mb:
             break
     else:
         raise SizingError(
             f"{instance_type}: one {engine} Python worker ({worker_mb} MB x {PYTHON_MEMORY_HEADROOM}) "
-            f"plus the executor JVM does not fit in the node's {yarn_mb} MB of YARN memory"
+            f"plus the executor JVM does not fit in the node's {usable_mb} MB of YARN memory"
+            + (" left by the driver of a single-node cluster" if core_nodes == 0 else "")
         )
     # YARN's default resource calculator counts memory only: never more task slots than vCPUs per node
-    per_node = max(1, min(yarn_mb // container, vcpus // cores))
+    per_node = max(1, min(usable_mb // container, vcpus // cores))
     return ExecutorSizing(
         engine=engine,
         instance_type=instance_type,

@@ -182,7 +182,7 @@ def test_seven_days_run_on_one_cluster_and_a_failed_day_loses_no_other(backfill_
     assert not [event for event in asset_events("fruits_features") if event[2] == dagrun.run_id]
     summary = json.loads(
         s3.get_object(
-            Bucket=BUCKET, Key=f"features/reports/range={RANGE_DAYS[0]}_{RANGE_DAYS[-1]}/summary.json"
+            Bucket=BUCKET, Key=f"outputs/reports/range={RANGE_DAYS[0]}_{RANGE_DAYS[-1]}/summary.json"
         )["Body"].read()
     )
     failed = {day: o for day, o in summary["days"].items() if o["state"] != "COMPLETED"}
@@ -241,13 +241,13 @@ def test_a_range_on_one_cluster_writes_every_day_and_reuses_across_days(
         return json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
 
     for day, dataset in itertools.product(RUN_DAYS, ("features", "pca")):
-        written = keys(s3, f"features/{dataset}/dt={day}/")
+        written = keys(s3, f"outputs/{dataset}/dt={day}/")
         assert any(key.endswith(".parquet") for key in written), (day, dataset)
 
     def reuse(day: str) -> tuple:
-        report = s3_json(f"features/reports/dt={day}/report.json")
+        report = s3_json(f"outputs/reports/dt={day}/report.json")
         counts = report["counts"]
-        inferred = s3_json(f"features/_stats/dt={day}/features.json")["rows_inferred"]
+        inferred = s3_json(f"outputs/_stats/dt={day}/features.json")["rows_inferred"]
         return counts["ok"], counts["featurised"], counts["reused"], report["reused_from"], inferred
 
     # day one computes both photos; each later day computes its new photo and reuses the day before's
@@ -258,8 +258,8 @@ def test_a_range_on_one_cluster_writes_every_day_and_reuses_across_days(
     for alias, dataset in (("fruits_features", "features"), ("fruits_pca", "pca")):
         events = [(uri, extra) for uri, extra, run_id in asset_events(alias) if run_id == dagrun.run_id]
         assert [(uri, extra["dt"], extra["rows"]) for uri, extra in events] == [
-            (f"s3://{BUCKET}/features/{dataset}", day, 2) for day in RUN_DAYS
+            (f"s3://{BUCKET}/outputs/{dataset}", day, 2) for day in RUN_DAYS
         ]
         assert [extra["partition"] for _, extra in events] == [
-            f"s3://{BUCKET}/features/{dataset}/dt={day}" for day in RUN_DAYS
+            f"s3://{BUCKET}/outputs/{dataset}/dt={day}" for day in RUN_DAYS
         ]

@@ -200,8 +200,8 @@ def test_success_runs_three_steps_and_terminates(emr_dag, aws, uploaded, submitt
     assert [run.name for run in submitting_runner.runs] == ["ingest", "features", "pca"]
     assert all(run.returncode == 0 for run in submitting_runner.runs)
     for dataset in ("images", "features", "pca", "pca_csv"):
-        assert keys(aws, f"features/{dataset}/dt={UPLOAD_DAY}/"), dataset
-    report = json.loads(aws.get_object(Bucket=BUCKET, Key="features/report.json")["Body"].read())
+        assert keys(aws, f"outputs/{dataset}/dt={UPLOAD_DAY}/"), dataset
+    report = json.loads(aws.get_object(Bucket=BUCKET, Key="outputs/report.json")["Body"].read())
     assert report["dt"] == UPLOAD_DAY
     assert report["counts"]["ok"] == uploaded
     # code and weights staged encrypted, under the content hash; the steps read them from there
@@ -240,21 +240,21 @@ def test_success_runs_three_steps_and_terminates(emr_dag, aws, uploaded, submitt
     assert summary["cost"]["budget_eur"] == 10
     assert summary["counts"]["ok"] == uploaded
     cost = json.loads(
-        aws.get_object(Bucket=BUCKET, Key=f"features/reports/dt={UPLOAD_DAY}/cost.json")["Body"].read()
+        aws.get_object(Bucket=BUCKET, Key=f"outputs/reports/dt={UPLOAD_DAY}/cost.json")["Body"].read()
     )
     assert cost["cost"] == summary["cost"]
-    for folder in ("features/", f"features/reports/dt={UPLOAD_DAY}/"):
+    for folder in ("outputs/", f"outputs/reports/dt={UPLOAD_DAY}/"):
         report = json.loads(aws.get_object(Bucket=BUCKET, Key=folder + "report.json")["Body"].read())
         assert report["cost"] == summary["cost"]
         html = aws.get_object(Bucket=BUCKET, Key=folder + "report.html")["Body"].read().decode()
         # the cost as a table, not raw JSON
         assert f"<tr><th>estimated_cost_eur</th><td>{summary['cost']['estimated_cost_eur']}</td></tr>" in html
     # the day's asset events at the real location, with what a consumer needs; the report one click away
-    report = json.loads(aws.get_object(Bucket=BUCKET, Key="features/report.json")["Body"].read())
+    report = json.loads(aws.get_object(Bucket=BUCKET, Key="outputs/report.json")["Body"].read())
     for alias, dataset in (("fruits_features", "features"), ("fruits_pca", "pca")):
         events = [event for event in asset_events(alias) if event[2] == dagrun.run_id]
         assert [(uri, extra["dt"], extra["rows"]) for uri, extra, _ in events] == [
-            (f"s3://{BUCKET}/features/{dataset}", UPLOAD_DAY, uploaded)
+            (f"s3://{BUCKET}/outputs/{dataset}", UPLOAD_DAY, uploaded)
         ]
         # the model the pca rows carry: the kept version, or provisional for a day too small to keep one
         extra = events[0][1]
@@ -264,7 +264,7 @@ def test_success_runs_three_steps_and_terminates(emr_dag, aws, uploaded, submitt
         )
     assert xcom(dagrun, "report_cost", key="report_url") == (
         f"https://{REGION}.console.aws.amazon.com/s3/object/{BUCKET}?region={REGION}&bucketType=general"
-        f"&prefix=features/reports/dt%3D{UPLOAD_DAY}/report.html"
+        f"&prefix=outputs/reports/dt%3D{UPLOAD_DAY}/report.html"
     )
 
 
@@ -328,7 +328,7 @@ def test_weights_the_onnx_export_refuses_stop_the_run_before_any_cluster(
         ({"region": "us-east-1"}, "check_gdpr", "GDPR: region us-east-1 is not in the EU allow-list", 10),
         ({"budget_eur": 0.1}, "check_budget", "exceeds budget_eur 0.1", 11),
         ({"bucket": ""}, "resolve_run", "param bucket is required", 12),
-        # the node role writes under the stack's OutputPrefix (features/) only
+        # the node role writes under the stack's OutputPrefix (outputs/) only
         (
             {"output": "exports/"},
             "resolve_run",
@@ -766,8 +766,8 @@ def test_a_cluster_left_running_fails_the_run(emr_dag, aws, uploaded, random_wei
 def previous_run_reports(s3) -> dict[str, bytes]:
     """report.json files an earlier run left: the latest-run copy (another date) and this date's copy."""
     reports = {
-        "features/report.json": {"dt": "2026-11-04", "counts": {"ok": 7}},
-        f"features/reports/dt={UPLOAD_DAY}/report.json": {"dt": UPLOAD_DAY, "counts": {"ok": 5}},
+        "outputs/report.json": {"dt": "2026-11-04", "counts": {"ok": 7}},
+        f"outputs/reports/dt={UPLOAD_DAY}/report.json": {"dt": UPLOAD_DAY, "counts": {"ok": 5}},
     }
     for key, report in reports.items():
         s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(report).encode())
@@ -814,7 +814,7 @@ def test_steps_marked_successful_do_not_price_an_earlier_report(emr_dag, aws, up
     assert "counts" not in summary
     for key, body in before.items():
         assert aws.get_object(Bucket=BUCKET, Key=key)["Body"].read() == body, key
-    assert aws.get_object(Bucket=BUCKET, Key=f"features/reports/dt={UPLOAD_DAY}/cost.json")
+    assert aws.get_object(Bucket=BUCKET, Key=f"outputs/reports/dt={UPLOAD_DAY}/cost.json")
 
 
 # -- unit level: staging and the sensor's failure report --------------------------------------------------
@@ -1095,19 +1095,19 @@ def test_second_day_reuses_day_one_features_from_s3(emr_dag, aws, runner, sample
     def s3_json(key: str) -> dict:
         return json.loads(aws.get_object(Bucket=BUCKET, Key=key)["Body"].read())
 
-    report = s3_json(f"features/reports/dt={second_day}/report.json")
+    report = s3_json(f"outputs/reports/dt={second_day}/report.json")
     assert (report["counts"]["featurised"], report["counts"]["reused"]) == (1, len(photos))
     assert report["reused_from"] == {first_day: len(photos)}
     assert report["reconciled"] is True
-    assert s3_json(f"features/_stats/dt={second_day}/features.json")["rows_inferred"] == 1
+    assert s3_json(f"outputs/_stats/dt={second_day}/features.json")["rows_inferred"] == 1
     for day in (first_day, second_day):
-        assert f"features/features_index/dt={day}/_SUCCESS" in keys(aws, "features/features_index/")
-    assert keys(aws, "features/_staging/") == []  # the staged copy is removed once the day is written
+        assert f"outputs/features_index/dt={day}/_SUCCESS" in keys(aws, "outputs/features_index/")
+    assert keys(aws, "outputs/_staging/") == []  # the staged copy is removed once the day is written
 
     def features(day: str) -> dict[str, bytes]:
         tables = [
             pq.read_table(io.BytesIO(aws.get_object(Bucket=BUCKET, Key=key)["Body"].read()))
-            for key in keys(aws, f"features/features/dt={day}/")
+            for key in keys(aws, f"outputs/features/dt={day}/")
             if key.endswith(".parquet")
         ]
         rows = [row for table in tables for row in table.to_pylist()]

@@ -14,6 +14,9 @@ What moto's enforcement does not do, and what this module adds or leaves out (mo
   policies get none: conditions pass vacuously). The patch below supplies ``aws:ResourceTag/<key>`` (the
   cluster's tags) and ``aws:RequestTag/<key>`` (RunJobFlow's tags) for EMR requests. moto then treats an
   Allow whose condition fails as a Deny; each EMR action has one statement here, so the outcome is AWS's.
+* moto matches a Resource pattern as a regular expression (``$`` anchors there); IAM matches it literally
+  but for ``*`` and ``?``. ``iam_semantics`` below gives moto IAM's matching, so that the EMRFS marker key
+  ``outputs_$folder$`` is evaluated as AWS would, and IAM's ``StringEqualsIfExists`` (absent key: passes).
 * Not evaluated at all: ``StringLike`` (the PassRole conditions), the implicit ``iam:PassRole`` and
   ``iam:CreateServiceLinkedRole`` checks RunJobFlow makes on AWS, the bucket policy, SCPs. Those are
   checked statically in tests/test_infra.py and by the first-run checklist in docs/AWS.md.
@@ -34,6 +37,7 @@ from moto import mock_aws
 from moto.core import DEFAULT_ACCOUNT_ID, enable_iam_authentication
 
 from fruits_platform.aws.cluster import cluster_tags
+from fruits_platform.aws.settings import DEFAULT_OUTPUT_PREFIX
 from tests.emr_runner import EmrStepRunner
 from tests.test_dag_emr import (
     BUCKET,
@@ -57,7 +61,9 @@ pytestmark = pytest.mark.slow
 
 TEMPLATE = PROJECT_ROOT / "infra" / "fruits-infra.yaml"
 STACK = "fruits"
-PARAMETERS = {"OutputPrefix": "features/"}
+OUTPUT = DEFAULT_OUTPUT_PREFIX
+# the stack as deployed with the template's defaults: the DAG writes under the same default output root
+PARAMETERS = {"OutputPrefix": DEFAULT_OUTPUT_PREFIX}
 
 
 # -- the template's policies, resolved for moto's account -------------------------------------------------
@@ -72,7 +78,16 @@ def resolve(value, names: dict[str, str]):
     if set(value) == {"Fn::GetAtt"}:
         return names[".".join(value["Fn::GetAtt"])]
     if set(value) == {"Fn::Sub"}:
-        return re.sub(r"\$\{([^}]+)\}", lambda match: names[match.group(1)], value["Fn::Sub"])
+        text, local = value["Fn::Sub"], {}
+        if isinstance(text, list):  # [template, {name: value}]
+            text, local = text[0], {name: resolve(item, names) for name, item in text[1].items()}
+        return re.sub(r"\$\{([^}]+)\}", lambda match: {**names, **local}[match.group(1)], text)
+    if set(value) == {"Fn::Select"}:
+        index, items = value["Fn::Select"]
+        return resolve(items, names)[index]
+    if set(value) == {"Fn::Split"}:
+        separator, text = value["Fn::Split"]
+        return resolve(text, names).split(separator)
     return {key: resolve(item, names) for key, item in value.items()}
 
 
@@ -140,12 +155,26 @@ def emr_resource_and_conditions(response, condition_keys: set[str]) -> str:
     return resource
 
 
-# What RunJobFlow also checks on AWS, as the same caller, while it creates the cluster: AddTags for its Tags,
-# PutAutoTerminationPolicy for its idle timeout. The new cluster has no tags yet (no aws:ResourceTag).
+# What RunJobFlow may also check on AWS, as the same caller, while it creates the cluster: AddTags for its
+# Tags, PutAutoTerminationPolicy for its idle timeout. The new cluster has no tags yet (no aws:ResourceTag).
 CREATION_TIME_ACTIONS = {
     "Tags": "elasticmapreduce:AddTags",
     "AutoTerminationPolicy": "elasticmapreduce:PutAutoTerminationPolicy",
 }
+# The creation-time checks whose request context carries the request's tags (aws:RequestTag): AddTags
+# does; the Service Authorization Reference lists no request-tag condition key for PutAutoTerminationPolicy,
+# so its check gets none (docs/AWS.md, Review findings).
+TAKES_REQUEST_TAGS = {"elasticmapreduce:AddTags"}
+
+
+def creation_check_values(action: str, values: dict[str, str] | None) -> dict[str, str] | None:
+    """The condition values AWS can give ``action``'s check while RunJobFlow creates the cluster (``values``:
+    RunJobFlow's): no request tags unless the action takes them, no resource tags (the cluster has none)."""
+    if values is None or action in TAKES_REQUEST_TAGS:
+        return values
+    return dict.fromkeys(values, "")
+
+
 NEW_CLUSTER_ARN = f"arn:aws:elasticmapreduce:{REGION}:{DEFAULT_ACCOUNT_ID}:cluster/j-BEING-CREATED"
 
 
@@ -161,16 +190,40 @@ def check_action_permitted(self, resource: str) -> None:
     gets AWS's creation-time checks (moto makes none)."""
     values, _request.conditions = getattr(_request, "conditions", None), None
     policies = self._access_key.collect_policies()
-    checks = [(self._action, resource)]
+    checks = [(self._action, resource, values)]
     if self._action == "elasticmapreduce:RunJobFlow":
         params = getattr(_request, "run_job_flow_params", set())
         checks += [
-            (action, NEW_CLUSTER_ARN) for param, action in CREATION_TIME_ACTIONS.items() if param in params
+            (action, NEW_CLUSTER_ARN, creation_check_values(action, values))
+            for param, action in CREATION_TIME_ACTIONS.items()
+            if param in params
         ]
-        _request.creation_checks = getattr(_request, "creation_checks", []) + [a for a, _ in checks[1:]]
-    for action, on in checks:
-        if not permitted_by(policies, action, on, values):
+        _request.creation_checks = getattr(_request, "creation_checks", []) + [a for a, _, _ in checks[1:]]
+    for action, on, given in checks:
+        if not permitted_by(policies, action, on, given):
             self._raise_access_denied()
+
+
+def iam_resource_match(pattern: str, string: str) -> re.Match[str] | None:
+    """IAM's Resource matching: literal but for ``*`` (any run) and ``?`` (one character)."""
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.match(f"^{regex}$", string, re.DOTALL)
+
+
+def string_equals_if_exists(expected: list[str] | str, actual: str) -> bool:
+    """IAM's StringEqualsIfExists; an absent tag arrives here as "" (emr_resource_and_conditions)."""
+    return actual == "" or actual in ([expected] if isinstance(expected, str) else expected)
+
+
+@pytest.fixture(autouse=True)
+def iam_semantics(monkeypatch):
+    from moto.iam import policy_conditions
+    from moto.iam.access_control import IAMPolicyStatement
+
+    monkeypatch.setattr(IAMPolicyStatement, "_match", staticmethod(iam_resource_match))
+    monkeypatch.setitem(
+        policy_conditions.CONDITION_OPERATIONS, "StringEqualsIfExists", string_equals_if_exists
+    )
 
 
 def user_with_policy(iam, name: str, document: dict) -> dict[str, str]:
@@ -204,9 +257,11 @@ def enforced(monkeypatch, sample_dir):
             for path in sorted((sample_dir / label).glob("*.jpg"))[:IMAGES_PER_LABEL]:
                 s3.upload_file(str(path), BUCKET, f"uploads/dt={UPLOAD_DAY}/{label}/{path.name}")
         set_emr_variables(monkeypatch, create_subnet())
-        # another team's cluster in the same account: untagged for this project
+        # another team's cluster in the same account, tagged for its own project
         other = boto3.client("emr", region_name=REGION).run_job_flow(
-            Name="other-team", Instances={"KeepJobFlowAliveWhenNoSteps": True}
+            Name="other-team",
+            Instances={"KeepJobFlowAliveWhenNoSteps": True},
+            Tags=[{"Key": "project", "Value": "other-team"}],
         )["JobFlowId"]
         monkeypatch.setenv("FRUITS_TEST_OTHER_CLUSTER", other)
         iam = boto3.client("iam", region_name=REGION)
@@ -265,8 +320,8 @@ def test_calls_outside_the_policies_are_denied(enforced):
 
     # the policies do allow these (so the denials below are the policies', not a broken setup)
     assert airflow.list_objects_v2(Bucket=BUCKET, Prefix="uploads/")["KeyCount"] > 0
-    node.put_object(Bucket=BUCKET, Key="features/images/dt=x/part-0.parquet", Body=b"x")
-    node.delete_object(Bucket=BUCKET, Key="features/images/dt=x/part-0.parquet")
+    node.put_object(Bucket=BUCKET, Key=f"{OUTPUT}images/dt=x/part-0.parquet", Body=b"x")
+    node.delete_object(Bucket=BUCKET, Key=f"{OUTPUT}images/dt=x/part-0.parquet")
     # Airflow never deletes; a node can neither delete uploads nor replace staged code
     assert denied(lambda: airflow.delete_object(Bucket=BUCKET, Key=upload))
     assert denied(lambda: node.delete_object(Bucket=BUCKET, Key=upload))
@@ -274,6 +329,19 @@ def test_calls_outside_the_policies_are_denied(enforced):
     assert denied(lambda: node.put_object(Bucket=BUCKET, Key=upload, Body=b"x"))
     # nothing outside S3 for the nodes
     assert denied(lambda: client("emr", enforced["node"]).list_clusters())
+
+
+def test_nodes_may_write_the_folder_markers_of_the_output_root(enforced):
+    """A fresh bucket has no output root yet: S3A (emr-7.10.0's s3://) marks it with "outputs/", EMRFS with
+    "outputs_$folder$" beside it, and the first write of a day fails if the node role may not write that."""
+    node = client("s3", enforced["node"])
+    root = OUTPUT.rstrip("/")
+    for marker in (f"{root}/", f"{root}_$folder$", f"{OUTPUT}features_$folder$", f"{OUTPUT}features/"):
+        node.put_object(Bucket=BUCKET, Key=marker, Body=b"")
+        node.delete_object(Bucket=BUCKET, Key=marker)
+    # only the output root's own marker: not another folder's at the bucket's top
+    for other in ("uploads_$folder$", "artifacts_$folder$", f"{root}x_$folder$", f"{root}_$folder$x"):
+        assert denied(lambda key=other: node.put_object(Bucket=BUCKET, Key=key, Body=b"")), other
 
 
 def test_only_the_projects_clusters_can_be_stepped_or_terminated(enforced):
@@ -293,14 +361,16 @@ def test_only_the_projects_clusters_can_be_stepped_or_terminated(enforced):
     emr.add_job_flow_steps(JobFlowId=ours, Steps=step)
     assert denied(lambda: emr.add_job_flow_steps(JobFlowId=theirs, Steps=step))
     assert denied(lambda: emr.terminate_job_flows(JobFlowIds=[theirs]))
+    idle = {"IdleTimeout": 60}
+    assert denied(lambda: emr.put_auto_termination_policy(ClusterId=theirs, AutoTerminationPolicy=idle))
     emr.describe_cluster(ClusterId=theirs)  # read-only: finding the run's cluster means describing others
     emr.terminate_job_flows(JobFlowIds=[ours])
 
 
 def test_creation_time_checks_allow_exactly_the_tags_the_dag_sends(emr_dag):
     """The template's statements, evaluated by moto's IAM engine as AWS evaluates RunJobFlow's implicit
-    AddTags and PutAutoTerminationPolicy: with the request's tags (those the DAG's cluster definition
-    carries) and no resource tags yet."""
+    AddTags (with the request's tags: those the DAG's cluster definition carries) and
+    PutAutoTerminationPolicy (no request tags: it takes none), with no resource tags yet."""
     policy = json.dumps(template_policies()["airflow"])
     overrides = overrides_for(
         tags=cluster_tags(emr_dag.dag_id, "scheduled__2026-11-08T02:00:00+00:00", UPLOAD_DAY)
@@ -312,9 +382,17 @@ def test_creation_time_checks_allow_exactly_the_tags_the_dag_sends(emr_dag):
     def values(tags: dict[str, str]) -> dict[str, str]:
         return dict.fromkeys(keys, "") | {f"aws:RequestTag/{k}": v for k, v in tags.items()}
 
-    for action in CREATION_TIME_ACTIONS.values():
-        assert permitted_by([policy], action, NEW_CLUSTER_ARN, values(sent)), action
-        # another project's tags, or none: refused
-        assert not permitted_by([policy], action, NEW_CLUSTER_ARN, values({**sent, "project": "other"}))
-        assert not permitted_by([policy], action, NEW_CLUSTER_ARN, values({}))
+    add_tags, bound = CREATION_TIME_ACTIONS["Tags"], CREATION_TIME_ACTIONS["AutoTerminationPolicy"]
+    assert permitted_by([policy], add_tags, NEW_CLUSTER_ARN, values(sent))
+    # another project's tags, or none: refused
+    assert not permitted_by([policy], add_tags, NEW_CLUSTER_ARN, values({**sent, "project": "other"}))
+    assert not permitted_by([policy], add_tags, NEW_CLUSTER_ARN, values({}))
+
+    # the idle timeout of the new cluster, which carries no tag yet, and of a cluster of this project
+    assert permitted_by([policy], bound, NEW_CLUSTER_ARN, creation_check_values(bound, values(sent)))
+    fruits_cluster = dict.fromkeys(keys, "") | {"aws:ResourceTag/project": "fruits"}
+    assert permitted_by([policy], bound, NEW_CLUSTER_ARN, fruits_cluster)
+    # never on another project's cluster
+    other_cluster = dict.fromkeys(keys, "") | {"aws:ResourceTag/project": "other"}
+    assert not permitted_by([policy], bound, NEW_CLUSTER_ARN, other_cluster)
     assert permitted_by([policy], "elasticmapreduce:RunJobFlow", "*", values(sent))

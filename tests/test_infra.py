@@ -12,6 +12,7 @@ import pytest
 from cfnlint.decode import decode_str
 
 from fruits_platform.aws.settings import DEFAULT_OUTPUT_PREFIX
+from fruits_spark.contract import DATASETS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = PROJECT_ROOT / "infra" / "fruits-infra.yaml"
@@ -150,10 +151,20 @@ def test_lifecycle_expires_logs_and_old_artifact_versions(template: dict):
     assert properties(template, "DataBucket")["VersioningConfiguration"]["Status"] == "Enabled"
 
 
+# EMRFS's marker of the output root, "<root>_$folder$" beside "<root>/": the root is OutputPrefix's one
+# segment (its AllowedPattern), without the slash
+OUTPUT_ROOT_MARKER = {
+    "Fn::Sub": [
+        "${DataBucket.Arn}/${OutputRoot}_$folder$",
+        {"OutputRoot": {"Fn::Select": [0, {"Fn::Split": ["/", {"Ref": "OutputPrefix"}]}]}},
+    ]
+}
+
+
 def is_output_or_log_prefix(resource) -> bool:
-    return isinstance(resource, dict) and resource.get("Fn::Sub") in (
-        "${DataBucket.Arn}/${OutputPrefix}*",
-        "${DataBucket.Arn}/emr-logs/*",
+    return resource == OUTPUT_ROOT_MARKER or (
+        isinstance(resource, dict)
+        and resource.get("Fn::Sub") in ("${DataBucket.Arn}/${OutputPrefix}*", "${DataBucket.Arn}/emr-logs/*")
     )
 
 
@@ -183,6 +194,26 @@ def test_node_role_writes_only_outputs_and_logs(template: dict):
     assert template["Outputs"]["OutputPrefix"]["Value"] == {"Ref": "OutputPrefix"}
 
 
+def test_nodes_may_write_the_marker_emrfs_puts_beside_the_output_root(template: dict):
+    """On a fresh bucket EMRFS creates "<root>_$folder$" with the root's first write: outside "<root>/*"."""
+    (writes,) = [s for s in node_role_statements(template) if "s3:PutObject" in as_list(s["Action"])]
+    assert OUTPUT_ROOT_MARKER in as_list(writes["Resource"])
+    # the marker is derived from the prefix's only segment: a nested prefix would need another rule
+    pattern = re.compile(template["Parameters"]["OutputPrefix"]["AllowedPattern"])
+    assert pattern.fullmatch(DEFAULT_OUTPUT_PREFIX)
+    assert not pattern.fullmatch("outputs/run-1/")
+    assert not pattern.fullmatch("outputs")
+
+
+def test_the_default_output_root_is_not_named_after_a_dataset():
+    """Each dataset goes to <output><dataset>/dt=...: an output root named "features/" gave
+    s3://<bucket>/features/features/dt=... ."""
+    root = DEFAULT_OUTPUT_PREFIX.rstrip("/")
+    assert DEFAULT_OUTPUT_PREFIX.endswith("/")
+    assert "/" not in root
+    assert root not in DATASETS, f"{DEFAULT_OUTPUT_PREFIX}{root}/dt=... repeats the dataset's name"
+
+
 def test_airflow_policy_never_deletes_objects(template: dict):
     actions = {a for s in airflow_statements(template) for a in as_list(s["Action"])}
     assert "s3:DeleteObject" not in actions
@@ -201,16 +232,21 @@ def test_first_cluster_may_create_only_the_emr_cleanup_role(template: dict):
     )
 
 
-def test_creation_time_checks_key_on_the_request_tags(template: dict):
-    """AddTags and PutAutoTerminationPolicy are checked while RunJobFlow creates the cluster, which has no
-    tags yet: a statement allowing them on aws:ResourceTag could never match then."""
-    implicit = {"elasticmapreduce:AddTags", "elasticmapreduce:PutAutoTerminationPolicy"}
-    allowing = [s for s in airflow_statements(template) if implicit & set(as_list(s["Action"]))]
-    assert allowing, (
-        "RunJobFlow with Tags and AutoTerminationPolicy needs AddTags and PutAutoTerminationPolicy"
-    )
-    for statement in allowing:
-        assert statement["Condition"] == {"StringEquals": {"aws:RequestTag/project": "fruits"}}, statement
+def statements_allowing(template: dict, action: str) -> list[dict]:
+    return [s for s in airflow_statements(template) if action in as_list(s["Action"])]
+
+
+def test_creation_time_checks_key_on_what_their_requests_carry(template: dict):
+    """AddTags and PutAutoTerminationPolicy may be checked while RunJobFlow creates the cluster, which has no
+    tags yet. AddTags carries the request's tags; PutAutoTerminationPolicy carries none (the Service
+    Authorization Reference lists no aws:RequestTag key for it), so a condition on them never matches."""
+    (add_tags,) = statements_allowing(template, "elasticmapreduce:AddTags")
+    assert add_tags["Condition"] == {"StringEquals": {"aws:RequestTag/project": "fruits"}}
+    (bound,) = statements_allowing(template, "elasticmapreduce:PutAutoTerminationPolicy")
+    keys = {key for values in bound.get("Condition", {}).values() for key in values}
+    assert not [key for key in keys if key.startswith("aws:RequestTag/")], bound
+    # a cluster of another project stays out of reach; the new cluster (no tag yet) does not
+    assert bound["Condition"] == {"StringEqualsIfExists": {"aws:ResourceTag/project": "fruits"}}
 
 
 def test_cluster_mutations_need_the_project_tag(template: dict):

@@ -71,7 +71,8 @@ EMR_PARAMS = {
         "output",
         default=DEFAULT_OUTPUT_PREFIX,
         pattern=r"^[^/].*/$",
-        description="Prefix of the bucket for the outputs.",
+        description="Output root in the bucket: each dataset goes to <output><dataset>/dt=<day>/ "
+        "(e.g. outputs/features/dt=2026-11-05/). Must be under the stack's OutputPrefix.",
     ),
     "weights": run_param(
         "weights",

@@ -22,9 +22,11 @@ VAR_JOB_FLOW_ROLE = "fruits_emr_job_flow_role"
 VAR_SERVICE_ROLE = "fruits_emr_service_role"
 VAR_SUBNET_ID = "fruits_emr_subnet_id"
 VAR_SECURITY_CONFIGURATION = "fruits_emr_security_configuration"
-# the stack's OutputPrefix, where the node role may write (infra/fruits-infra.yaml); unset: its default
+# the stack's OutputPrefix, where the node role may write (infra/fruits-infra.yaml); unset: its default.
+# The output root holds every dataset (features/, pca/, images/...), so it must not be named after one of
+# them: "features/" gave s3://<bucket>/features/features/dt=...
 VAR_OUTPUT_PREFIX = "fruits_output_prefix"
-DEFAULT_OUTPUT_PREFIX = "features/"
+DEFAULT_OUTPUT_PREFIX = "outputs/"
 # the infra stack's outputs: a run cannot start a cluster without them
 REQUIRED_VARIABLES = (VAR_SERVICE_ROLE, VAR_JOB_FLOW_ROLE, VAR_SUBNET_ID)
 VARIABLES = (

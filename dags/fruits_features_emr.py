@@ -37,7 +37,7 @@ from airflow.sdk import DAG, chain, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from fruits_platform import assets, links, run_date
-from fruits_platform.aws import alerts, cluster, cost, cost_report, operators, pricing, staging
+from fruits_platform.aws import alerts, cluster, cost, cost_report, operators, pricing, shapes, staging
 from fruits_platform.aws.refusal import GuardRefused
 from fruits_platform.aws.run_outputs import publish_run, report_url
 from fruits_platform.aws.settings import RunSettings, resolve_settings
@@ -101,20 +101,14 @@ with DAG(
             raise AirflowSkipException(f"no images under {run.input_uri} ({objects} objects): no cluster")
         try:
             table = pricing.load_price_table(run.price_table)
-            sizing = cluster.executor_sizing(table, run.instance_type, run.core_nodes, run.pipeline["engine"])
-            estimate = cost.estimate_worst_case(
-                table,
-                instance_type=run.instance_type,
-                core_nodes=run.core_nodes,
-                use_spot=run.use_spot,
-                images=images,
-                image_bytes=image_bytes,
-                idle_timeout_seconds=cluster.IDLE_TIMEOUT_SECONDS,
-                budget_eur=run.budget_eur,
-                ebs_gib_per_instance=cluster.EBS_GIB_PER_INSTANCE,
-                executor_cores=sizing.total_executor_cores,
+            # the cheapest shape that meets the night, or the one the params pin (aws.shapes)
+            choice = shapes.choose_for_run(run, table, images, image_bytes)
+            estimate, shape = choice.estimate, choice.shape
+            sizing = cluster.executor_sizing(
+                table, shape.instance_type, shape.core_nodes, run.pipeline["engine"]
             )
-            print(f"{images} images, {image_bytes / 1e9:.2f} GB ({objects} objects); {estimate.summary()}")
+            print(f"{images} images, {image_bytes / 1e9:.2f} GB ({objects} objects); {choice.summary()}")
+            print(estimate.summary())
             print(f"executors: {sizing.as_dict()}")
             cost.check_budget(estimate)
         except (GuardRefused, pricing.PriceTableError, ValueError) as refusal:
@@ -124,21 +118,23 @@ with DAG(
             "images": images,
             "image_bytes": image_bytes,
             "objects": objects,
-            "estimate": estimate.as_dict(),
+            # report_cost says what was chosen and why, from the estimate it gets
+            "estimate": {**estimate.as_dict(), "cluster_choice": choice.as_dict()},
+            "shape": shape.as_dict(),
             "step_limits": estimate.step_limits,
             **{f"sensor_timeout_{name}": seconds for name, seconds in timeouts.items()},
         }
 
     @task(retries=2, retry_delay=dt.timedelta(seconds=30))
-    def stage_artifacts(settings: dict) -> dict:
+    def stage_artifacts(settings: dict, shape: dict) -> dict:
         """Code, bootstrap, the wheelhouse for the nodes' architecture and weights to S3, once per content."""
-        return stage_run(RunSettings.from_dict(settings))
+        return stage_run(shapes.resolved(RunSettings.from_dict(settings), shape))
 
     @task(multiple_outputs=True)
-    def cluster_spec(settings: dict, staged: dict, step_limits: dict) -> dict:
+    def cluster_spec(settings: dict, staged: dict, step_limits: dict, shape: dict) -> dict:
         """The cluster definition and its steps: the pipeline's steps over the staged code and weights, each
         bounded on the cluster by its limit from the cost guard."""
-        run = RunSettings.from_dict(settings)
+        run = shapes.resolved(RunSettings.from_dict(settings), shape)  # the shape check_budget chose
         artifacts = staging.StagedArtifacts(**staged)
         table = pricing.load_price_table(run.price_table)
         # the steps read the staged copies: weights, and the exported model that spares the nodes TensorFlow
@@ -179,8 +175,8 @@ with DAG(
     settings = resolve_run()
     placement = check_gdpr(settings)
     plan = check_budget(settings)
-    staged = stage_artifacts(settings)
-    spec = cluster_spec(settings, staged, plan["step_limits"])
+    staged = stage_artifacts(settings, plan["shape"])
+    spec = cluster_spec(settings, staged, plan["step_limits"], plan["shape"])
 
     create_cluster, add_steps, terminate_cluster = cluster_tasks(spec)
     watchers = [

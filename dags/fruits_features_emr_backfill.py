@@ -30,7 +30,7 @@ from airflow.sdk import DAG, chain, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from fruits_platform import assets
-from fruits_platform.aws import backfill, cluster, cost, pricing, staging
+from fruits_platform.aws import backfill, cluster, cost, pricing, shapes, staging
 from fruits_platform.aws.refusal import GuardRefused
 from fruits_platform.aws.run_outputs import announce_days
 from fruits_platform.aws.settings import RunSettings, resolve_settings
@@ -88,25 +88,37 @@ with DAG(
             raise AirflowSkipException(f"no images in any day of {settings['days'][0]}..: no cluster")
         try:
             table = pricing.load_price_table(run.price_table)
-            estimate = backfill.estimate_range(run, table, {day: counts[day] for day in days})
-            print(f"images per day {counts}; {estimate.summary()}")
+            # one shape for the whole range: its total, each day's steps, the range's deadline (aws.shapes)
+            choice = shapes.choose_for_run(
+                run,
+                table,
+                [counts[day][0] for day in days],
+                [counts[day][1] for day in days],
+                shapes.RANGE_DEADLINE_SECONDS,
+            )
+            estimate = backfill.estimate_range(
+                shapes.resolved(run, choice.shape), table, {day: counts[day] for day in days}
+            )
+            print(f"images per day {counts}; {choice.summary()}")
+            print(estimate.summary())
             cost.check_budget(estimate)
         except (GuardRefused, pricing.PriceTableError, ValueError) as refusal:
             raise AirflowFailException(str(refusal)) from None
         return {
             "days": days,
-            "estimate": estimate.as_dict(),
+            "estimate": {**estimate.as_dict(), "cluster_choice": choice.as_dict()},
+            "shape": choice.shape.as_dict(),
             "day_limits": backfill.day_limits(estimate, days),
             "timeout_seconds": backfill.watch_timeout(estimate),
         }
 
     @task(retries=2, retry_delay=dt.timedelta(seconds=30))
-    def stage_artifacts(settings: dict) -> dict:
-        return stage_run(RunSettings.from_dict(settings))
+    def stage_artifacts(settings: dict, shape: dict) -> dict:
+        return stage_run(shapes.resolved(RunSettings.from_dict(settings), shape))
 
     @task(multiple_outputs=True)
-    def cluster_spec(settings: dict, staged: dict, days: list, day_limits: dict) -> dict:
-        run = RunSettings.from_dict(settings)
+    def cluster_spec(settings: dict, staged: dict, days: list, day_limits: dict, shape: dict) -> dict:
+        run = shapes.resolved(RunSettings.from_dict(settings), shape)  # the shape check_budget chose
         artifacts = staging.StagedArtifacts(**staged)
         table = pricing.load_price_table(run.price_table)
         return {
@@ -142,8 +154,8 @@ with DAG(
     settings = resolve_range()
     placement = check_gdpr(settings)
     plan = check_budget(settings)
-    staged = stage_artifacts(settings)
-    spec = cluster_spec(settings, staged, plan["days"], plan["day_limits"])
+    staged = stage_artifacts(settings, plan["shape"])
+    spec = cluster_spec(settings, staged, plan["days"], plan["day_limits"], plan["shape"])
 
     create_cluster, add_steps, terminate_cluster = cluster_tasks(spec)
     watch_days = backfill.RangeStepsSensor(

@@ -9,7 +9,7 @@ from typing import Any
 
 from airflow.sdk import Param
 
-from fruits_platform.aws import gdpr, pricing
+from fruits_platform.aws import gdpr, pricing, shapes
 from fruits_platform.aws.settings import DEFAULT_OUTPUT_PREFIX
 from fruits_spark.contract import PARAMS
 
@@ -88,11 +88,29 @@ EMR_PARAMS = {
         description="onnx: the default, no TensorFlow on the cluster; tensorflow: the Keras "
         "reference (its bootstrap installs TensorFlow: a slower start)",
     ),
+    # auto: the cost guard chooses (aws.shapes: the cheapest shape that meets the night); a value pins it
     "instance_type": Param(
-        "m5.xlarge", type="string", enum=list(pricing.INSTANCE_TYPES), title="Instance type"
+        shapes.AUTO,
+        type="string",
+        enum=[shapes.AUTO, *pricing.INSTANCE_TYPES],
+        title="Instance type",
+        description="auto: the cheapest type that meets the deadline (Graviton *g types only for engines "
+        "whose runtime has arm64 wheels: not tensorflow). A type pins it.",
     ),
-    "core_nodes": Param(2, type="integer", minimum=0, maximum=20, title="Core nodes"),
-    "use_spot": Param(False, type="boolean", title="Spot core nodes"),
+    "core_nodes": Param(
+        shapes.AUTO,
+        type=["string", "integer"],
+        enum=[shapes.AUTO, *range(shapes.MAX_CORE_NODES + 1)],
+        title="Core nodes",
+        description="auto: chosen with the type; 0: a single-node cluster; a number pins it.",
+    ),
+    "use_spot": Param(
+        shapes.AUTO,
+        type=["string", "boolean"],
+        enum=[shapes.AUTO, True, False],
+        title="Spot core nodes",
+        description="auto: chosen with the type (the primary node is always On-Demand); true/false pins it.",
+    ),
     "region": Param(
         "eu-west-3",
         type="string",

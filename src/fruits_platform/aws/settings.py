@@ -76,8 +76,8 @@ class RunSettings:
     output_prefix: str
     pipeline: dict
     instance_type: str
-    core_nodes: int
-    use_spot: bool
+    core_nodes: int | str
+    use_spot: bool | str
     budget_eur: float
     price_table: str | None
     job_flow_role: str
@@ -137,9 +137,10 @@ def resolve_settings(params: Mapping, upload_day: str, variables: Mapping[str, s
         input_prefix=prefix,
         output_prefix=output_prefix,
         pipeline=pipeline.as_dict(),
+        # "auto" stays until check_budget chooses the shape (aws.shapes): it needs the night's images
         instance_type=params["instance_type"],
-        core_nodes=int(params["core_nodes"]),
-        use_spot=bool(params["use_spot"]),
+        core_nodes=params["core_nodes"] if params["core_nodes"] == "auto" else int(params["core_nodes"]),
+        use_spot=params["use_spot"] if params["use_spot"] == "auto" else bool(params["use_spot"]),
         budget_eur=float(params["budget_eur"]),
         price_table=variables.get(VAR_PRICE_TABLE),
         job_flow_role=required[VAR_JOB_FLOW_ROLE],

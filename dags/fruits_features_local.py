@@ -1,10 +1,11 @@
 """
 ### fruits_features_local: the feature pipeline on this machine (Spark local mode)
 
-The same three Spark steps as `fruits_features_emr` (**ingest** → **features** → **pca**), run by the
-task `spark_steps` in one Spark application (`spark-submit --master local[*]` on the Airflow worker, each
-step's own `main()` with the arguments EMR gives it): one JVM start-up instead of three, what
-`fruits run-local` runs too. No AWS account needed. Use it to develop, to demo, and to try params before
+The same plan as `fruits_features_emr` (**ingest** → **features** → **pca**, then **publish**, which
+publishes the day and writes its report), run by the task `spark_steps` in one spark-submit of its own
+(`--master local[*]` on the Airflow worker, each step's own `main()` with the arguments EMR gives it), which
+ends with the task: one JVM start-up instead of four, what `fruits run-local` runs too. No AWS account
+needed. Use it to develop, to demo, and to try params before
 paying for a cluster.
 
 Trigger it from the UI ("Trigger" → the form below) with:
@@ -39,34 +40,27 @@ from airflow.sdk import DAG, chain, get_current_context, task
 
 from fruits_platform import assets, links, run_date
 from fruits_platform.artifacts import PROJECT_ROOT
-from fruits_platform.dag_params import refuse_unknown_keys, run_param
-from fruits_platform.local import preflight, runner
+from fruits_platform.forms import pipeline_params, refuse_unknown_keys
+from fruits_platform.local.spark_settings import LOCAL_MASTER
 from fruits_platform.pipeline import PipelineParams, default_weights
-from fruits_spark.contract import STEP_NAMES
 from fruits_spark.layout import REPORT_HTML, Layout
 
 DAG_ID = "fruits_features_local"
-SPARK_MASTER: str = os.environ.get("FRUITS_SPARK_MASTER", runner.LOCAL_MASTER)
+SPARK_MASTER: str = os.environ.get("FRUITS_SPARK_MASTER", LOCAL_MASTER)
 
-PARAMS = {
-    "input": run_param(
-        "input", default=os.environ.get("FRUITS_LOCAL_INPUT", str(PROJECT_ROOT / "data" / "sample"))
-    ),
-    "output": run_param(
-        "output", default=os.environ.get("FRUITS_LOCAL_OUTPUT", str(PROJECT_ROOT / "out" / "local"))
-    ),
-    "weights": run_param("weights", default=default_weights()),
-    "k": run_param("k"),
-    "input_size": run_param("input_size"),
-    "refit": run_param("refit"),
-    "engine": run_param("engine"),
-    "recompute": run_param("recompute"),
-    "dt": run_param(
-        "dt",
-        type=["null", "string"],
-        description="YYYY-MM-DD; empty: the UTC day of the logical date (today for a run triggered now).",
-    ),
-}
+# every run param of the contract (a registered step's too), with this machine's defaults
+PARAMS = pipeline_params(
+    {
+        "input": {"default": os.environ.get("FRUITS_LOCAL_INPUT", str(PROJECT_ROOT / "data" / "sample"))},
+        "output": {"default": os.environ.get("FRUITS_LOCAL_OUTPUT", str(PROJECT_ROOT / "out" / "local"))},
+        "weights": {"default": default_weights()},
+        "dt": {
+            "type": ["null", "string"],
+            "description": "YYYY-MM-DD; empty: the UTC day of the logical date (today for a run triggered "
+            "now).",
+        },
+    }
+)
 
 
 with DAG(
@@ -78,27 +72,36 @@ with DAG(
     params=PARAMS,
     doc_md=__doc__,
     tags=["fruits", "local"],
+    default_args={"owner": "fruits", "retries": 0},
 ) as dag:
 
     @task
     def resolve_params() -> dict:
-        """Reads and validates the run's params once, and checks the paths before anything is written;
-        every later task gets the result."""
+        """Reads and validates the run's params once, makes its paths absolute and checks them before
+        anything is written; every later task gets the result."""
+        from fruits_platform.local import preflight
+
         context = get_current_context()
         refuse_unknown_keys(context["dag_run"].conf, PARAMS)
         upload_day = context["params"].get("dt") or run_date.of_context(context)
-        params = PipelineParams.from_mapping(context["params"], dt=upload_day)
+        params = PipelineParams.from_mapping(context["params"], dt=upload_day).resolved()
         preflight.check_run(params)
         return params.as_dict()
 
     @task
     def stage_artifacts(run: dict) -> str:
         """Builds the step artifacts once per content; the Spark steps read them from this folder."""
+        from fruits_platform.local import runner
+
         return str(runner.stage_artifacts(run["output"]))
 
     @task
     def spark_steps(run: dict, artifacts: str) -> dict:
-        """ingest, features and pca in one Spark application; returns each step's seconds."""
+        """The run's plan in one spark-submit of this task's own, which ends with it; returns each step's
+        seconds."""
+        from fruits_platform.local import runner
+        from fruits_spark.contract import STEP_NAMES
+
         log = runner.log_path(run, "pipeline")
         print(f"running {', '.join(STEP_NAMES)}; Spark log: {log}")
         return {
@@ -110,8 +113,11 @@ with DAG(
     def summarize(run: dict) -> dict:
         """Publishes the run's report.json figures as this task's XCom, the day's features and PCA asset
         events, and prints where everything is."""
+        from fruits_platform.local import runner
+        from fruits_spark.report import describe_counts
+
         report = runner.read_report(run)
-        print(f"outputs: {run['output']}; counts of dt={report['dt']}: {report['counts']}")
+        print(f"outputs: {run['output']}; dt={report['dt']}: {describe_counts(report)}")
         context = get_current_context()
         for partition in assets.emit(context["outlet_events"], run["output"], [report]):
             print(f"asset event: {partition}")
@@ -122,9 +128,9 @@ with DAG(
             "dt": report["dt"],
             "counts": report["counts"],
             "reconciled": report["reconciled"],
-            "k": report["k"],
+            "k": report.get("k"),
             "explained_variance_at_k": cumulative[-1] if cumulative else None,
-            "pca_model_version": report["pca_model_version"],
+            "pca_model_version": report.get("pca_model_version"),
             "report": report_html,
         }
 

@@ -49,11 +49,7 @@ os.environ.update(
 
 
 def pytest_unconfigure(config):
-    """The session's local Spark daemon, Airflow home and cache go with it (a class archive is ~190 MB, per
-    test process)."""
-    from fruits_platform.local import spark_daemon
-
-    spark_daemon.stop()
+    """The session's Airflow home and cache go with it (a class archive is ~190 MB, per test process)."""
     for folder in (_AIRFLOW_HOME, _CACHE):
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -70,19 +66,11 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def spark():
-    from pyspark.sql import SparkSession
+    from fruits_platform.local.spark_settings import local_session
 
-    from fruits_platform.local.runner import driver_java_conf
-
-    session = (
-        SparkSession.builder.master("local[2]")
-        .appName("fruits-tests")
-        .config("spark.sql.shuffle.partitions", "4")
-        .config("spark.ui.enabled", "false")
-        .config("spark.driver.memory", "2g")
-        # the local runs' JIT: a session of short jobs, as theirs
-        .config(map=driver_java_conf())
-        .getOrCreate()
+    # the local runs' settings, smaller: two test processes share the machine
+    session = local_session(
+        "local[2]", "fruits-tests", {"spark.sql.shuffle.partitions": "4", "spark.driver.memory": "2g"}
     )
     yield session
     session.stop()
@@ -105,9 +93,10 @@ def random_weights(tmp_path_factory) -> Path:
 def save_random_backbone(folder: Path, seed: int) -> Path:
     import keras
     import numpy as np
-    from keras.applications import MobileNetV2
 
-    backbone = MobileNetV2(input_shape=(224, 224, 3), include_top=False, pooling="avg", weights=None)
+    from fruits_spark.model import build_backbone
+
+    backbone = build_backbone(224)
     # Keras' own initialisation leaves batch norm as the identity and makes the features vanish (~1e-11)
     # after 17 blocks: scaled kernels and non-trivial batch-norm statistics keep them of order 1 and make
     # an exporter's batch-norm folding matter

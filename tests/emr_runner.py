@@ -8,9 +8,9 @@ StepConcurrencyLevel 1:
 * maps every ``s3://bucket/key`` argument to ``<workdir>/s3/bucket/key`` and downloads those objects
   (or prefixes) from moto S3: the code, the weights, the input, and the current outputs;
 * runs the command with this venv's spark-submit, ``--master local[2]`` instead of YARN (``--deploy-mode``
-  dropped), PYSPARK_PYTHON = this interpreter; or, with ``in_process=True``, runs the submitted step's
-  ``main`` with the same arguments on the test session's SparkSession (``tests.inprocess``: no JVM start
-  per step, no ``timeout``);
+  dropped), with the local Spark settings; or, with ``in_process=True``, runs the submitted entry script
+  with the same arguments on the test session's SparkSession (``tests.inprocess.run_script``: no JVM
+  start per step, no ``timeout``);
 * syncs the ``--output`` folder back to moto S3 (new and changed files up, deleted files removed), writes
   the step's output to ``<LogUri><cluster>/steps/<step>/stderr.gz`` like EMR does;
 * sets the moto step COMPLETED or FAILED; on failure with ActionOnFailure TERMINATE_CLUSTER, the later
@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
-import os
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -36,15 +34,12 @@ from moto.emr.models import emr_backends
 
 from fruits_platform.aws.cluster import normalise_log_uri
 from fruits_platform.local.runner import spark_submit_binary
-from tests.inprocess import run_steps
+from fruits_platform.local.spark_settings import local_conf, spark_env
+from tests.inprocess import run_script
 
 ACTIVE_STATES = ("STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING")
 # small, so that several test runs fit on a 2-core machine next to each other
-LOCAL_CONF = {
-    "spark.driver.memory": "2g",
-    "spark.sql.shuffle.partitions": "4",
-    "spark.ui.enabled": "false",
-}
+SMALL = {"spark.driver.memory": "2g", "spark.sql.shuffle.partitions": "4"}
 
 
 @dataclass
@@ -183,7 +178,7 @@ class EmrStepRunner:
             rest.append(args[i])
             i += 1
         local = [self.local_path(a) if a.startswith("s3://") else a for a in rest]
-        conf = [item for key, value in LOCAL_CONF.items() for item in ("--conf", f"{key}={value}")]
+        conf = [item for key, value in local_conf(SMALL).items() for item in ("--conf", f"{key}={value}")]
         return [spark_submit_binary(), "--master", "local[2]", *conf, *local], output
 
     def _run(self, cluster, step) -> None:
@@ -202,7 +197,7 @@ class EmrStepRunner:
                 handle.write(" ".join(command) + "\n")
                 handle.flush()
                 if self.in_process:
-                    returncode = run_steps([self.submitted_step(command)], handle)
+                    returncode = run_script(*self.application(command), handle)
                 else:
                     returncode = self._submit(command, step, handle)
                 if returncode == 0 and output:
@@ -213,21 +208,21 @@ class EmrStepRunner:
         self._finish(cluster, step, log, returncode)
 
     @staticmethod
-    def submitted_step(command: list[str]) -> tuple[str, list[str]]:
-        """(step name, its arguments) of a spark-submit command: the entry script is ``<step>.py``."""
+    def application(command: list[str]) -> tuple[str, list[str]]:
+        """(the application script, its arguments) of a spark-submit command, as spark-submit reads it:
+        every option before the script takes one value."""
         i = 1
         while command[i].startswith("--"):
-            i += 2  # every spark-submit option before the script takes one value
-        return Path(command[i]).stem, command[i + 1 :]
+            i += 2
+        return command[i], command[i + 1 :]
 
     def _submit(self, command: list[str], step, handle) -> int:
-        env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
         try:
             return subprocess.run(
                 command,
                 stdout=handle,
                 stderr=subprocess.STDOUT,
-                env=env,
+                env=spark_env(),
                 check=False,
                 cwd=self.workdir,
                 timeout=self.strip_timeout(list(step.args))[0],  # what `timeout` does on EMR

@@ -3,9 +3,9 @@
 A spark-submit pays a JVM, a SparkSession and fresh Python workers (each importing pandas, pyarrow and the
 engine) before the first row: ~15 s a step on this 2-core machine, which made most of the suite's time.
 The steps' ``main(argv)`` take ``SparkSession.builder.getOrCreate()``, so here they run on the ``spark``
-fixture's session instead, through ``fruits_spark.local_app`` (what ``fruits run-local`` submits), with
-the very arguments the runner and the EMR DAG build. What spark-submit itself adds (the staged zip, the
-entry scripts, the exit code) keeps its own end-to-end tests: ``tests/test_run_local.py``'s CLI runs and
+fixture's session instead: a run's plan (``pipeline.plan``) through ``fruits_spark.local_app``, what
+``fruits run-local`` submits; an EMR step's entry script as spark-submit would run it (``run_script``).
+What spark-submit itself adds (the staged zip, the exit code) keeps its own end-to-end tests: ``tests/test_run_local.py``'s CLI runs and
 ``test_success_runs_three_steps_and_terminates``.
 """
 
@@ -14,11 +14,13 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import runpy
 import sys
 import threading
+import traceback
 from collections.abc import Iterator, Mapping, Sequence
 
-from fruits_platform.pipeline import PipelineParams, pipeline_steps
+from fruits_platform.pipeline import PipelineParams, SparkStep, plan
 from fruits_spark import local_app
 
 
@@ -62,15 +64,35 @@ def printed_to(sink) -> Iterator[None]:
                 sys.stdout = router.default
 
 
-def run_steps(plan: Sequence[tuple[str, Sequence[str]]], sink) -> int:
-    """``local_app``'s exit code for ``[(step, args), ...]``; the steps' output (and a failure's one-line
-    reason or traceback) is written to ``sink``."""
+def run_steps(steps: Sequence[SparkStep], sink) -> int:
+    """``local_app``'s exit code for entries of a run's plan, run in order; the steps' output (and a
+    failure's one-line reason or traceback) is written to ``sink``."""
     with printed_to(sink):
-        return local_app.main([json.dumps([[name, list(args)] for name, args in plan])])
+        return local_app.main([json.dumps([[step.name, list(step.args)] for step in steps])])
 
 
 def run_pipeline(params: PipelineParams | Mapping) -> tuple[int, str]:
-    """Every step of a run, as ``fruits run-local`` would submit them: (exit code, what they printed)."""
+    """A run's whole plan, as ``fruits run-local`` submits it: (exit code, what it printed)."""
     output = io.StringIO()
-    code = run_steps([(step.name, step.args) for step in pipeline_steps(params)], output)
+    code = run_steps(plan(params), output)
     return code, output.getvalue()
+
+
+def run_script(script: str, args: Sequence[str], sink) -> int:
+    """What ``spark-submit script args...`` runs, on this process's session: the entry script itself as
+    ``__main__``, with ``sys.argv`` as spark-submit gives it; its exit status as a process's."""
+    argv = sys.argv
+    with printed_to(sink):
+        sys.argv = [script, *args]
+        try:
+            runpy.run_path(script, run_name="__main__")
+        except SystemExit as stop:
+            if stop.code not in (None, 0):
+                print(stop.code if isinstance(stop.code, str) else f"exit {stop.code}", flush=True)
+                return stop.code if isinstance(stop.code, int) else 1
+        except Exception:
+            traceback.print_exc(file=sys.stdout)
+            return 1
+        finally:
+            sys.argv = argv
+    return 0

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
 
 from fruits_platform.cli import build_parser
-from fruits_platform.pipeline import PipelineParams, pipeline_steps
+from fruits_platform.pipeline import PipelineParams, plan
 from fruits_spark import contract
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -18,7 +19,7 @@ RUN = {"input": "/data/in", "output": "/data/out", "dt": "2026-11-20"}
 def test_step_command_lines_parse_back_to_the_run_params():
     """What a DAG or the CLI submits is exactly what each job's own parser reads."""
     params = PipelineParams(**RUN, weights="s3://b/w.weights.h5", input_size=160, k=7, refit=True)
-    for step in pipeline_steps(params):
+    for step in plan(params):
         parsed = vars(contract.step_parser(step.name, "").parse_args(list(step.args)))
         for param in contract.step_params(step.name):
             assert parsed[param.name] == getattr(params, param.name), (step.name, param.name)
@@ -26,7 +27,8 @@ def test_step_command_lines_parse_back_to_the_run_params():
 
 def test_a_step_takes_only_its_own_params():
     params = PipelineParams(**RUN, refit=True)
-    ingest, features, pca = pipeline_steps(params)
+    ingest, features, pca, publish = plan(params)
+    assert publish.args == ("--output", "/data/out", "--dt", "2026-11-20")
     assert "--k" not in ingest.args
     assert "--k" not in features.args
     assert "--refit" in pca.args
@@ -57,7 +59,12 @@ def test_run_params_are_validated_with_a_clear_message(overrides, message):
 @pytest.mark.parametrize("step", contract.STEP_NAMES)
 def test_job_parsers_refuse_out_of_contract_values(step, capsys):
     base = ["--output", "/o", "--dt", "2026-11-20"] + (["--input", "/i"] if step == "ingest" else [])
-    bad = {"ingest": ["--dt", "yesterday"], "features": ["--input-size", "100"], "pca": ["--k", "0"]}[step]
+    bad = {
+        "ingest": ["--dt", "yesterday"],
+        "features": ["--input-size", "100"],
+        "pca": ["--k", "0"],
+        "publish": ["--dt", "2026-02-30"],
+    }[step]
     with pytest.raises(SystemExit) as exit_info:
         contract.step_parser(step, "").parse_args(base + bad)
     assert exit_info.value.code == 2
@@ -103,9 +110,18 @@ def test_both_dags_name_and_bound_the_run_params_like_the_cli(dag_id):
 
 @pytest.mark.parametrize("command", [[], ["run-local"], ["upload"], ["bench"]])
 def test_help_is_plain_text_for_a_terminal(command, capsys):
-    """No reST markup (``fruits``) leaks from docstrings into --help."""
+    """No reST markup (``fruits``) leaks from docstrings into --help; a command says what it does; no
+    default is printed twice."""
     with pytest.raises(SystemExit):
         build_parser().parse_args([*command, "--help"])
     out = capsys.readouterr().out
     assert "usage: fruits" in out
     assert "``" not in out
+    lines = out.splitlines()
+    # the paragraph after the usage lines describes the command
+    described = lines[lines.index("") + 1] if "" in lines else ""
+    assert described and not described.startswith(("options:", "positional")), out[:600]
+    # each option's help, the lines from its flag to the next flag
+    options = re.split(r"\n  -", out.split("options:", 1)[-1])
+    for option in options:
+        assert len(re.findall(r"\bdefault\b", option)) <= 1, option

@@ -28,87 +28,19 @@ from types import ModuleType
 from typing import Any
 
 
-@dataclass(frozen=True)
-class Step:
-    """A Spark step: ``module`` (imported on demand) has ``parser()`` and ``main(argv)``, which EMR submits
-    as its own step and the local app calls in one application, in the order of ``STEPS``."""
-
-    name: str
-    module: str
-    # What it costs, in core-seconds per input image and per MB of input bytes (both known from the S3
-    # listing before launch): its expected time and time limit on EMR follow (aws/cost.py). Measured by
-    # `fruits bench` (docs/BENCHMARKS.md): per image on 20,000 thumbnails, per MB on 12 MP phone photos.
-    core_seconds_per_image: float
-    core_seconds_per_mb: float = 0.0
-
-    def load(self) -> ModuleType:
-        return importlib.import_module(self.module)
+def local_path(uri: str) -> str | None:
+    """The one rule for "is this URI local?": the path of a plain path or a ``file:`` URI, None for any other
+    scheme (s3://, hdfs://), which only Hadoop's FileSystem reads."""
+    if uri.startswith("file:"):
+        rest = uri.removeprefix("file:")
+        return "/" + rest.lstrip("/") if rest.startswith("/") else rest
+    return None if "://" in uri else uri
 
 
-@dataclass(frozen=True)
-class Engine:
-    """An inference engine of the features step. ``module`` (imported on demand, on the driver and in the
-    Python workers) has ``prepare(spark, args) -> (broadcast model, weights digest)``, run on the driver, and
-    ``build(value, input_size, threads) -> infer``, run once per Python worker on the broadcast value."""
-
-    name: str
-    module: str
-    help: str
-    # bootstrap/ file that installs the EMR nodes' Python runtime for this engine
-    requirements: str
-    # peak RSS of one Python worker running the features UDF (MB), measured by `fruits bench`
-    # (docs/BENCHMARKS.md); executor sizing (aws/sizing.py) follows it
-    worker_peak_mb: int
-    # the driver and the workers need TensorFlow (the features step says so before any task when it is absent)
-    needs_tensorflow: bool
-    # the EMR staging exports the model to ONNX on the Airflow worker and passes it as --onnx-model, so that
-    # the nodes never import TensorFlow
-    staged_onnx: bool = False
-
-    def load(self) -> ModuleType:
-        return importlib.import_module(self.module)
-
-
-# Per image (docs/BENCHMARKS.md, round 2): the whole run at 2,000 thumbnails, fixed costs included, 19.9
-# img/s per core = 0.050 core-seconds an image, split by the steps' seconds at 20,000 (ingest 52 %,
-# features 42 %, pca 8 %, rounded up). Per MB (round 3 on an idle machine, 2,000 phone photos of 2.74 MB,
-# 4032x3024): ingest took 85.24 s in its job on 2 cores, 170.5 core-seconds, of which 2,000 x 0.026 are
-# its per-image share; the other 118.5 over 5,483 MB are 0.0216 core-seconds a MB, rounded up. Features
-# and pca read the curated copies (at most 224 px a side): their cost does not follow the originals' size.
-STEPS: tuple[Step, ...] = (
-    Step("ingest", "fruits_spark.ingest", core_seconds_per_image=0.026, core_seconds_per_mb=0.022),
-    Step("features", "fruits_spark.features", core_seconds_per_image=0.021),
-    Step("pca", "fruits_spark.pca", core_seconds_per_image=0.004),
-)
-# ONNX Runtime (default: no TensorFlow on the workers) and the Keras reference. Worker peaks: ONNX Runtime
-# 521 MB at 20,000 images (8 images per session run; 574-611 MB with 16), TensorFlow 1.6-2.0 GB, rounded up.
-ENGINES: tuple[Engine, ...] = (
-    Engine(
-        "onnx",
-        "fruits_spark.engines.onnx",
-        "ONNX Runtime on the workers (no TensorFlow there)",
-        requirements="requirements-emr.txt",
-        worker_peak_mb=600,
-        needs_tensorflow=False,
-        staged_onnx=True,
-    ),
-    Engine(
-        "tensorflow",
-        "fruits_spark.engines.tensorflow",
-        "the Keras reference",
-        requirements="requirements-emr-tensorflow.txt",
-        worker_peak_mb=2000,
-        needs_tensorflow=True,
-    ),
-)
-STEP_NAMES = tuple(step.name for step in STEPS)
-ENGINE_NAMES = tuple(engine.name for engine in ENGINES)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # Model input sides offered (pixels): MobileNetV2's ImageNet weights exist for these
 INPUT_SIZES = (96, 128, 160, 192, 224)
 FEATURE_DIM = 1280
-# Every dataset a run writes under its output root, each partitioned by dt=YYYY-MM-DD
-DATASETS = ("images", "features", "features_index", "pca", "pca_csv", "rejected", "ignored")
 # The environment variable that names the weights where a flag or param does not
 WEIGHTS_ENV = "FRUITS_WEIGHTS"
 # The environment variable naming this machine's cache (ONNX exports, the local Spark driver's class
@@ -143,14 +75,14 @@ def check_date(text: str) -> None:
 
 @dataclass(frozen=True)
 class RunParam:
-    """One run parameter: its one name, type, default, bounds or choices, help, and the steps that take it."""
+    """One run parameter: its one name, type, default, bounds or choices and help. The steps that take it
+    say so in their records (``Step.params``; the output and the day go to every step)."""
 
     name: str
     kind: type
     default: Any
     title: str
     help: str
-    steps: tuple[str, ...]
     choices: tuple[Any, ...] | None = None
     minimum: int | None = None
     maximum: int | None = None
@@ -159,6 +91,10 @@ class RunParam:
     optional: bool = False
     # a rule the pattern cannot say (a real calendar date); raises ValueError with a human message
     check: Callable[[str], None] | None = None
+    # a path or URI: a local path is made absolute once, where the run is defined (``resolve``)
+    path: bool = False
+    # filled by the platform (the EMR staging), not asked of people: no form field, no CLI default shown
+    internal: bool = False
 
     @property
     def flag(self) -> str:
@@ -218,6 +154,14 @@ class RunParam:
         options.update(overrides)
         parser.add_argument(self.flag, **options)
 
+    def resolve(self, value: Any) -> Any:
+        """A path param's local path made absolute (a step may run in another working directory); URIs
+        and ``imagenet`` as given."""
+        if not self.path or not isinstance(value, str) or not value or value == "imagenet":
+            return value
+        local = local_path(value)
+        return value if local is None else str(Path(local).expanduser().resolve())
+
     def as_args(self, value: Any) -> tuple[str, ...]:
         if self.kind is bool:
             return (self.flag,) if value else ()
@@ -226,90 +170,292 @@ class RunParam:
         return (self.flag, str(value))
 
 
-RUN_PARAMS: tuple[RunParam, ...] = (
-    RunParam(
-        "input",
-        str,
-        None,
-        "Input",
-        "images to process, one sub-folder per label (a path or any Hadoop URI: file://, s3://)",
-        steps=("ingest",),
-    ),
-    RunParam("output", str, None, "Output", "output root (a path or any Hadoop URI)", steps=STEP_NAMES),
+@dataclass(frozen=True)
+class Step:
+    """A Spark step: ``module`` (imported on demand) has ``parser()`` and ``main(argv)``, which EMR submits
+    as its own step and a local run calls in one application, in the order of ``STEPS``.
+
+    Its record says everything the platform needs of it: the run params it takes (besides the output and
+    the day, which every step takes), the datasets it writes under the output root (each partitioned by
+    ``dt=``, staged while the run runs and published together by the last stage), and the keys of its
+    stats that count as the day's counts in the report and the asset events."""
+
+    name: str
+    module: str
+    # What it costs, in core-seconds per input image and per MB of input bytes (both known from the S3
+    # listing before launch): its expected time and time limit on EMR follow (aws/cost.py). Measured by
+    # `fruits bench` (docs/BENCHMARKS.md): per image on 20,000 thumbnails, per MB on 12 MP phone photos.
+    core_seconds_per_image: float
+    core_seconds_per_mb: float = 0.0
+    params: tuple[RunParam, ...] = ()
+    datasets: tuple[str, ...] = ()
+    counts: tuple[str, ...] = ()
+    # keys of its stats the report carries as they are (what made the day: the model, the engine...)
+    reported: tuple[str, ...] = ()
+
+    def load(self) -> ModuleType:
+        return importlib.import_module(self.module)
+
+
+@dataclass(frozen=True)
+class Engine:
+    """An inference engine of the features step. ``module`` (imported on demand, on the driver and in the
+    Python workers) has ``prepare(spark, args) -> (broadcast model, weights digest)``, run on the driver, and
+    ``build(value, input_size, threads) -> infer``, run once per Python worker on the broadcast value.
+
+    An engine that runs a pre-built artifact (ONNX: the exported model) names it in ``artifact``; its module
+    then has ``build_artifact(weights_file, input_size, destination) -> Path``, which the EMR staging calls
+    on the Airflow worker, and ``prepare`` reads the result from ``args.engine_artifact`` where given."""
+
+    name: str
+    module: str
+    help: str
+    # bootstrap/ file that installs the EMR nodes' Python runtime for this engine
+    requirements: str
+    # peak RSS of one Python worker running the features UDF (MB), measured by `fruits bench`
+    # (docs/BENCHMARKS.md); executor sizing (aws/sizing.py) follows it
+    worker_peak_mb: int
+    # the driver and the workers need TensorFlow (the features step says so before any task when it is absent)
+    needs_tensorflow: bool
+    # the file name of the artifact staged before the cluster starts, empty for none
+    artifact: str = ""
+
+    def load(self) -> ModuleType:
+        return importlib.import_module(self.module)
+
+
+# The output root and the day: every step's
+COMMON_PARAMS: tuple[RunParam, ...] = (
+    RunParam("output", str, None, "Output", "output root (a path or any Hadoop URI)", path=True),
     RunParam(
         "dt",
         str,
         None,
         "Upload date",
         "upload date of the batch (YYYY-MM-DD): every output goes to its dt= partition",
-        steps=STEP_NAMES,
         pattern=DT_PATTERN,
         check=check_date,
     ),
-    RunParam(
-        "weights",
-        str,
-        "imagenet",
-        "Model weights",
-        "imagenet (Keras download), or a MobileNetV2 .weights.h5 path or URI",
-        steps=("features",),
-    ),
-    RunParam(
-        "input_size",
-        int,
-        224,
-        "Model input size",
-        "side in pixels the images are resized to before MobileNetV2",
-        steps=("features",),
-        choices=INPUT_SIZES,
-    ),
-    RunParam(
-        "engine",
-        str,
+)
+# ONNX Runtime (default: no TensorFlow on the workers) and the Keras reference. Worker peaks: ONNX Runtime
+# 521 MB at 20,000 images (8 images per session run; 574-611 MB with 16), TensorFlow 1.6-2.0 GB, rounded up.
+ENGINES: list[Engine] = [
+    Engine(
         "onnx",
-        "Inference engine",
-        "; ".join(f"{engine.name}: {engine.help}" for engine in ENGINES),
-        steps=("features",),
-        choices=ENGINE_NAMES,
+        "fruits_spark.engines.onnx",
+        "ONNX Runtime on the workers (no TensorFlow there)",
+        requirements="requirements-emr.txt",
+        worker_peak_mb=600,
+        needs_tensorflow=False,
+        artifact="mobilenet_v2.onnx",
     ),
-    RunParam(
-        "onnx_model",
-        str,
-        "",
-        "Exported ONNX model",
-        "a .onnx path or URI exported for these weights and input size (EMR: staged by the DAG); "
-        "empty: the driver exports one, cached per embedding",
-        steps=("features",),
-        optional=True,
+    Engine(
+        "tensorflow",
+        "fruits_spark.engines.tensorflow",
+        "the Keras reference",
+        requirements="requirements-emr-tensorflow.txt",
+        worker_peak_mb=2000,
+        needs_tensorflow=True,
     ),
-    RunParam(
-        "recompute",
-        bool,
-        False,
-        "Recompute every feature",
-        "run the CNN on every image: reuse no feature row computed on an earlier day for the same photo",
-        steps=("features",),
+]
+ENGINE_NAMES: list[str] = [engine.name for engine in ENGINES]
+
+
+def _engine_help() -> str:
+    return "; ".join(f"{engine.name}: {engine.help}" for engine in ENGINES)
+
+
+# Per image (docs/BENCHMARKS.md, round 2): the whole run at 2,000 thumbnails, fixed costs included, 19.9
+# img/s per core = 0.050 core-seconds an image, split by the steps' seconds at 20,000 (ingest 52 %,
+# features 42 %, pca 8 %, rounded up). Per MB (round 3 on an idle machine, 2,000 phone photos of 2.74 MB,
+# 4032x3024): ingest took 85.24 s in its job on 2 cores, 170.5 core-seconds, of which 2,000 x 0.026 are
+# its per-image share; the other 118.5 over 5,483 MB are 0.0216 core-seconds a MB, rounded up. Features
+# and pca read the curated copies (at most 224 px a side): their cost does not follow the originals' size.
+INGEST = Step(
+    "ingest",
+    "fruits_spark.ingest",
+    core_seconds_per_image=0.026,
+    core_seconds_per_mb=0.022,
+    params=(
+        RunParam(
+            "input",
+            str,
+            None,
+            "Input",
+            "images to process, one sub-folder per label (a path or any Hadoop URI: file://, s3://)",
+            path=True,
+        ),
     ),
-    RunParam(
-        "k",
-        int,
-        100,
-        "PCA components",
-        f"number of principal components kept (1..{FEATURE_DIM})",
-        steps=("pca",),
-        minimum=1,
-        maximum=FEATURE_DIM,
+    datasets=("images", "rejected", "ignored"),
+    counts=("files_seen", "rejected", "duplicates", "ignored"),
+    reported=("input",),
+)
+FEATURES = Step(
+    "features",
+    "fruits_spark.features",
+    core_seconds_per_image=0.021,
+    params=(
+        RunParam(
+            "weights",
+            str,
+            "imagenet",
+            "Model weights",
+            "imagenet (Keras download), or a MobileNetV2 .weights.h5 path or URI",
+            path=True,
+        ),
+        RunParam(
+            "input_size",
+            int,
+            224,
+            "Model input size",
+            "side in pixels the images are resized to before MobileNetV2",
+            choices=INPUT_SIZES,
+        ),
+        RunParam(
+            "engine",
+            str,
+            "onnx",
+            "Inference engine",
+            _engine_help(),
+            # the list itself: an engine registered later is a choice too
+            choices=ENGINE_NAMES,  # type: ignore[arg-type]
+        ),
+        RunParam(
+            "engine_artifact",
+            str,
+            "",
+            "Engine artifact",
+            "the engine's pre-built artifact (onnx: a .onnx exported for these weights and input size), a "
+            "path or URI; EMR: staged by the DAG. Empty: the driver builds one, cached per embedding",
+            optional=True,
+            path=True,
+            internal=True,
+        ),
+        RunParam(
+            "recompute",
+            bool,
+            False,
+            "Recompute every feature",
+            "run the CNN on every image: reuse no feature row computed on an earlier day for the same photo",
+        ),
     ),
-    RunParam(
-        "refit",
-        bool,
-        False,
-        "Refit the PCA model",
-        "fit a new PCA model version on every day's features instead of applying the current one",
-        steps=("pca",),
+    datasets=("features", "features_index", "rejected"),
+    counts=("ok", "featurised", "reused", "rejected"),
+    reported=(
+        "weights",
+        "engine",
+        "input_size",
+        "embedding",
+        "model_builds",
+        "rows_inferred",
+        "history",
+        "reused_from",
     ),
 )
-PARAMS: dict[str, RunParam] = {param.name: param for param in RUN_PARAMS}
+PCA = Step(
+    "pca",
+    "fruits_spark.pca",
+    core_seconds_per_image=0.004,
+    params=(
+        RunParam(
+            "k",
+            int,
+            100,
+            "PCA components",
+            f"number of principal components kept (1..{FEATURE_DIM})",
+            minimum=1,
+            maximum=FEATURE_DIM,
+        ),
+        RunParam(
+            "refit",
+            bool,
+            False,
+            "Refit the PCA model",
+            "fit a new PCA model version on every day's features instead of applying the current one",
+        ),
+    ),
+    datasets=("pca", "pca_csv"),
+    reported=(
+        "k",
+        "explained_variance",
+        "explained_variance_on_day",
+        "pca_model_version",
+        "pca_model",
+        "pca_model_note",
+        "pca_fit_rows",
+    ),
+)
+# The last stage of every run, after every step: it publishes the day's staged datasets together and writes
+# the run's report from every step's stats. Owned by the contract, not by a step: a step added anywhere in
+# the plan is published and reported with the rest.
+PUBLISH = Step("publish", "fruits_spark.publish", core_seconds_per_image=0.001, reported=("published",))
+
+# The steps in their order, then the last stage. Mutated in place by ``register_step``, never rebound:
+# every module that imported them sees a registered step.
+STEPS: list[Step] = [INGEST, FEATURES, PCA, PUBLISH]
+STEP_NAMES: list[str] = []
+RUN_PARAMS: list[RunParam] = []
+PARAMS: dict[str, RunParam] = {}
+# Every dataset a run writes under its output root, each partitioned by dt=YYYY-MM-DD
+DATASETS: list[str] = []
+
+
+def _derive() -> None:
+    """The lists every entry point reads, from the records: in place, so that ``from contract import X``
+    sees a step or engine registered after its import."""
+    STEP_NAMES[:] = [step.name for step in STEPS]
+    ENGINE_NAMES[:] = [engine.name for engine in ENGINES]
+    # the form's order: what the first step reads, where the run writes, then each step's own
+    ordered = [*STEPS[0].params, *COMMON_PARAMS, *(p for step in STEPS[1:] for p in step.params)]
+    by_name: dict[str, RunParam] = {}
+    for param in ordered:
+        if by_name.setdefault(param.name, param) is not param:
+            raise ValueError(f"two params named {param.name!r}: a step shares a param by its record")
+    RUN_PARAMS[:] = list(by_name.values())
+    PARAMS.clear()
+    PARAMS.update(by_name)
+    DATASETS[:] = list(dict.fromkeys(name for step in STEPS for name in step.datasets))
+    if PARAMS.get("engine") is not None:
+        object.__setattr__(PARAMS["engine"], "help", _engine_help())
+
+
+def register_step(step: Step, after: str) -> None:
+    """Adds ``step`` to the plan right after the step ``after`` (never after the last stage)."""
+    names = [record.name for record in STEPS]
+    if step.name in names:
+        raise ValueError(f"a step named {step.name!r} exists already")
+    if after not in names[:-1]:
+        raise ValueError(f"register {step.name!r} after one of {', '.join(names[:-1])}, not {after!r}")
+    STEPS.insert(names.index(after) + 1, step)
+    _derive()
+
+
+def register_engine(engine: Engine) -> None:
+    if engine.name in ENGINE_NAMES:
+        raise ValueError(f"an engine named {engine.name!r} exists already")
+    ENGINES.append(engine)
+    _derive()
+
+
+# Modules that register steps or engines of their own (``register_step``, ``register_engine``) when
+# imported, comma-separated. ``load_plugins`` sets it for the processes a run starts (spark-submit, the
+# EMR steps' drivers through spark-env), so that every process of a run knows the same records.
+PLUGINS_ENV = "FRUITS_PLUGINS"
+# the plugin modules this process loaded, in order (the artifacts ship them with the steps' code)
+PLUGINS: list[str] = []
+
+
+def load_plugins(*modules: str) -> None:
+    """Imports each plugin module once (it registers its records) and names it in ``$FRUITS_PLUGINS``."""
+    for module in modules:
+        if module not in PLUGINS:
+            importlib.import_module(module)
+            PLUGINS.append(module)
+    if PLUGINS:
+        os.environ[PLUGINS_ENV] = ",".join(PLUGINS)
+
+
+_derive()
 
 
 def step_record(name: str) -> Step:
@@ -327,9 +473,14 @@ def engine_record(name: str) -> Engine:
 
 
 def step_params(step: str) -> tuple[RunParam, ...]:
-    if step not in STEP_NAMES:
-        raise ValueError(f"unknown step {step!r}; steps are {', '.join(STEP_NAMES)}")
-    return tuple(param for param in RUN_PARAMS if step in param.steps)
+    """The params ``step`` takes, in the run's order: its record's, the output and the day."""
+    taken = {param.name for param in (*COMMON_PARAMS, *step_record(step).params)}
+    return tuple(param for param in RUN_PARAMS if param.name in taken)
+
+
+def param_steps(name: str) -> tuple[str, ...]:
+    """The steps that take the param ``name``."""
+    return tuple(step for step in STEP_NAMES if any(p.name == name for p in step_params(step)))
 
 
 def step_args(step: str, values: Mapping[str, Any]) -> tuple[str, ...]:
@@ -348,3 +499,7 @@ def step_parser(step: str, description: str) -> argparse.ArgumentParser:
         else:
             param.add_argument(parser)
     return parser
+
+
+# a process started by a run (spark-submit, an EMR step's driver) knows the records its caller registered
+load_plugins(*filter(None, os.environ.get(PLUGINS_ENV, "").split(",")))

@@ -11,6 +11,7 @@ engine is not part of the embedding id.
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import math
 import time
@@ -51,7 +52,13 @@ class FeatureParams:
     threads: int = 1
     model_builds: Accumulator | None = None
     rows_inferred: Accumulator | None = None
-    engine: str = contract.PARAMS["engine"].default
+    engine: str = "onnx"
+
+    @property
+    def engine_module(self) -> str:
+        # read on the driver, where the records are: a worker imports the module it names, and needs no
+        # record (a registered engine's included)
+        return contract.engine_record(self.engine).module
 
     @property
     def embedding(self) -> str:
@@ -88,9 +95,9 @@ def featurize_batch(contents: pd.Series, infer, input_size: int, batch_size: int
     return pd.DataFrame({"features": features, "error": errors})
 
 
-def _build_engine(params: FeatureParams) -> model.Infer:
+def _build_engine(params: FeatureParams, module: str) -> model.Infer:
     """Runs in the Python worker, after Spark forked it: a session's thread pool would not survive a fork."""
-    engine = contract.engine_record(params.engine).load()
+    engine = importlib.import_module(module)
     return engine.build(params.weights.value, params.input_size, params.threads)
 
 
@@ -98,10 +105,11 @@ def _featurize_udf(params: FeatureParams):
     # One engine per worker and transform: a reused worker that ran another transform (tests, notebooks)
     # builds again from this transform's broadcast, so model_builds counts this transform's builds
     key = (params.engine, params.embedding, uuid.uuid4().hex)
+    module = params.engine_module
 
     @F.pandas_udf(RESULT_SCHEMA)
     def featurize(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
-        infer, built = model.worker_model(key, lambda: _build_engine(params))
+        infer, built = model.worker_model(key, lambda: _build_engine(params, module))
         if built and params.model_builds is not None:
             params.model_builds.add(1)
         for contents in batches:
@@ -204,9 +212,10 @@ def main(argv: list[str] | None = None) -> None:
         reused=reused.n_reused,
         reused_from=reused.reused_from,
         history=reused.history,
+        rejected_by_reason={"featurization_failed": stats["rejected"]} if stats["rejected"] else {},
         step="features",
         engine=args.engine,
-        onnx_model=args.onnx_model,
+        engine_artifact=args.engine_artifact,
         weights=args.weights,
         weights_digest=digest,
         input_size=args.input_size,

@@ -8,6 +8,7 @@ bytes, the default ``onnx`` engine the exported model, so that its workers never
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -108,13 +109,42 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
 
 
+# where Keras downloads MobileNetV2's ImageNet backbone from, and the name it caches it under
+IMAGENET_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
+
+
+def imagenet_file(input_size: int) -> str:
+    return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{input_size}_no_top.h5"
+
+
+def imagenet_reachable(input_size: int, timeout: float = 10.0) -> None:
+    """WeightsUnavailable, naming the way out, unless Keras has the ImageNet weights in its cache or can
+    download them (one HEAD request, through the proxy of the environment): a run learns it before its
+    first step, not after ingest."""
+    import urllib.request
+
+    cache = (
+        Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "models" / imagenet_file(input_size)
+    )
+    if cache.exists():
+        return
+    request = urllib.request.Request(IMAGENET_BASE + imagenet_file(input_size), method="HEAD")
+    try:
+        urllib.request.urlopen(request, timeout=timeout).close()
+    except Exception as error:
+        raise WeightsUnavailable(
+            f"cannot download the ImageNet weights ({_first_line(error)}); "
+            f"pass --weights PATH_OR_URI to a .weights.h5 file or set {WEIGHTS_ENV}"
+        ) from None
+
+
 def _imagenet_weights(input_size: int) -> WeightsFile:
     try:
         model = build_backbone(input_size, weights="imagenet")
     except ImportError:
         raise WeightsUnavailable(
             "the ImageNet weights need Keras, not installed here: "
-            "pass --weights PATH_OR_URI to a .weights.h5 file (and --onnx-model)"
+            "pass --weights PATH_OR_URI to a .weights.h5 file (and --engine-artifact)"
         ) from None
     except Exception as error:
         raise WeightsUnavailable(

@@ -8,8 +8,8 @@ A model is kept for later days only if it deserves it (``unfit_reason``): fitted
 max(k, MIN_FIT_ROWS) rows, with at most half of its components numerically zero. Until the features seen
 reach that, each day is projected with a model fitted on that day alone, marked provisional in the report
 and never saved: one small first day cannot become the basis every later day is projected with.
-The report gives, next to the fit's explained variance, the variance the model explains on the day's data.
-This step runs last: it publishes the day's staged datasets together (``fruits_spark.publish``).
+Its stats give, next to the fit's explained variance, the variance the model explains on the day's data;
+the run's last stage (``fruits_spark.publish``) puts them in the report.
 """
 
 from __future__ import annotations
@@ -26,9 +26,8 @@ from pyspark.ml.stat import Summarizer
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from fruits_spark import contract, report, storage
+from fruits_spark import contract, storage
 from fruits_spark.layout import Layout
-from fruits_spark.publish import publish
 
 # a model later days apply is fitted on at least max(k, MIN_FIT_ROWS) rows: fewer describe one batch's
 # noise in 1280 dimensions, not the photos to come
@@ -188,7 +187,7 @@ def load(projected: DataFrame, layout: Layout, k: int) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    return contract.step_parser("pca", "Reduce features with PCA (Spark ML) and write the run report.")
+    return contract.step_parser("pca", "Reduce features with PCA (Spark ML).")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -208,20 +207,14 @@ def main(argv: list[str] | None = None) -> None:
             transform(features, chosen.model, chosen.version or contract.PROVISIONAL_MODEL), layout, args.k
         ),
         "k": args.k,
-        "model_version": chosen.version,
-        "model": chosen.why,
-        "model_note": chosen.note,
-        "fit_rows": chosen.rows,
+        "pca_model_version": chosen.version,
+        "pca_model": chosen.why,
+        "pca_model_note": chosen.note,
+        "pca_fit_rows": chosen.rows,
         "embedding": embedding,
         "explained_variance": chosen.explained_variance,
         "explained_variance_on_day": explained_on(features, chosen.model),
     }
-    published = publish(spark, layout)
-    stats.update(step="pca", published=published, seconds=round(time.monotonic() - started, 2))
+    stats.update(step="pca", seconds=round(time.monotonic() - started, 2))
     storage.write_stats(spark, layout, "pca", stats)
-    summary = report.build_summary(
-        layout.dt, {step: storage.read_stats(spark, layout, step) for step in contract.STEP_NAMES}
-    )
-    projected = spark.read.parquet(layout.published.dataset("pca"))
-    report.write_report(spark, layout.published, summary, projected)
-    print(f"pca: {stats['ok']} rows projected to k={args.k} ({stats['model']}); report at {layout.report()}")
+    print(f"pca: {stats['ok']} rows projected to k={args.k} ({stats['pca_model']})")

@@ -7,10 +7,10 @@ import html
 import io
 import json
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import SparkSession
 
 from fruits_spark import storage
-from fruits_spark.contract import STEP_NAMES
+from fruits_spark.contract import STEP_NAMES, STEPS
 from fruits_spark.layout import REPORT_HTML, REPORT_JSON, Layout
 
 PLOTS = ("explained_variance", "pca_scatter", "step_seconds")
@@ -19,49 +19,38 @@ SCATTER_MAX_POINTS = 5000
 LISTED_FILES = 20
 
 
+# what every file of the input became: the contract's one invariant between the steps' counts
+RECONCILED = ("ok", "rejected", "duplicates", "ignored")
+
+
 def build_summary(dt: str, stats: dict[str, dict]) -> dict:
-    # each step's stats by its name: a step added to contract.STEPS only adds its line to step_seconds
-    ingest, features, pca = stats.get("ingest", {}), stats.get("features", {}), stats.get("pca", {})
-    variance = pca.get("explained_variance", [])
+    """The report of a day from its steps' stats, as their records declare: each step's ``counts`` (a key
+    two steps count, as both reject files, adds up), its ``reported`` keys as they are, its seconds."""
+    counts: dict[str, int] = {}
+    rejected_by_reason: dict[str, int] = {}
+    reported: dict = {}
+    for record in STEPS:
+        own = stats.get(record.name, {})
+        for key in record.counts:
+            counts[key] = counts.get(key, 0) + int(own.get(key) or 0)
+        for reason, number in (own.get("rejected_by_reason") or {}).items():
+            rejected_by_reason[reason] = rejected_by_reason.get(reason, 0) + number
+        reported.update({key: own.get(key) for key in record.reported})
+    variance = reported.get("explained_variance") or []
     cumulative = []
     for value in variance:
         cumulative.append((cumulative[-1] if cumulative else 0.0) + value)
-    counts = {
-        "files_seen": ingest.get("files_seen", 0),
-        "ok": features.get("ok", 0),
-        # ok = featurised (the CNN ran now) + reused (copied from an earlier run); older stats lack both
-        "featurised": features.get("featurised", features.get("ok", 0)),
-        "reused": features.get("reused", 0),
-        "rejected": ingest.get("rejected", 0) + features.get("rejected", 0),
-        "duplicates": ingest.get("duplicates", 0),
-        "ignored": ingest.get("ignored", 0),
-    }
-    rejected_by_reason = dict(ingest.get("rejected_by_reason", {}))
-    if features.get("rejected"):
-        rejected_by_reason["featurization_failed"] = features["rejected"]
     return {
         "dt": dt,
-        "input": ingest.get("input"),
+        **reported,
         "counts": counts,
         "rejected_by_reason": rejected_by_reason,
-        "reconciled": counts["files_seen"]
-        == counts["ok"] + counts["rejected"] + counts["duplicates"] + counts["ignored"],
-        "k": pca.get("k"),
+        "reconciled": counts.get("files_seen", 0) == sum(counts.get(key, 0) for key in RECONCILED),
         "explained_variance": variance,
         "cumulative_explained_variance": cumulative,
-        "explained_variance_on_day": pca.get("explained_variance_on_day", []),
-        "pca_model_version": pca.get("model_version"),
-        "embedding": pca.get("embedding"),
-        "pca_model": pca.get("model"),
-        "pca_model_note": pca.get("model_note", ""),
-        "pca_fit_rows": pca.get("fit_rows"),
-        "weights": features.get("weights"),
-        "engine": features.get("engine"),
-        "input_size": features.get("input_size"),
-        "model_builds": features.get("model_builds"),
-        "rows_inferred": features.get("rows_inferred"),
-        "history": features.get("history"),
-        "reused_from": features.get("reused_from", {}),
+        "explained_variance_on_day": reported.get("explained_variance_on_day") or [],
+        "pca_model_note": reported.get("pca_model_note") or "",
+        "reused_from": reported.get("reused_from") or {},
         "step_seconds": {step: stats.get(step, {}).get("seconds") for step in STEP_NAMES},
     }
 
@@ -81,11 +70,17 @@ def describe_counts(summary: dict) -> str:
     """The counts in words, the same wherever they are printed (terminal, report.html)."""
     counts = summary["counts"]
     reuse = describe_reuse(summary["dt"], summary.get("reused_from") or {})
+    core = ("files_seen", "ok", "featurised", "reused", "rejected", "duplicates", "ignored")
+    # the counts of other steps (their records'), by their names
+    others = "".join(
+        f"; {key.replace('_', ' ')}: {value}" for key, value in counts.items() if key not in core
+    )
     return (
         f"{counts['ok']} images ok: {counts['featurised']} featurised now, {counts['reused']} reused"
         + (f" ({reuse})" if reuse else "")
         + f"; {counts['rejected']} rejected, {counts['duplicates']} duplicates, {counts['ignored']} ignored"
         + f" (of {counts['files_seen']} files)"
+        + others
     )
 
 
@@ -101,7 +96,7 @@ def plot_explained_variance(summary: dict) -> bytes:
     variance, cumulative, k = (
         summary["explained_variance"],
         summary["cumulative_explained_variance"],
-        summary["k"],
+        summary.get("k"),
     )
     figure = Figure(figsize=(7, 4))
     axes = figure.subplots()
@@ -217,7 +212,7 @@ def render_html(summary: dict, plots: dict[str, bytes]) -> str:
 <style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}table{{border-collapse:collapse}}
 th,td{{border:1px solid #ccc;padding:4px 10px;text-align:left}}img{{max-width:100%}}</style></head>
 <body><h1>Fruits! feature pipeline: run of {html.escape(summary["dt"])}</h1>
-<p>Input: <code>{html.escape(str(summary["input"]))}</code>. Every file is accounted for:
+<p>Input: <code>{html.escape(str(summary.get("input")))}</code>. Every file is accounted for:
 {"yes" if summary["reconciled"] else "<strong>NO</strong>"}.</p>
 <h2>Counts</h2><p>{html.escape(describe_counts(summary))}.</p><table>{_table(summary["counts"])}</table>
 <p>History: {html.escape(str(summary.get("history")))}.</p>
@@ -245,10 +240,12 @@ def listed_files(spark: SparkSession, layout: Layout) -> dict:
     return found
 
 
-def write_report(spark: SparkSession, layout: Layout, summary: dict, projected: DataFrame | None) -> None:
+def write_report(spark: SparkSession, layout: Layout, summary: dict) -> None:
+    """The report of ``layout``'s published day: ``summary``, the files it lists, its plots."""
     summary = {**summary, **listed_files(spark, layout)}
     points = []
-    if projected is not None:
+    if storage.exists(spark, layout.dataset("pca")):
+        projected = spark.read.parquet(layout.dataset("pca"))
         sample = projected.select("label", "pca").limit(SCATTER_MAX_POINTS).collect()
         points = [
             (row["label"], float(row["pca"][0]), float(row["pca"][1] if len(row["pca"]) > 1 else 0.0))

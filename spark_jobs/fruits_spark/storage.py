@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from pyspark.sql import SparkSession
 
+from fruits_spark.contract import local_path
 from fruits_spark.layout import Layout
 
 
@@ -121,8 +122,8 @@ def read_bytes(spark: SparkSession, uri: str) -> bytes:
 
 def fetch_to_local(spark: SparkSession, uri: str) -> str:
     """Copy a remote file next to the driver; Keras only loads weights from a local path."""
-    if "://" not in uri or uri.startswith("file://"):
-        local = uri.removeprefix("file://")
+    local = local_path(uri)
+    if local is not None:
         if not os.path.exists(local):
             raise FileNotFoundError(f"weights file not found: {uri}")
         return local

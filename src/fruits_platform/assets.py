@@ -48,6 +48,10 @@ def event_extra(report: Mapping, output: str, dataset: str) -> dict:
         "pca_model": report.get("pca_model"),
         "rows": counts["ok"],
         "counts": dict(counts),
+        # every dataset the day published (the step records'), for a consumer that reads more than one
+        "datasets": {
+            name: f"{dataset_uri(output, name)}/dt={report['dt']}" for name in report.get("published") or []
+        },
         "report": layout.report(REPORT_HTML),
     }
 

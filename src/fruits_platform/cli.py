@@ -1,15 +1,12 @@
-"""The ``fruits`` command: run the pipeline locally, benchmark it, upload images to S3, see to the local
-Spark daemon."""
+"""The ``fruits`` command: run the pipeline locally, benchmark it, upload images to S3."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from fruits_platform.aws import upload
-from fruits_platform.local import spark_daemon
-from fruits_platform.local.runner import LOCAL_MASTER
+from fruits_platform.local.spark_settings import LOCAL_MASTER
 from fruits_platform.pipeline import WEIGHTS_HELP, PipelineParams, default_weights
 from fruits_platform.tools import bench
 from fruits_spark.contract import DATASETS, RUN_PARAMS, STEP_NAMES, today
@@ -23,7 +20,7 @@ class DefaultsHelp(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         if (
-            "%(default)" in text
+            "default" in text
             or action.required
             or action.default in (None, "", False, [], argparse.SUPPRESS)
         ):
@@ -31,21 +28,12 @@ class DefaultsHelp(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
-def local_path(value: str) -> str:
-    """A local path made absolute (spark-submit runs elsewhere); URIs and ``imagenet`` as given."""
-    return value if value == "imagenet" or "://" in value else str(Path(value).resolve())
-
-
 def _run_local(args: argparse.Namespace) -> int:
     from fruits_platform.local.runner import StepFailed, run_local
 
-    values = {param.name: getattr(args, param.name) for param in RUN_PARAMS}
-    values.update(
-        input=local_path(args.input), output=local_path(args.output), weights=local_path(args.weights)
-    )
     try:
-        params = PipelineParams(**values)
-        report, _ = run_local(params, master=args.master, daemon=not args.no_daemon)
+        params = PipelineParams(**{param.name: getattr(args, param.name) for param in RUN_PARAMS}).resolved()
+        report, _ = run_local(params, master=args.master)
     except (StepFailed, ValueError, FileNotFoundError) as error:
         print(f"fruits: {error}", file=sys.stderr)
         return 1
@@ -59,7 +47,11 @@ def _run_local(args: argparse.Namespace) -> int:
 
 def _register_run_local(commands) -> None:
     local = commands.add_parser(
-        "run-local", help=f"run the steps ({', '.join(STEP_NAMES)}) with Spark in local mode"
+        "run-local",
+        help=f"run the steps ({', '.join(STEP_NAMES)}) with Spark in local mode",
+        description="Runs the pipeline's plan on this machine in one spark-submit of its own, which ends "
+        "with the command: the day's datasets are published together under --output/<dataset>/dt=<dt>/, "
+        "with report.json and report.html. Nothing is written when a param cannot work.",
     )
     for param in RUN_PARAMS:
         if param.name in ("input", "output"):
@@ -70,13 +62,7 @@ def _register_run_local(commands) -> None:
             param.add_argument(local, default=default_weights(), help=WEIGHTS_HELP)
         else:
             param.add_argument(local)
-    local.add_argument("--master", default=LOCAL_MASTER, help="Spark master (local[*]: every local core)")
-    local.add_argument(
-        "--no-daemon",
-        action="store_true",
-        help="a spark-submit of its own instead of the local Spark daemon that local runs share "
-        "(`fruits daemon stop` ends the daemon; it also exits after 15 idle minutes)",
-    )
+    local.add_argument("--master", default=LOCAL_MASTER, help="Spark master; local[*] uses every local core")
     local.set_defaults(handler=_run_local)
 
 
@@ -104,7 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
     _register_run_local(commands)
     upload.register(commands)
     bench.register(commands)
-    spark_daemon.register(commands)
     for command in commands.choices.values():
         command.formatter_class = DefaultsHelp
     return parser

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from fruits_spark.contract import PARAMS, STEP_NAMES, WEIGHTS_ENV, step_args
 
@@ -25,37 +26,61 @@ def default_weights() -> str:
 WEIGHTS_HELP = f"{PARAMS['weights'].help} (default: ${WEIGHTS_ENV} where set)"
 
 
-@dataclass(frozen=True)
-class PipelineParams:
-    """A run's parameters, each validated against the contract once, when the run is defined."""
+class PipelineParams(Mapping):
+    """A run's parameters, the contract's ``RUN_PARAMS``: each validated once, when the run is defined, the
+    unset ones at their default; a name the contract does not know is refused. Read as attributes
+    (``params.output``) or as the mapping the steps' command lines are built from."""
 
-    input: str
-    output: str
-    dt: str
-    weights: str = PARAMS["weights"].default
-    input_size: int = PARAMS["input_size"].default
-    k: int = PARAMS["k"].default
-    refit: bool = PARAMS["refit"].default
-    engine: str = PARAMS["engine"].default
-    onnx_model: str = PARAMS["onnx_model"].default
-    recompute: bool = PARAMS["recompute"].default
-
-    def __post_init__(self) -> None:
-        for field in fields(self):
-            object.__setattr__(self, field.name, PARAMS[field.name].validate(getattr(self, field.name)))
+    def __init__(self, **values: Any) -> None:
+        unknown = sorted(set(values) - set(PARAMS))
+        if unknown:
+            raise ValueError(f"unknown run param(s) {', '.join(unknown)}; params are {', '.join(PARAMS)}")
+        self._values = {
+            name: param.validate(values.get(name, param.default))
+            for name, param in PARAMS.items()
+        }
 
     @classmethod
     def from_mapping(cls, values: Mapping, **given) -> PipelineParams:
         """From a DAG run's params (or any mapping), taking only the contract's names; ``given`` wins."""
-        names = {field.name for field in fields(cls)}
-        return cls(**{name: values[name] for name in names if name in values and name not in given}, **given)
+        return cls(**{name: values[name] for name in PARAMS if name in values and name not in given}, **given)
+
+    def resolved(self) -> PipelineParams:
+        """These params with every local path made absolute, once, at the edge where the run is defined:
+        a step may run in another working directory (spark-submit, an Airflow worker)."""
+        return PipelineParams(**{name: PARAMS[name].resolve(value) for name, value in self._values.items()})
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["_values"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PipelineParams) and other._values == self._values
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"PipelineParams({', '.join(f'{k}={v!r}' for k, v in self._values.items())})"
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return dict(self._values)
 
 
 @dataclass(frozen=True)
 class SparkStep:
+    """One entry of a run's plan: a step's name, its entry script and its command-line arguments."""
+
     name: str
     script: str
     args: tuple[str, ...]
@@ -68,10 +93,12 @@ def run_values(params: PipelineParams | Mapping) -> dict:
     return params.as_dict() if isinstance(params, PipelineParams) else dict(params)
 
 
-def pipeline_steps(params: PipelineParams | Mapping) -> list[SparkStep]:
-    """The steps' command lines (``run_values``)."""
+def plan(params: PipelineParams | Mapping) -> tuple[SparkStep, ...]:
+    """A run's plan: every step of the contract in order, the last stage (publish and report) included,
+    with its command-line arguments. The one plan that every executor runs: the EMR steps
+    (``aws.cluster.emr_steps``), a local spark-submit (``local.runner``) and the tests' in-process run."""
     values = run_values(params)
-    return [SparkStep(name, f"{name}.py", step_args(name, values)) for name in STEP_NAMES]
+    return tuple(SparkStep(name, f"{name}.py", step_args(name, values)) for name in STEP_NAMES)
 
 
 def spark_submit_args(
@@ -95,12 +122,21 @@ def spark_submit_args(
     return [*args, "--py-files", f"{artifacts}/{PY_FILES_ZIP}", f"{artifacts}/{step.script}", *step.args]
 
 
+# what the JVM logs on its own (``[0.5s][warning][cds] Skipping ...``, ``WARN NativeCodeLoader``): never a
+# step's reason, even where it names an Error or an Exception
+_JVM_NOISE = re.compile(
+    r"^(\[[\d.]+s\]|\[\w+\]|\d{2}/\d{2}/\d{2} \d{2}:\d{2}:\d{2} (WARN|INFO)|WARNING:|OpenJDK)"
+)
+
+
 def failure_reason(step: str, log_text: str) -> str:
     """The line of a step's log that explains its failure: the job's own one-line message (``<step>: ...``),
-    else the last exception. The same rule for a local log and an EMR step's stderr."""
+    else the last exception, the JVM's own log lines left out. The same rule for a local log and an EMR
+    step's stderr."""
     lines = [line.strip() for line in log_text.splitlines() if line.strip()]
     own = [line for line in lines if line.startswith(f"{step}: ")]
     if own:
         return own[-1]
+    lines = [line for line in lines if not _JVM_NOISE.match(line)]
     errors = [line for line in lines if re.search(r"(Error|Exception)\b", line)]
     return (errors or lines or ["no output"])[-1][:300]

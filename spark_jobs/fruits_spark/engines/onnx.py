@@ -4,7 +4,7 @@ TensorFlow.
 The export needs TensorFlow, Keras and tf2onnx, and runs where they are: the features step's driver
 (``cached_onnx``, once per embedding and machine) or the EMR staging task (``export_onnx``, uploaded next to
 the weights). The exported file carries the weights and the embedding it computes (metadata), so a step that
-is handed one (``--onnx-model``) needs neither TensorFlow nor the export. The Python workers only need
+is handed one (``--engine-artifact``) needs neither TensorFlow nor the export. The Python workers only need
 onnxruntime: one InferenceSession per worker process (``build``), a few hundred MB instead of
 TensorFlow's 1.5 GB.
 
@@ -66,14 +66,14 @@ def export_onnx(weights: model.WeightsFile, input_size: int, destination: str | 
     except ImportError as error:
         raise OnnxModelUnavailable(
             f"cannot export the model to ONNX here ({_first_line(error)}): install tf2onnx, "
-            "or pass --onnx-model PATH_OR_URI exported elsewhere, or --engine tensorflow"
+            "or pass --engine-artifact PATH_OR_URI exported elsewhere, or --engine tensorflow"
         ) from None
     try:
         backbone = model.build_backbone(input_size)
     except ImportError as error:
         raise OnnxModelUnavailable(
             "cannot export the model to ONNX here: TensorFlow/Keras are not installed "
-            f"({_first_line(error)}); pass --onnx-model PATH_OR_URI exported where they are"
+            f"({_first_line(error)}); pass --engine-artifact PATH_OR_URI exported where they are"
         ) from None
     try:
         model.load_into(backbone, weights)
@@ -200,9 +200,16 @@ def prepare_model(spark, weights: str, input_size: int, onnx_model: str = "") ->
     return read_onnx(data, onnx_model, digest, input_size)
 
 
+def build_artifact(weights: model.WeightsFile, input_size: int, destination: Path) -> Path:
+    """The engine's artifact (``Engine.artifact``): the exported model, for the EMR staging to upload, so
+    that the nodes never import TensorFlow. Taken from this machine's export cache."""
+    destination.write_bytes(cached_onnx(weights, input_size).data)
+    return destination
+
+
 def prepare(spark, args: argparse.Namespace):
     """The driver's part: the checked model, broadcast, and the digest of the weights it carries."""
-    exported = prepare_model(spark, args.weights, args.input_size, args.onnx_model)
+    exported = prepare_model(spark, args.weights, args.input_size, args.engine_artifact)
     return spark.sparkContext.broadcast(exported), exported.weights_digest
 
 

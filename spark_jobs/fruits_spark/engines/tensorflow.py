@@ -14,8 +14,11 @@ def prepare(spark, args: argparse.Namespace):
     """The driver's part: the checked weights file, broadcast, and its digest."""
     from fruits_spark import storage
 
-    if args.onnx_model:
-        raise model.WeightsUnavailable("--onnx-model is for --engine onnx only")
+    if args.engine_artifact:
+        # it builds its model from the weights: an artifact given here is someone's mistake
+        raise model.WeightsUnavailable(
+            "--engine-artifact is for an engine with an artifact (onnx), not tensorflow"
+        )
     local = None if args.weights == "imagenet" else storage.fetch_to_local(spark, args.weights)
     weights_file = model.read_weights(args.weights, args.input_size, local)
     return spark.sparkContext.broadcast(weights_file), weights_file.digest

@@ -18,7 +18,7 @@ from botocore.exceptions import ClientError
 from fruits_platform.artifacts import build_artifacts, content_hash
 from fruits_platform.aws import bootstrap
 from fruits_platform.aws.bootstrap import sha256_file
-from fruits_spark.contract import ENGINES, PARAMS, engine_record
+from fruits_spark.contract import PARAMS, engine_record
 from fruits_spark.images import is_input_image
 
 ARTIFACTS_PREFIX = "artifacts/"
@@ -28,10 +28,14 @@ SHA256_METADATA = "sha256"
 
 # the cluster cannot run without these (bootstrap/ in the repository, staged with the code)
 BOOTSTRAP_SCRIPT = "install-python-deps.sh"
+
+
 # the cluster's Python runtime per inference engine (its record's): ONNX Runtime's has no TensorFlow (a
 # faster bootstrap)
-BOOTSTRAP_REQUIREMENTS = {engine.name: engine.requirements for engine in ENGINES}
-ONNX_NAME = "mobilenet_v2.onnx"
+def bootstrap_requirements(engine: str) -> str:
+    return engine_record(engine).requirements
+
+
 SPARK_ENV_FILE = "spark-env.json"
 
 
@@ -155,8 +159,9 @@ class StagedArtifacts:
     uploaded: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     spark_env: list[dict] = field(default_factory=list)
-    # the features step's exported model (engine onnx), staged next to the weights; empty otherwise
-    onnx_model_uri: str = ""
+    # the engine's pre-built artifact (onnx: the exported model), staged next to the weights; empty for an
+    # engine without one
+    engine_artifact_uri: str = ""
     # the wheels the bootstrap installs with --no-index (bootstrap.build_wheelhouse), a folder URI
     wheelhouse_uri: str = ""
 
@@ -168,7 +173,7 @@ class StagedArtifacts:
         return self.artifacts_uri + BOOTSTRAP_SCRIPT
 
     def requirements_uri(self, engine: str) -> str:
-        return self.artifacts_uri + BOOTSTRAP_REQUIREMENTS[engine]
+        return self.artifacts_uri + bootstrap_requirements(engine)
 
 
 def local_weights(s3, weights_uri: str, folder: Path) -> Path:
@@ -179,25 +184,25 @@ def local_weights(s3, weights_uri: str, folder: Path) -> Path:
     return path
 
 
-def stage_onnx(s3, bucket: str, weights_uri: str, input_size: int, scratch: Path) -> tuple[str, bool]:
-    """(the exported ONNX model's URI, whether it was uploaded now): exported here, once per embedding
-    (the digest of the weight values and the input size), so that EMR nodes never import TensorFlow."""
+def stage_engine_artifact(
+    s3, bucket: str, engine: str, weights_uri: str, input_size: int, scratch: Path
+) -> tuple[str, bool]:
+    """(the URI of the engine's artifact, whether it was uploaded now), for an engine whose record names one
+    (``Engine.artifact``; ONNX: the exported model, so that the nodes never import TensorFlow): built here by
+    its module's ``build_artifact``, once per engine and embedding (the weight values and the input size)."""
     from fruits_spark import model
-    from fruits_spark.engines import onnx as onnx_engine
 
+    record = engine_record(engine)
     weights_file = local_weights(s3, weights_uri, scratch)
     try:
         weights = model.read_weights(str(weights_file), input_size)
         embedding = model.embedding_id(weights.digest, input_size)
-        key = f"{ARTIFACTS_PREFIX}onnx/{embedding}/{ONNX_NAME}"
+        key = f"{ARTIFACTS_PREFIX}{record.name}/{embedding}/{record.artifact}"
         if head(s3, bucket, key):
             return s3_uri(bucket, key), False
-        # the worker's export cache (one export per embedding and machine), as the local runs use it
-        exported = onnx_engine.cached_onnx(weights, input_size)
+        path = record.load().build_artifact(weights, input_size, scratch / record.artifact)
     except model.WeightsUnavailable as error:
-        raise StagingError(f"cannot export the model to ONNX for the cluster: {error}") from None
-    path = scratch / ONNX_NAME
-    path.write_bytes(exported.data)
+        raise StagingError(f"cannot build the {engine} engine's artifact for the cluster: {error}") from None
     put_file(s3, bucket, key, path)
     return s3_uri(bucket, key), True
 
@@ -229,10 +234,10 @@ def stage_artifacts(
     arch: str = "x86_64",
 ) -> StagedArtifacts:
     """Builds the artifacts into ``scratch`` and stages them, with the wheelhouse of the engine's
-    requirements for the nodes' ``arch``, the weights (and for the onnx engine the exported model), in
-    ``bucket``."""
+    requirements for the nodes' ``arch``, the weights (and the engine's artifact, where its record names
+    one), in ``bucket``."""
     built = build_artifacts(scratch / "artifacts")
-    required = (BOOTSTRAP_SCRIPT, BOOTSTRAP_REQUIREMENTS[engine], SPARK_ENV_FILE)
+    required = (BOOTSTRAP_SCRIPT, bootstrap_requirements(engine), SPARK_ENV_FILE)
     missing = [name for name in required if not (built / name).is_file()]
     if missing:
         raise StagingError(
@@ -246,12 +251,14 @@ def stage_artifacts(
         (staged.uploaded if upload_if_changed(s3, bucket, key, path) else staged.skipped).append(key)
     # the executors' Python (the bootstrap's venv), as EMR Configurations
     staged.spark_env = json.loads((built / SPARK_ENV_FILE).read_text())
-    staged.wheelhouse_uri = stage_wheelhouse(s3, bucket, built / BOOTSTRAP_REQUIREMENTS[engine], arch, staged)
+    staged.wheelhouse_uri = stage_wheelhouse(s3, bucket, built / bootstrap_requirements(engine), arch, staged)
     weights_dir = scratch / "weights"
     weights_dir.mkdir(parents=True, exist_ok=True)
     staged.weights_uri, uploaded = stage_weights(s3, bucket, weights, input_size, weights_dir)
     (staged.uploaded if uploaded else staged.skipped).append(staged.weights_uri)
-    if engine_record(engine).staged_onnx:
-        staged.onnx_model_uri, uploaded = stage_onnx(s3, bucket, staged.weights_uri, input_size, weights_dir)
-        (staged.uploaded if uploaded else staged.skipped).append(staged.onnx_model_uri)
+    if engine_record(engine).artifact:
+        staged.engine_artifact_uri, uploaded = stage_engine_artifact(
+            s3, bucket, engine, staged.weights_uri, input_size, weights_dir
+        )
+        (staged.uploaded if uploaded else staged.skipped).append(staged.engine_artifact_uri)
     return staged

@@ -147,7 +147,12 @@ def _run_upload(args: argparse.Namespace) -> int:
 
 
 def register(commands) -> None:
-    upload = commands.add_parser("upload", help="upload a folder of labelled images to S3 (SSE, resumable)")
+    upload = commands.add_parser(
+        "upload",
+        help="upload a folder of labelled images to S3 (SSE, resumable)",
+        description="Uploads the images of --source (one sub-folder per label) to s3://BUCKET/PREFIX, "
+        "encrypted, skipping what is there already: the EMR DAG's next run reads them.",
+    )
     upload.add_argument("--source", required=True, help="folder of images, one sub-folder per label")
     upload.add_argument("--bucket", required=True, help="destination bucket (in --region)")
     upload.add_argument(

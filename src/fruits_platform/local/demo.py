@@ -14,11 +14,11 @@ import sys
 from pathlib import Path
 
 from fruits_platform.artifacts import PROJECT_ROOT
-from fruits_platform.local import spark_daemon
 from fruits_platform.local.airflow_server import airflow_env
 from fruits_platform.pipeline import default_weights
 from fruits_spark.contract import DATASETS
 from fruits_spark.layout import REPORT_HTML, REPORT_JSON, Layout
+from fruits_spark.report import describe_counts
 
 DAG_ID = "fruits_features_local"
 
@@ -61,16 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     report = json.loads((output / REPORT_JSON).read_text())  # the latest run's: this one
     layout = Layout(str(output), report["dt"])
-    print(f"run succeeded: {report['counts']}")
+    print(f"run succeeded: {describe_counts(report)}")
     print(f"outputs:   {output}/{{{','.join(DATASETS)}}}/dt={report['dt']}/")
     print(f"report:    {layout.report(REPORT_HTML)} (and report.json, report_*.png)")
     print(f"task logs: {log} (Airflow), {layout.logs()}/pipeline.log (the steps)")
-    if spark_daemon.running():
-        print(
-            f"the local Spark daemon that ran the steps stays up for the next runs: it exits after "
-            f"{spark_daemon.IDLE_SECONDS // 60} idle minutes, or on `.venv/bin/fruits daemon stop` "
-            f"(its Spark log: {spark_daemon.log_path()})"
-        )
     return 0
 
 

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from fruits_platform.pipeline import PipelineParams
-from fruits_spark.contract import WEIGHTS_ENV
+from fruits_spark.contract import RUN_PARAMS, WEIGHTS_ENV, local_path
 
 
 class BadRun(ValueError):
@@ -20,10 +20,9 @@ class BadRun(ValueError):
 
 
 def _local(uri: str) -> Path | None:
-    """The local path of a path or file:// URI; None for a remote URI (the steps check those)."""
-    if uri.startswith("file://"):
-        return Path(uri.removeprefix("file://"))
-    return None if "://" in uri else Path(uri)
+    """The local path of a path or file: URI; None for a remote URI (the steps check those)."""
+    path = local_path(uri)
+    return None if path is None else Path(path)
 
 
 def check_input(uri: str) -> None:
@@ -68,17 +67,32 @@ def check_output(uri: str, input_uri: str) -> None:
         raise BadRun(f"--output {uri} is inside --input {input_uri}: the next run would ingest the outputs")
 
 
+# what to pass instead, for the file params of the contract that people give most
+FILE_FIXES = {
+    "weights": "pass --weights imagenet or the path of a MobileNetV2 .weights.h5 file "
+    f"(or set {WEIGHTS_ENV})",
+}
+
+
+def check_weights(params: PipelineParams) -> None:
+    """``imagenet`` must be in Keras' cache or downloadable: said before any step, not after ingest."""
+    from fruits_spark import model
+
+    if params.weights == "imagenet":
+        try:
+            model.imagenet_reachable(params.input_size)
+        except model.WeightsUnavailable as error:
+            raise BadRun(f"--weights imagenet: {error}") from None
+
+
 def check_run(params: PipelineParams) -> None:
-    """Raises BadRun for the first param that cannot work; writes nothing."""
+    """Raises BadRun for the first param that cannot work; writes nothing. Every path param of the contract
+    (a registered step's too) is checked: the input a folder of files, the output writable, the others
+    files that exist."""
     check_input(params.input)
-    if params.weights != "imagenet":
-        check_file(
-            "--weights",
-            params.weights,
-            f"pass --weights imagenet or the path of a MobileNetV2 .weights.h5 file (or set {WEIGHTS_ENV})",
-        )
-    if params.onnx_model:
-        check_file(
-            "--onnx-model", params.onnx_model, "pass a .onnx file exported for these weights, or omit it"
-        )
+    for param in RUN_PARAMS:
+        value = params[param.name]
+        if param.path and param.name not in ("input", "output") and value and value != "imagenet":
+            check_file(param.flag, value, FILE_FIXES.get(param.name, f"{param.flag}: {param.help}"))
+    check_weights(params)
     check_output(params.output, params.input)

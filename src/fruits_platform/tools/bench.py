@@ -20,12 +20,8 @@ import time
 from pathlib import Path
 
 from fruits_platform.artifacts import PROJECT_ROOT
-from fruits_platform.local.runner import (
-    LOCAL_MASTER,
-    LOCAL_SPARK_CONF,
-    spark_env,
-    spark_submit_binary,
-)
+from fruits_platform.local.runner import spark_submit_binary
+from fruits_platform.local.spark_settings import LOCAL_MASTER, LOCAL_SPARK_CONF, spark_env
 from fruits_platform.pipeline import WEIGHTS_HELP, default_weights
 from fruits_platform.tools import phone_photos, quality
 from fruits_platform.tools.bench_bare import BARE_ENGINES, run_bare
@@ -33,7 +29,6 @@ from fruits_platform.tools.bench_pipeline import (
     BENCH_DAY,
     WorkerMemory,
     labelled_runs,
-    run_on_warm_daemon,
     run_pipeline,
 )
 from fruits_platform.tools.bench_spark import history, pca_fit_time
@@ -151,17 +146,13 @@ def _print_pipeline(label: str, pipeline: dict) -> None:
 
 def measure_pipelines(args: argparse.Namespace, input_dir: Path, weights: str, work: Path) -> dict:
     """(b) at ``--input-size`` (and every input size with ``--sizes``, with its embedding quality), each on a
-    spark-submit of its own; then ``--input-size`` again on a warm local Spark daemon."""
+    spark-submit of its own (cold, as every EMR step runs)."""
     figures = {}
     sizes = INPUT_SIZES if args.sizes else (args.input_size,)
     for size in sizes:
         pipeline = _with_rates(run_pipeline(input_dir, weights, size, work, args.engine))
         figures[f"pipeline_{size}"] = pipeline
         _print_pipeline(f"pipeline ({args.engine}), input {size}, own spark-submit", pipeline)
-    if "daemon" not in args.skip:
-        pipeline = _with_rates(run_on_warm_daemon(input_dir, weights, args.input_size, work, args.engine))
-        figures[f"pipeline_{args.input_size}_daemon"] = pipeline
-        _print_pipeline(f"pipeline ({args.engine}), input {args.input_size}, on the warm daemon", pipeline)
     if args.sizes:
         outputs = {size: figures[f"pipeline_{size}"]["output"] for size in sizes}
         for size, measured in embedding_quality(outputs).items():
@@ -174,11 +165,8 @@ def measure_pipelines(args: argparse.Namespace, input_dir: Path, weights: str, w
     return figures
 
 
-def measure_bare(
-    args: argparse.Namespace, paths: list[Path], weights: str, work: Path, main: dict, warm: dict | None
-) -> dict:
-    """(a) for each engine not skipped, and its ratios to (b)'s figures ``main`` (and ``warm``, the run on
-    the daemon)."""
+def measure_bare(args: argparse.Namespace, paths: list[Path], weights: str, work: Path, main: dict) -> dict:
+    """(a) for each engine not skipped, and its ratios to (b)'s figures ``main``."""
     figures = {}
     for engine in (record.name for record in ENGINES if record.name in BARE_ENGINES):
         if f"bare-{engine}" in args.skip:
@@ -200,7 +188,7 @@ def measure_bare(
     # the whole pipeline's wall time against one bare TensorFlow process over the same images
     if "bare_tensorflow" in figures:
         tensorflow_seconds = figures["bare_tensorflow"]["seconds_process"]
-        for suffix, label, run in labelled_runs(main, warm):
+        for suffix, label, run in labelled_runs(main):
             ratio = figures[f"ratio_whole_wall_vs_bare_tensorflow{suffix}"] = round(
                 run["whole_seconds"] / tensorflow_seconds, 2
             )
@@ -211,10 +199,8 @@ def measure_bare(
     return figures
 
 
-def measure_notebook(
-    input_dir: Path, images: int, weights: str, work: Path, main: dict, warm: dict | None
-) -> dict:
-    """(c), and the ratio of (b)'s whole runs ``main`` (and ``warm``) to it."""
+def measure_notebook(input_dir: Path, images: int, weights: str, work: Path, main: dict) -> dict:
+    """(c), and the ratio of (b)'s whole run ``main`` to it."""
     notebook = run_notebook(input_dir, weights, work)
     notebook["img_per_s"] = _rate(images, notebook["seconds"])
     print(
@@ -222,7 +208,7 @@ def measure_notebook(
         f"peak Python worker RSS {notebook['peak_worker_rss_mb']} MB"
     )
     figures = {"notebook": notebook}
-    for suffix, label, run in labelled_runs(main, warm):
+    for suffix, label, run in labelled_runs(main):
         ratio = figures[f"ratio_whole_vs_notebook{suffix}"] = round(
             run["whole_img_per_s"] / notebook["img_per_s"], 2
         )
@@ -253,11 +239,10 @@ def bench(args: argparse.Namespace) -> int:
     print(f"bench: {len(paths)} images from {args.source}, {os.cpu_count()} cores")
     figures.update(measure_pipelines(args, input_dir, weights, work))
     main = figures[f"pipeline_{args.input_size}"]
-    warm = figures.get(f"pipeline_{args.input_size}_daemon")
     if "bare" not in args.skip:
-        figures.update(measure_bare(args, paths, weights, work, main, warm))
+        figures.update(measure_bare(args, paths, weights, work, main))
     if "notebook" not in args.skip:
-        figures.update(measure_notebook(input_dir, len(paths), weights, work, main, warm))
+        figures.update(measure_notebook(input_dir, len(paths), weights, work, main))
     if args.pca_rows:
         figures["pca_fit"] = pca_fit_time(args.pca_rows, work)
         print(f"PCA fit on {args.pca_rows} x 1280 features, k=100: {figures['pca_fit']['seconds']} s")
@@ -268,7 +253,14 @@ def bench(args: argparse.Namespace) -> int:
 
 
 def register(commands) -> None:
-    parser = commands.add_parser("bench", help="benchmark feature extraction (prints img/s and memory)")
+    parser = commands.add_parser(
+        "bench",
+        help="benchmark feature extraction (prints img/s and memory)",
+        description="Times the pipeline as a user runs it (fruits run-local, on its own spark-submit) on "
+        "copies of --source, against (a) a bare process of each engine over the same images and (c) the "
+        "notebook approach; prints images per second, the ratios and peak memory, and writes them as JSON "
+        "under --work-dir. --phone-photos does the same on 12 MP phone photos.",
+    )
     parser.add_argument(
         "--images", type=int, default=600, help="number of images (replicated past the source)"
     )
@@ -281,7 +273,8 @@ def register(commands) -> None:
         "--skip",
         action="append",
         default=[],
-        choices=["bare", *(f"bare-{engine}" for engine in BARE_ENGINES), "notebook", "daemon"],
+        choices=["bare", *(f"bare-{engine}" for engine in BARE_ENGINES), "notebook"],
+        help="leave a reference out (repeatable)",
     )
     parser.add_argument(
         "--phone-photos",

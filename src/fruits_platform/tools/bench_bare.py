@@ -93,7 +93,7 @@ def run_bare(
 ) -> dict:
     listing = work / "bare_paths.json"
     listing.write_text(json.dumps([str(p) for p in paths]))
-    model_file = exported_model(weights, input_size) if engine_record(engine).staged_onnx else weights
+    model_file = exported_model(weights, input_size) if engine_record(engine).artifact else weights
     started = time.monotonic()
     completed = subprocess.run(
         [

@@ -1,5 +1,5 @@
-"""``fruits bench`` (b): ``fruits run-local`` as a user runs it, on a spark-submit of its own (a first run)
-or on a warm local Spark daemon (a later one), with the peak RSS of its Spark Python workers."""
+"""``fruits bench`` (b): ``fruits run-local`` as a user runs it, on a spark-submit of its own (cold, as every
+EMR step runs), with the peak RSS of its Spark Python workers."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import shutil
 import threading
 from pathlib import Path
 
-from fruits_platform.artifacts import PROJECT_ROOT
-from fruits_platform.local import spark_daemon
 from fruits_platform.local.runner import run_local
 from fruits_platform.pipeline import PipelineParams
 from fruits_spark.contract import STEP_NAMES
@@ -19,7 +17,7 @@ BENCH_DAY = "2026-01-01"
 
 class WorkerMemory:
     """Samples the RSS of Spark's Python workers (pyspark.daemon and its forks) while a step runs: those
-    below this process, or below ``root`` (the local Spark daemon's pid)."""
+    below this process, or below ``root``."""
 
     def __init__(self, interval: float = 0.5, root: int | None = None) -> None:
         self.interval, self.peak_mb, self._stop = interval, 0.0, threading.Event()
@@ -50,37 +48,22 @@ class WorkerMemory:
         self._thread.join()
 
 
-def warm_daemon(weights: str, input_size: int, work: Path, engine: str) -> int:
-    """A local Spark daemon of this bench's own, which has run once on the bundled sample (as after
-    ``make demo``); its pid."""
-    spark_daemon.stop()
-    output = work / "daemon_warm_up"
-    shutil.rmtree(output, ignore_errors=True)
-    sample = PROJECT_ROOT / "data" / "sample"
-    params = PipelineParams(
-        str(sample), str(output), BENCH_DAY, weights, input_size=input_size, engine=engine
-    )
-    run_local(params, echo=lambda _: None, daemon=True)
-    return spark_daemon.status()["pid"]
-
-
 def run_pipeline(
     input_dir: Path,
     weights: str,
     input_size: int,
     work: Path,
     engine: str = "onnx",
-    daemon: int | None = None,
 ) -> dict:
-    """(b): ``fruits run-local`` on its own spark-submit (a first run), or on the warm local Spark daemon
-    whose pid is ``daemon``."""
-    output = work / f"pipeline_{input_size}{'_daemon' if daemon else ''}"
+    """(b): ``fruits run-local`` on its own spark-submit."""
+    output = work / f"pipeline_{input_size}"
     shutil.rmtree(output, ignore_errors=True)
     params = PipelineParams(
-        str(input_dir), str(output), BENCH_DAY, weights, input_size=input_size, engine=engine
-    )
-    with WorkerMemory(root=daemon) as memory:
-        report, wall = run_local(params, echo=lambda _: None, daemon=daemon is not None)
+        input=str(input_dir), output=str(output), dt=BENCH_DAY, weights=weights, input_size=input_size,
+        engine=engine,
+    )  # fmt: skip
+    with WorkerMemory() as memory:
+        report, wall = run_local(params, echo=lambda _: None)
     return {
         "ok": report["counts"]["ok"],
         "features_seconds_in_job": report["step_seconds"]["features"],
@@ -93,12 +76,6 @@ def run_pipeline(
     }
 
 
-def run_on_warm_daemon(input_dir: Path, weights: str, input_size: int, work: Path, engine: str) -> dict:
-    """(b) on a daemon of the bench's own, warmed by one run (``warm_daemon``)."""
-    daemon = warm_daemon(weights, input_size, work, engine)
-    return run_pipeline(input_dir, weights, input_size, work, engine, daemon)
-
-
-def labelled_runs(own: dict, warm: dict | None) -> list[tuple[str, str, dict]]:
-    """(key suffix, label, figures) of (b)'s runs: on its own spark-submit, then on the warm daemon."""
-    return [("", "own spark-submit", own)] + ([("_daemon", "warm daemon", warm)] if warm else [])
+def labelled_runs(own: dict) -> list[tuple[str, str, dict]]:
+    """(key suffix, label, figures) of (b)'s runs, as the figures' keys and lines name them."""
+    return [("", "own spark-submit", own)]

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from fruits_platform.local.runner import LOCAL_MASTER
+from fruits_platform.local.spark_settings import LOCAL_MASTER
 from fruits_spark.layout import Layout
 
 

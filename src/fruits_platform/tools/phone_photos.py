@@ -179,10 +179,7 @@ def bench_phone_photos(args: argparse.Namespace, work: Path, weights: str) -> in
         "load_average_at_start": os.getloadavg(),
     }
     own = bench_pipeline.run_pipeline(input_dir, weights, args.input_size, work, args.engine)
-    warm = None
-    if "daemon" not in args.skip:
-        warm = bench_pipeline.run_on_warm_daemon(input_dir, weights, args.input_size, work, args.engine)
-    runs = bench_pipeline.labelled_runs(own, warm)
+    runs = bench_pipeline.labelled_runs(own)
     for suffix, label, pipeline in runs:
         in_job = pipeline["step_seconds_in_job"]
         pipeline["ingest_img_per_s"] = round(pipeline["ok"] / in_job["ingest"], 2)

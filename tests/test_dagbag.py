@@ -108,7 +108,8 @@ def test_params_reject_k_out_of_range(emr_dag, k):
     "conf",
     [
         {"instance_type": "p5.48xlarge"},
-        {"instance_type": "m7g.xlarge"},  # arm64: the bootstrap's wheels are x86_64 only
+        {"core_nodes": "many"},  # a number or auto
+        {"use_spot": "sometimes"},
         {"core_nodes": 21},
         {"input_size": 200},
         {"bucket": "Not_A_Bucket"},
@@ -127,7 +128,9 @@ def test_params_defaults_and_limits_validate(emr_dag):
     defaults = emr_dag.params.validate()
     # empty (null) as the form sends them: the Variable fruits_bucket, the day's uploads
     assert (defaults["bucket"], defaults["input"]) == (None, None)
-    assert (defaults["k"], defaults["region"], defaults["instance_type"]) == (100, "eu-west-3", "m5.xlarge")
+    assert (defaults["k"], defaults["region"]) == (100, "eu-west-3")
+    # the cluster's shape is the cost guard's choice unless a run pins it (aws.shapes)
+    assert (defaults["instance_type"], defaults["core_nodes"], defaults["use_spot"]) == ("auto",) * 3
     for k in (1, 1280):
         assert validated(emr_dag, {"k": k, "bucket": "fruits-data"})["k"] == k
 

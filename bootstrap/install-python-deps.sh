@@ -59,6 +59,21 @@ fi
 # `rm -rf` below must never get a relative or top-level path from a mistyped override.
 [[ "${VENV_DIR}" == /?*/?* ]] || die "refusing to manage virtualenv at '${VENV_DIR}': not an absolute path below /"
 
+# Every `aws` call names the node's own Region. Without one, the CLI takes it from its environment or config,
+# and only v2 falls back to the instance metadata; else us-east-1, whose S3 endpoint the VPC's eu-west-3
+# gateway endpoint does not route: with no route out, the copy would hang until the timeout. IMDSv2: a
+# session token, then the Region (link-local, no route needed).
+readonly IMDS="http://169.254.169.254/latest"
+node_region() {
+  local token
+  token="$(curl -sSf --max-time 5 --retry 3 -X PUT "${IMDS}/api/token" \
+    -H "X-aws-ec2-metadata-token-ttl-seconds: 300")" &&
+    curl -sSf --max-time 5 --retry 3 -H "X-aws-ec2-metadata-token: ${token}" "${IMDS}/meta-data/placement/region"
+}
+region="$(node_region)" || die "cannot read the node's Region from the instance metadata (${IMDS})"
+[[ "${region}" =~ ^[a-z]{2}(-[a-z]+)+-[0-9]+$ ]] || die "the instance metadata gave no Region: '${region}'"
+readonly region
+
 # the virtualenv must stay readable by the yarn user that runs the executors
 umask 022
 workdir="$(mktemp -d)"
@@ -66,7 +81,7 @@ trap 'rm -rf -- "${workdir}"' EXIT
 requirements="${workdir}/requirements-emr.txt"
 wheels="${workdir}/wheels"
 
-aws s3 cp --only-show-errors "${REQUIREMENTS_URI}" "${requirements}" ||
+aws s3 cp --region "${region}" --only-show-errors "${REQUIREMENTS_URI}" "${requirements}" ||
   die "cannot download ${REQUIREMENTS_URI}: does the EMR instance profile allow s3:GetObject on it?"
 [[ -s "${requirements}" ]] || die "${REQUIREMENTS_URI} is empty"
 wanted="$(sha256sum "${requirements}" | cut -d ' ' -f 1)"
@@ -94,7 +109,7 @@ log "creating ${VENV_DIR} with ${python_version}"
 sudo "${PYTHON}" -m venv "${VENV_DIR}" || die "cannot create the virtualenv ${VENV_DIR}"
 
 log "copying the wheelhouse ${WHEELHOUSE_URI}"
-aws s3 cp --only-show-errors --recursive "${WHEELHOUSE_URI}" "${wheels}" ||
+aws s3 cp --region "${region}" --only-show-errors --recursive "${WHEELHOUSE_URI}" "${wheels}" ||
   die "cannot download ${WHEELHOUSE_URI}: does the EMR instance profile allow s3:GetObject on it?"
 compgen -G "${wheels}/*.whl" >/dev/null || die "${WHEELHOUSE_URI} holds no wheel"
 

@@ -232,17 +232,38 @@ STUBS = {
     "dnf": """
         echo "dnf $*" >> "$STUB_LOG"
     """,
-    # `aws s3 cp [options] s3://BUCKET/KEY DEST`, served from $STUB_S3
+    # the instance metadata service (IMDSv2): a token for a PUT, then the node's Region;
+    # STUB_IMDS_DOWN=1: unreachable
+    "curl": """
+        echo "curl $*" >> "$STUB_LOG"
+        if [ "${STUB_IMDS_DOWN:-0}" = 1 ]; then
+          echo "curl: (28) Connection timed out" >&2
+          exit 28
+        fi
+        case "$*" in
+          *"-X PUT"*/latest/api/token*) echo "a-session-token" ;;
+          *"metadata-token: a-session-token"*/latest/meta-data/placement/region) echo "$STUB_REGION" ;;
+          *) exit 22 ;;
+        esac
+    """,
+    # `aws s3 cp [options] s3://BUCKET/KEY DEST`, served from $STUB_S3. The VPC routes only its own Region's
+    # S3 endpoint: a call without --region $STUB_REGION fails, as the real one would only after hanging
     "aws": """
         echo "aws $*" >> "$STUB_LOG"
-        src="" dest=""
-        for arg in "$@"; do
-          case "$arg" in
-            s3://*) src="${arg#s3://}" ;;
+        src="" dest="" region=""
+        while [ $# -gt 0 ]; do
+          case "$1" in
+            --region) region="$2"; shift ;;
+            s3://*) src="${1#s3://}" ;;
             -*|s3|cp) ;;
-            *) dest="$arg" ;;
+            *) dest="$1" ;;
           esac
+          shift
         done
+        if [ "$region" != "$STUB_REGION" ]; then
+          echo "Connect timeout on endpoint URL: https://s3.${region:-us-east-1}.amazonaws.com/" >&2
+          exit 255
+        fi
         if [ -d "$STUB_S3/$src" ] && [ "${src%/}" != "$src" ]; then  # cp --recursive of a prefix
           mkdir -p "$dest" && cp -R "$STUB_S3/$src." "$dest/"
           exit 0
@@ -279,6 +300,7 @@ REQUIREMENTS_URI = "s3://fruits-test-bucket/artifacts/v1/requirements-emr.txt"
 WHEELHOUSE_URI = "s3://fruits-test-bucket/artifacts/wheelhouse/0123abcd/"
 TIMEOUT = "600"
 ARGS = (REQUIREMENTS_URI, WHEELHOUSE_URI, TIMEOUT)
+REGION = "eu-west-3"
 
 
 class Sandbox:
@@ -307,7 +329,13 @@ class Sandbox:
         target.write_text(text)
 
     def run(
-        self, *args: str, pip_fails: bool = False, pip_hangs: bool = False, env: dict | None = None
+        self,
+        *args: str,
+        pip_fails: bool = False,
+        pip_hangs: bool = False,
+        env: dict | None = None,
+        region: str = REGION,
+        imds_down: bool = False,
     ) -> tuple[subprocess.CompletedProcess, list[str]]:
         """Runs the script; returns its result and the commands the stubs saw during this run."""
         before = self.calls()
@@ -320,6 +348,8 @@ class Sandbox:
             STUB_BIN=str(self.bin),
             STUB_PIP_FAIL="1" if pip_fails else "0",
             STUB_PIP_HANG="1" if pip_hangs else "0",
+            STUB_REGION=region,
+            STUB_IMDS_DOWN="1" if imds_down else "0",
         )
         result = subprocess.run(
             ["bash", str(SCRIPT), *args], capture_output=True, text=True, env=env, check=False
@@ -353,7 +383,7 @@ def test_first_run_installs_python_and_the_pinned_requirements(sandbox: Sandbox)
     pip_install = next(call for call in calls if call.startswith("venv-python -m pip install"))
     assert "--no-deps" in pip_install
     # the wheelhouse staged for the run, never an index
-    assert f"aws s3 cp --only-show-errors --recursive {WHEELHOUSE_URI}" in " ".join(calls)
+    assert f"aws s3 cp --region {REGION} --only-show-errors --recursive {WHEELHOUSE_URI}" in " ".join(calls)
     assert re.search(r"--no-index --find-links \S+/wheels ", pip_install), pip_install
     assert "--requirement" in pip_install
     assert "venv-python -m pip check" in calls
@@ -391,6 +421,27 @@ def test_failed_install_exits_non_zero_and_is_retried_by_the_next_run(sandbox: S
     retry, calls = sandbox.run(*ARGS)
     assert retry.returncode == 0, retry.stderr
     assert installs(calls)
+
+
+@pytest.mark.parametrize("region", [REGION, "eu-central-1"])
+def test_every_aws_call_names_the_nodes_region(sandbox: Sandbox, region: str):
+    """With no Region the CLI may pick us-east-1, which the VPC's S3 gateway endpoint does not route: the
+    node would hang until the timeout. The script asks the instance metadata (IMDSv2) for the node's."""
+    result, calls = sandbox.run(*ARGS, region=region)
+    assert result.returncode == 0, result.stderr
+    aws_calls = [call for call in calls if call.startswith("aws ")]
+    assert len(aws_calls) == 2  # the requirements, the wheelhouse
+    assert all(f" --region {region} " in call for call in aws_calls), aws_calls
+    token, lookup = [call for call in calls if call.startswith("curl ")]
+    assert "-X PUT" in token
+    assert "X-aws-ec2-metadata-token: a-session-token" in lookup
+
+
+def test_no_region_from_the_instance_metadata_fails_before_any_download(sandbox: Sandbox):
+    result, calls = sandbox.run(*ARGS, imds_down=True)
+    assert result.returncode != 0
+    assert "[fruits-bootstrap] ERROR: cannot read the node's Region" in result.stderr
+    assert not [call for call in calls if call.startswith(("aws ", "dnf", "python3.11"))]
 
 
 def test_unreadable_requirements_fail_before_installing_anything(sandbox: Sandbox):

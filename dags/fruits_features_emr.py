@@ -14,11 +14,13 @@ logical date (`fruits_platform.run_date`). Assets, the Report link, alerts: docs
 | `check_budget` | counts the images, bounds the cost from the run's enforced limits, refuses > `budget_eur` |
 | `stage_artifacts` | code, bootstrap, the nodes' wheelhouse and weights to `s3://<bucket>/artifacts/` (SSE) |
 | `cluster_spec` | the cluster definition and its EMR steps, from the staged artifacts |
+| `take_lease` | the day's lease, `<output>/_leases/dt=D.json`; if another run holds it, fails at once |
 | `create_cluster` | the run's cluster (reuses the one an earlier try created) |
 | `add_steps` | ingest, features, pca as `spark-submit` steps |
 | `watch_<step>` | waits for one step; a failure names the step and its log |
 | `terminate_cluster` | teardown: always terminates the cluster (TERMINATED_WITH_ERRORS counts as ended) |
 | `report_cost` | teardown: cluster hours and estimated cost, the run summary (XCom) |
+| `release_lease` | teardown: gives the day back, even if the run failed (not while its cluster still runs) |
 
 Params: `bucket` (empty: Variable `fruits_bucket`), `input` (a prefix of the bucket; empty: the day's
 uploads), `output` (a prefix), then the pipeline's `weights` (`imagenet`, `s3://...` or a path on the
@@ -47,6 +49,7 @@ from fruits_platform.aws.tasks import (
     aws_client,
     check_placement,
     cluster_tasks,
+    lease_tasks,
     poke_seconds,
     stage_run,
     variables,
@@ -177,6 +180,9 @@ with DAG(
     plan = check_budget(settings)
     staged = stage_artifacts(settings, plan["shape"])
     spec = cluster_spec(settings, staged, plan["step_limits"], plan["shape"])
+    # taken as late as it can be, just before the cluster: nothing before writes under the output (staging
+    # is content-addressed, shared by every run), and its expiry counts from the cluster's bounded life
+    take_lease, release_lease = lease_tasks(settings, plan["estimate"])
 
     create_cluster, add_steps, terminate_cluster = cluster_tasks(spec)
     watchers = [
@@ -202,6 +208,7 @@ with DAG(
         plan,
         staged,
         spec,
+        take_lease,
         create_cluster,
         add_steps,
         *watchers,
@@ -210,4 +217,6 @@ with DAG(
         # on_failure_fail_dagrun on terminate_cluster would make it the only leaf, hiding step failures.
         terminate_cluster.as_teardown(setups=create_cluster),
         summary.as_teardown(setups=create_cluster, on_failure_fail_dagrun=True),
+        # last: the day is given back once report_cost has published, whether the run failed or not
+        release_lease.as_teardown(setups=take_lease, on_failure_fail_dagrun=True),
     )

@@ -15,10 +15,12 @@ Manual runs only. When to use it rather than Airflow's backfill: `docs/AWS.md`, 
 | `check_budget` | counts each day's images, bounds the cost of the whole range, refuses > `budget_eur` |
 | `stage_artifacts` | the same artifacts as the daily DAG |
 | `cluster_spec` | one cluster definition, every day's steps (ActionOnFailure CONTINUE) |
+| `take_lease` | the lease of every day of the range, all or none: a day another run holds fails this one |
 | `create_cluster`, `add_steps` | as in the daily DAG |
 | `watch_days` | waits until every step has ended |
 | `terminate_cluster` | teardown: always terminates the cluster |
 | `report_range` | teardown: each day's outcome, the cluster's hours and cost; asset events of the days done |
+| `release_lease` | teardown: gives the days back, even if the run failed (not while its cluster still runs) |
 | `check_days` | fails the run if a day failed (after report_range, whose asset events a failure would drop) |
 """
 
@@ -39,6 +41,7 @@ from fruits_platform.aws.tasks import (
     aws_client,
     check_placement,
     cluster_tasks,
+    lease_tasks,
     poke_seconds,
     stage_run,
     variables,
@@ -156,6 +159,8 @@ with DAG(
     plan = check_budget(settings)
     staged = stage_artifacts(settings, plan["shape"])
     spec = cluster_spec(settings, staged, plan["days"], plan["day_limits"], plan["shape"])
+    # as in the daily DAG: just before the cluster, one lease per day it writes, expiring after its life
+    take_lease, release_lease = lease_tasks(settings, plan["estimate"], plan["days"])
 
     create_cluster, add_steps, terminate_cluster = cluster_tasks(spec)
     watch_days = backfill.RangeStepsSensor(
@@ -176,10 +181,12 @@ with DAG(
         plan,
         staged,
         spec,
+        take_lease,
         create_cluster,
         add_steps,
         watch_days,
         terminate_cluster.as_teardown(setups=create_cluster),
         summary.as_teardown(setups=create_cluster, on_failure_fail_dagrun=True),
+        release_lease.as_teardown(setups=take_lease, on_failure_fail_dagrun=True),
         check_days(summary),
     )

@@ -17,16 +17,20 @@ from fruits_spark.contract import STEP_NAMES
 from tests.test_assets import asset_events
 from tests.test_dag_emr import (  # noqa: F401 - aws, runner: fixtures
     BUCKET,
+    LOGICAL_DATE,
     PROJECT_ROOT,
     REGION,
+    UPLOAD_DAY,
     aws,
     base_conf,
     clusters,
     create_bucket,
     create_subnet,
     keys,
+    lease_record,
     runner,
     set_emr_variables,
+    task_output,
     xcom,
 )
 
@@ -198,17 +202,58 @@ def test_the_range_dag_checks_first_and_always_terminates(backfill_dag, emr_dag)
         "check_budget",
         "stage_artifacts",
         "cluster_spec",
+        "take_lease",
         "create_cluster",
     ]
-    order += ["add_steps", "watch_days", "terminate_cluster", "report_range", "check_days"]
+    order += ["add_steps", "watch_days", "terminate_cluster", "report_range", "release_lease", "check_days"]
     assert set(backfill_dag.task_ids) == set(order)
     for upstream, task_id in itertools.pairwise(order):
         assert task_id in backfill_dag.get_task(upstream).downstream_task_ids, f"{upstream} -> {task_id}"
     assert backfill_dag.get_task("terminate_cluster").is_teardown
     assert backfill_dag.get_task("report_range").is_teardown
+    assert backfill_dag.get_task("release_lease").is_teardown
     # the daily DAG's params, declared once, plus the range's days
     assert set(backfill_dag.params) == set(emr_dag.params) | {"from_dt", "to_dt"}
     assert backfill_dag.schedule is None  # manual runs only
+
+
+@pytest.mark.usefixtures("aws")
+def test_a_range_over_the_day_a_daily_run_holds_fails_at_once_naming_it(
+    emr_dag, backfill_dag, random_weights, capfd
+):
+    """The daily run of a day still writes it (its cluster left running: its lease stays) when a range that
+    contains that day starts: the range fails before its cluster, naming the daily run, and keeps none of
+    its days (all or nothing)."""
+    s3 = boto3.client("s3", region_name=REGION)
+    days = ["2026-11-04", UPLOAD_DAY, "2026-11-06"]
+    for day in days:
+        s3.put_object(Bucket=BUCKET, Key=f"uploads/dt={day}/apple/a.jpg", Body=b"\xff\xd8 not decoded here")
+    daily = emr_dag.test(
+        run_after=dt.datetime(2026, 11, 6, 21, tzinfo=dt.UTC),
+        logical_date=LOGICAL_DATE,
+        run_conf=base_conf(random_weights),
+        mark_success_pattern=r"watch_.*|terminate_cluster",
+    )
+    (held,) = xcom(daily, "take_lease")
+    output = xcom(daily, "resolve_run")["output_uri"]
+    assert lease_record(s3, output)["token"] == held["token"]  # kept: the cluster may still write
+
+    capfd.readouterr()  # the range's refusal, not the daily run's
+    dagrun = backfill_dag.test(
+        run_after=dt.datetime(2026, 11, 9, 4, tzinfo=dt.UTC),
+        run_conf=base_conf(random_weights, from_dt=days[0], to_dt=days[-1]),
+    )
+    states = {ti.task_id: ti.state for ti in dagrun.get_task_instances()}
+
+    assert dagrun.state == "failed"
+    assert (states["take_lease"], states["create_cluster"]) == ("failed", "upstream_failed")
+    assert len(clusters()) == 1  # the daily run's: the range started none
+    refusals = [line for line in task_output(capfd).splitlines() if "AirflowFailException: " in line]
+    holder = f"fruits_features_emr/{daily.run_id} (host "
+    assert f"dt={UPLOAD_DAY} of {output} is being written by {holder}" in refusals[-1]
+    assert lease_record(s3, output)["token"] == held["token"]  # the daily run's lease untouched
+    assert lease_record(s3, output, days[0])["released"]  # taken before the held day, given back
+    assert lease_record(s3, output, days[-1]) is None  # never taken
 
 
 # three days prove what a week would: a first day, and a chain of days each reusing the day before (the

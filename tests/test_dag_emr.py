@@ -182,6 +182,17 @@ def base_conf(weights: Path, **overrides) -> dict:
     return {"bucket": BUCKET, "weights": str(weights), "k": 3, "core_nodes": 1, "region": REGION, **overrides}
 
 
+def lease_record(s3, output_uri: str, day: str = UPLOAD_DAY) -> dict | None:
+    """The day's lease under ``output_uri`` (fruits_platform.lease) as stored, None if there is none."""
+    from fruits_platform.lease import lease_location
+
+    key = lease_location(output_uri, day).removeprefix(f"s3://{BUCKET}/")
+    try:
+        return json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    except s3.exceptions.NoSuchKey:
+        return None
+
+
 def assert_refused_before_cluster(dagrun, states, task_id: str, reason: str, output: str) -> None:
     assert dagrun.state == "failed"
     assert states[task_id] == "failed"
@@ -815,6 +826,41 @@ def test_steps_marked_successful_do_not_price_an_earlier_report(emr_dag, aws, up
     for key, body in before.items():
         assert aws.get_object(Bucket=BUCKET, Key=key)["Body"].read() == body, key
     assert aws.get_object(Bucket=BUCKET, Key=f"outputs/reports/dt={UPLOAD_DAY}/cost.json")
+    # the run held its day from before its cluster until after its report, for the cluster's longest life
+    from fruits_platform.aws.tasks import lease_ttl
+
+    (taken,) = xcom(dagrun, "take_lease")
+    assert (taken["holder"], taken["dt"]) == (f"{DAG_ID}/{dagrun.run_id}", UPLOAD_DAY)
+    held = dt.datetime.fromisoformat(taken["expires"]) - dt.datetime.fromisoformat(taken["since"])
+    assert held.total_seconds() == lease_ttl(xcom(dagrun, "check_budget", "estimate"))
+    record = lease_record(aws, xcom(dagrun, "resolve_run")["output_uri"])
+    assert record["token"] == taken["token"]
+    assert record["released"]  # given back once the report was written
+
+
+def test_a_day_another_run_holds_fails_the_run_at_once_naming_it(
+    emr_dag, aws, uploaded, random_weights, capfd
+):
+    """A backfill range holds the day (its lease, as fruits_features_emr_backfill takes it): the daily run
+    fails before its cluster, naming that run, and leaves its lease alone."""
+    from fruits_platform import lease
+    from fruits_platform.aws.settings import DEFAULT_OUTPUT_PREFIX
+
+    output = f"s3://{BUCKET}/{DEFAULT_OUTPUT_PREFIX}"
+    other = lease.acquire(output, UPLOAD_DAY, "fruits_features_emr_backfill/manual__range", s3=aws)
+    conf = base_conf(random_weights, output=DEFAULT_OUTPUT_PREFIX)
+    dagrun, states = run_dag(emr_dag, conf, dt.datetime(2026, 11, 6, 20, tzinfo=dt.UTC))
+
+    assert_refused_before_cluster(
+        dagrun,
+        states,
+        "take_lease",
+        f"dt={UPLOAD_DAY} of {output} is being written by fruits_features_emr_backfill/manual__range "
+        f"(host {other.host}, pid {other.pid}) since {other.since}; its lease ends at {other.expires}",
+        task_output(capfd),
+    )
+    assert states["release_lease"] != "success"
+    assert lease_record(aws, output) == other.record()  # still the range's, not released by the refused run
 
 
 # -- unit level: staging and the sensor's failure report --------------------------------------------------

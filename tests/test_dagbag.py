@@ -64,6 +64,7 @@ def test_emr_dag_edges(emr_dag):
         "check_budget",
         "stage_artifacts",
         "cluster_spec",
+        "take_lease",
         "create_cluster",
         "add_steps",
         "watch_ingest",
@@ -71,6 +72,7 @@ def test_emr_dag_edges(emr_dag):
         "watch_pca",
         "terminate_cluster",
         "report_cost",
+        "release_lease",
     ]
     assert set(emr_dag.task_ids) == set(chain)
     for upstream, task_id in itertools.pairwise(chain):
@@ -94,6 +96,12 @@ def test_terminate_is_the_teardown_of_create(emr_dag):
     assert "create_cluster" in report.upstream_task_ids
     assert terminate.trigger_rule == "all_done_setup_success"
     assert not any(task.is_teardown for task in emr_dag.tasks if task.task_id.startswith("watch_"))
+    # the day's lease: taken before the cluster exists, given back after the report, whatever failed
+    take, release = emr_dag.get_task("take_lease"), emr_dag.get_task("release_lease")
+    assert take.is_setup
+    assert release.is_teardown
+    assert {"take_lease", "report_cost"} <= release.upstream_task_ids
+    assert release.trigger_rule == "all_done_setup_success"
 
 
 @pytest.mark.parametrize("k", [0, 1281, -5])

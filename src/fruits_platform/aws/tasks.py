@@ -11,9 +11,10 @@ from pathlib import Path
 
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 from airflow.providers.amazon.aws.operators.emr import EmrAddStepsOperator
-from airflow.sdk import Variable, conf
+from airflow.sdk import Variable, conf, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
+from fruits_platform import lease
 from fruits_platform.aws import bootstrap, cluster, gdpr, operators, staging
 from fruits_platform.aws.refusal import GuardRefused
 from fruits_platform.aws.settings import VAR_SUBNET_ID, VARIABLES, RunSettings
@@ -23,6 +24,9 @@ AWS_CONN_ID: str = cluster.AWS_CONN_ID
 DEFERRABLE: bool = conf.getboolean("operators", "default_deferrable", fallback=False)
 # the region every AWS task of a run works in: its ``region`` param, rendered when the task runs
 REGION = "{{ params.region }}"
+# A day's lease outlives the longest life of the cluster that writes the day by this much: create_cluster's
+# tries before it, report and release after it
+LEASE_MARGIN_SECONDS = 1800
 
 
 def poke_seconds() -> float:
@@ -117,3 +121,72 @@ def cluster_tasks(spec) -> tuple:
         retry_delay=dt.timedelta(seconds=30),
     )
     return create_cluster, add_steps, terminate_cluster
+
+
+def lease_ttl(estimate: dict) -> int:
+    """How long a run's leases hold: the longest its cluster can live (start-up limit, every step's limit,
+    idle timeout and termination, each enforced on the cluster: ``cost.CostEstimate.hours``) + the margin.
+    Past it, no cluster of that run can write any more: a crashed run's lease may be taken over."""
+    return round(float(estimate["hours"]) * 3600) + LEASE_MARGIN_SECONDS
+
+
+def take_leases(run: RunSettings, days: list[str], estimate: dict, holder: str) -> list[dict]:
+    """The lease (fruits_platform.lease) of every day the run writes, all or none: a day another run holds
+    fails the run at once, naming that run, and gives back the days taken before it. ``holder``: this run,
+    whose own earlier try's lease is taken over (a cleared or retried run)."""
+    s3, ttl = aws_client("s3", run.region), lease_ttl(estimate)
+    taken: list[lease.Lease] = []
+    try:
+        for day in days:
+            taken.append(lease.acquire(run.output_uri, day, holder, ttl_seconds=ttl, retake=True, s3=s3))
+    except lease.LeaseHeld as held:
+        for each in taken:
+            each.release()
+        raise AirflowFailException(f"{held} (no cluster was started)") from None
+    for each in taken:
+        print(f"lease {each.location}: {each.holder} until {each.expires}")
+        if each.taken_over:
+            print(each.taken_over)
+    return [each.as_dict() for each in taken]
+
+
+def release_leases(run: RunSettings, leases: list[dict], cluster_id: str | None) -> list[str]:
+    """Gives the run's days back once its outputs are published, whether it succeeded or not; returns the
+    days released. Not while its cluster may still write (one left running: the leases expire after the
+    cluster's longest life), and never a lease another run holds now (``Lease.release``)."""
+    if cluster_id:
+        state = aws_client("emr", run.region).describe_cluster(ClusterId=cluster_id)["Cluster"]["Status"]
+        if state["State"] in cluster.ACTIVE_CLUSTER_STATES:
+            print(f"cluster {cluster_id} is still {state['State']}: its days keep their leases, which expire")
+            return []
+    s3 = aws_client("s3", run.region)
+    released = []
+    for values in leases:
+        held = lease.Lease.from_dict(values, s3=s3)
+        if held.release():
+            print(f"lease {held.location} released")
+            released.append(held.dt)
+    return released
+
+
+def lease_tasks(settings, estimate, days=None) -> tuple:
+    """``take_lease`` and ``release_lease`` of an EMR DAG: the leases of ``days`` (default: the run's day),
+    taken by the run ``<dag_id>/<run_id>`` for ``lease_ttl(estimate)``, then given back. The DAG places
+    them: taken just before create_cluster, released as the last teardown."""
+
+    @task(task_id="take_lease")
+    def take_lease(settings: dict, estimate: dict, days: list | None) -> list:
+        """One writer per day: the run's days are its own until release_lease, or it fails at once."""
+        context = get_current_context()
+        holder = f"{context['dag'].dag_id}/{context['run_id']}"
+        run = RunSettings.from_dict(settings)
+        return take_leases(run, list(days or [run.dt]), estimate, holder)
+
+    @task(task_id="release_lease")
+    def release_lease(settings: dict, leases: list) -> list:
+        """Teardown after the report: the days back to whoever runs them next, even if this run failed."""
+        cluster_id = get_current_context()["ti"].xcom_pull(task_ids="create_cluster")
+        return release_leases(RunSettings.from_dict(settings), leases, cluster_id)
+
+    taken = take_lease(settings, estimate, days)
+    return taken, release_lease(settings, taken)

@@ -293,3 +293,18 @@ def test_the_chosen_shape_is_the_cluster_requested_and_reported(table, images, p
     for option in choice.alternatives:
         assert option.shape.label() in summary["cost"]["cluster_alternatives"]
     assert summary["cluster_choice"]["alternatives"][0]["expected_eur"] >= 0
+
+
+def test_every_price_names_its_source_and_spot_fleets_keep_the_shape(table):
+    """Each row says where its figures come from (the derived ones say so), and a Spot fleet's alternative
+    types have the chosen type's memory, cores and architecture: the executors and the pace the choice
+    priced."""
+    for name, row in table["instances"].items():
+        assert row["source"], name
+        assert ("derived" in row["source"]) == (name.split(".")[0] not in ("m5", "m6i")), name
+        assert row["ec2_spot_usd"] < row["ec2_on_demand_usd"], name
+        for other in pricing.spot_alternatives(table, name):
+            same = ("memory_gib", "vcpus")
+            assert [table["instances"][other][key] for key in same] == [row[key] for key in same]
+            assert pricing.architecture(other) == pricing.architecture(name)
+            assert pricing.vcpus_per_core(table, other) == pricing.vcpus_per_core(table, name)

@@ -9,6 +9,7 @@ import pytest
 
 from fruits_platform.aws import cost, gdpr, pricing, settings
 from fruits_platform.aws.refusal import GuardRefused
+from fruits_spark.contract import STEP_NAMES
 
 UTC = dt.UTC
 
@@ -55,7 +56,7 @@ def test_bound_covers_the_longest_run_the_limits_allow():
     above) and then the termination are what the run enforces: the bound covers all of them back to back."""
     estimate = bound()
     timeouts = cost.sensor_timeouts(estimate.step_limits)
-    assert list(timeouts) == ["ingest", "features", "pca"]
+    assert list(timeouts) == list(STEP_NAMES)
     assert estimate.hours * 3600 >= sum(timeouts.values()) + 900 + cost.TERMINATION_SECONDS - 1
     # each limit leaves room for its step's expected compute: a normal run is never killed by it
     expected = cost.expected_step_seconds(96_000, 96_000 * THUMBNAIL_BYTES, estimate.executor_vcpus)
@@ -66,11 +67,11 @@ def test_bound_covers_the_longest_run_the_limits_allow():
 
 
 def test_bound_of_a_tiny_batch_worked_out_by_hand():
-    """100 images on 3 x m5.xlarge of TABLE, no EBS, no public IPs. Every step gets the 900 s floor (its
-    compute is seconds) and its sensor 120 s of slack; start-up is allowed 1800 s (1200 provisioning + the
-    bootstrap's 600 s timeout), idle 900 s and then 600 s to terminate:
-    1800 + 3 x (900 + 120) + 900 + 600 = 6360 s = 1.7667 h. Each node at its cap (0.20 + 0.05 USD/h),
-    0.5 EUR per USD: 3 x 0.25 x 0.5 = 0.375 EUR/h. Bound: 1.7667 x 0.375 = 0.6625 -> 0.66 EUR."""
+    """100 images on 3 x m5.xlarge of TABLE, no EBS, no public IPs. Every one of the n steps gets the 900 s
+    floor (its compute is seconds) and its sensor 120 s of slack; start-up is allowed 1800 s (1200
+    provisioning + the bootstrap's 600 s timeout), idle 900 s and then 600 s to terminate:
+    1800 + n x (900 + 120) + 900 + 600 s (3 steps: 6360 s = 1.7667 h). Each node at its cap
+    (0.20 + 0.05 USD/h), 0.5 EUR per USD: 3 x 0.25 x 0.5 = 0.375 EUR/h."""
     estimate = cost.estimate_worst_case(
         TABLE,
         instance_type="m5.xlarge",
@@ -83,9 +84,10 @@ def test_bound_of_a_tiny_batch_worked_out_by_hand():
         ebs_gib_per_instance=0,
         public_ipv4=False,
     )
-    assert estimate.hours == pytest.approx(1.7667)
+    hours = (1800 + len(STEP_NAMES) * (900 + 120) + 900 + 600) / 3600
+    assert estimate.hours == pytest.approx(hours, abs=1e-4)
     assert estimate.hourly_eur == pytest.approx(0.375)
-    assert estimate.worst_case_eur == pytest.approx(0.66)
+    assert estimate.worst_case_eur == pytest.approx(round(hours * 0.375, 2))
 
 
 def test_a_range_is_bounded_with_one_start_up_and_every_days_limits():
@@ -123,7 +125,7 @@ def test_each_step_limit_leaves_twice_its_measured_time(images, vcpus):
     hyperthread): the measured seconds scale by images / 20,000 and by 4 / vcpus (2 cores = 4 vCPUs).
     Each step gets at least twice that, plus 60 s for spark-submit and YARN to start."""
     limits = cost.step_limits(images, images * THUMBNAIL_BYTES, vcpus)
-    assert list(limits) == list(MEASURED_SECONDS_20K_2_CORES)
+    assert set(MEASURED_SECONDS_20K_2_CORES) <= set(limits)
     for name, seconds in MEASURED_SECONDS_20K_2_CORES.items():
         expected = seconds * images / 20_000 * 4 / vcpus
         assert limits[name] >= 2 * expected + 60, (name, limits[name], expected)

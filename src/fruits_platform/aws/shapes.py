@@ -329,3 +329,20 @@ def ingest_needed(
         if best is None or allowed > best[0]:
             best = (allowed, option.shape)
     return best
+
+
+def fixed_seconds_for(option: Option, target_eur: float, ingest_core_seconds: float) -> float:
+    """The start-up, step overheads and termination (billed seconds) that ``option``'s night could afford
+    to cost ``target_eur`` with ingest at ``ingest_core_seconds`` per image (the other steps at their
+    measured rates): what the fixed part would have to shrink to, next to a faster ingest."""
+    estimate = option.estimate
+    ingest = step_record("ingest")
+    measured = (
+        ingest.core_seconds_per_image
+        + estimate.image_bytes / estimate.images / 1e6 * ingest.core_seconds_per_mb
+    )
+    compute = cost.expected_step_seconds(
+        estimate.images, estimate.image_bytes, estimate.executor_vcpus, estimate.vcpus_per_core
+    )
+    compute[ingest.name] *= ingest_core_seconds / measured
+    return target_eur / estimate.expected_hourly_eur * 3600 - sum(compute.values())

@@ -22,6 +22,7 @@ with DAG(
     catchup=False,
     doc_md=__doc__,
     tags=["fruits", "example"],
+    default_args={"owner": "fruits", "retries": 0},
 ) as dag:
 
     @task

@@ -54,23 +54,24 @@ from fruits_platform.aws.tasks import (
     stage_run,
     variables,
 )
-from fruits_platform.dag_params import EMR_PARAMS, refuse_unknown_keys
+from fruits_platform.dag_params import emr_params, refuse_unknown_keys
 from fruits_spark.contract import STEP_NAMES
 
 DAG_ID = "fruits_features_emr"
 AWS_CONN_ID: str = cluster.AWS_CONN_ID
 POKE_SECONDS: float = poke_seconds()
 SCHEDULE = run_date.SCHEDULE
+PARAMS = emr_params()
 
 with DAG(
     dag_id=DAG_ID,
     schedule=SCHEDULE,
     catchup=False,
     max_active_runs=1,
-    params=EMR_PARAMS,
+    params=PARAMS,
     doc_md=__doc__,
     tags=["fruits", "emr"],
-    default_args={"retries": 0},
+    default_args={"owner": "fruits", "retries": 0},
     on_failure_callback=alerts.FruitsSnsNotifier(aws_conn_id=AWS_CONN_ID),
 ) as dag:
 
@@ -79,7 +80,7 @@ with DAG(
         """Reads the params and Variables once; a param that cannot work refuses the run, without retry."""
         context = get_current_context()
         try:
-            refuse_unknown_keys(context["dag_run"].conf, EMR_PARAMS)
+            refuse_unknown_keys(context["dag_run"].conf, PARAMS)
             run = resolve_settings(context["params"], run_date.of_context(context), variables())
         except (GuardRefused, ValueError) as refusal:
             raise AirflowFailException(str(refusal)) from None
@@ -141,7 +142,11 @@ with DAG(
         artifacts = staging.StagedArtifacts(**staged)
         table = pricing.load_price_table(run.price_table)
         # the steps read the staged copies: weights, and the exported model that spares the nodes TensorFlow
-        pipeline = {**run.pipeline, "weights": artifacts.weights_uri, "onnx_model": artifacts.onnx_model_uri}
+        pipeline = {
+            **run.pipeline,
+            "weights": artifacts.weights_uri,
+            "engine_artifact": artifacts.engine_artifact_uri,
+        }
         return {
             "job_flow_overrides": cluster.cluster_definition(
                 run, artifacts, table, DAG_ID, get_current_context()["run_id"]

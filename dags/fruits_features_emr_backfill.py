@@ -46,7 +46,7 @@ from fruits_platform.aws.tasks import (
     stage_run,
     variables,
 )
-from fruits_platform.dag_params import EMR_PARAMS, RANGE_PARAMS
+from fruits_platform.dag_params import RANGE_PARAMS, emr_params
 
 DAG_ID = "fruits_features_emr_backfill"
 AWS_CONN_ID: str = cluster.AWS_CONN_ID
@@ -58,10 +58,10 @@ with DAG(
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,
-    params={**RANGE_PARAMS, **EMR_PARAMS},
+    params={**RANGE_PARAMS, **emr_params()},
     doc_md=__doc__,
     tags=["fruits", "emr", "backfill"],
-    default_args={"retries": 0},
+    default_args={"owner": "fruits", "retries": 0},
 ) as dag:
 
     @task

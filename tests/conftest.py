@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.dags import load_dag
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED = PROJECT_ROOT.parent / "shared"
 SHARED_IMAGES = SHARED / "data" / "fruits-360-sample"
@@ -176,12 +178,9 @@ def dag_test_polls_every(seconds: float) -> Iterator[None]:
 def emr_dag(airflow_db, monkeypatch):
     """fruits_features_emr as the scheduler parses it, with 1 s sensor pokes and aws_default carrying the
     region (the DAG tests and the IAM test)."""
-    from airflow.dag_processing.dagbag import DagBag
 
     monkeypatch.setenv("FRUITS_EMR_POKE_SECONDS", "1")
     monkeypatch.setenv(
         "AIRFLOW_CONN_AWS_DEFAULT", json.dumps({"conn_type": "aws", "extra": {"region_name": "eu-west-3"}})
     )
-    bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags" / "fruits_features_emr.py"))
-    assert not bag.import_errors
-    return bag.dags["fruits_features_emr"]
+    return load_dag("fruits_features_emr")

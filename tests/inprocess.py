@@ -5,8 +5,8 @@ engine) before the first row: ~15 s a step on this 2-core machine, which made mo
 The steps' ``main(argv)`` take ``SparkSession.builder.getOrCreate()``, so here they run on the ``spark``
 fixture's session instead: a run's plan (``pipeline.plan``) through ``fruits_spark.local_app``, what
 ``fruits run-local`` submits; an EMR step's entry script as spark-submit would run it (``run_script``).
-What spark-submit itself adds (the staged zip, the exit code) keeps its own end-to-end tests: ``tests/test_run_local.py``'s CLI runs and
-``test_success_runs_three_steps_and_terminates``.
+What spark-submit itself adds (the staged zip, the exit code) keeps its own end-to-end tests:
+``tests/test_run_local.py``'s CLI runs and ``test_success_runs_three_steps_and_terminates``.
 """
 
 from __future__ import annotations

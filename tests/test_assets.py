@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.corpus import copy_sample
+from tests.dags import load_dag
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LOCAL_DAG_ID = "fruits_features_local"
@@ -24,11 +25,7 @@ pytestmark = pytest.mark.slow
 
 
 def dag_of(dag_id: str):
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags" / f"{dag_id}.py"))
-    assert not bag.import_errors
-    return bag.dags[dag_id]
+    return load_dag(dag_id)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import pytest
 from fruits_platform.aws import backfill
 from fruits_platform.aws.refusal import GuardRefused
 from fruits_spark.contract import STEP_NAMES
+from tests.dags import load_dag
 from tests.test_assets import asset_events
 from tests.test_dag_emr import (  # noqa: F401 - aws, runner: fixtures
     BUCKET,
@@ -105,15 +106,12 @@ FAILING_DAY = "2026-11-04"
 
 @pytest.fixture
 def backfill_dag(airflow_db, monkeypatch):
-    from airflow.dag_processing.dagbag import DagBag
 
     monkeypatch.setenv("FRUITS_EMR_POKE_SECONDS", "1")
     monkeypatch.setenv(
         "AIRFLOW_CONN_AWS_DEFAULT", json.dumps({"conn_type": "aws", "extra": {"region_name": REGION}})
     )
-    bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags" / "fruits_features_emr_backfill.py"))
-    assert not bag.import_errors
-    return bag.dags["fruits_features_emr_backfill"]
+    return load_dag("fruits_features_emr_backfill")
 
 
 class StepCompleter:

@@ -11,6 +11,7 @@ import pytest
 from fruits_platform.cli import build_parser
 from fruits_platform.pipeline import PipelineParams, plan
 from fruits_spark import contract
+from tests.dags import load_dag
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RUN = {"input": "/data/in", "output": "/data/out", "dt": "2026-11-20"}
@@ -87,12 +88,6 @@ def triggered_with(dag, conf: dict) -> dict:
     return params.validate()
 
 
-def load_dag(name: str):
-    from airflow.dag_processing.dagbag import DagBag
-
-    return DagBag(dag_folder=str(PROJECT_ROOT / "dags" / f"{name}.py")).dags[name]
-
-
 @pytest.mark.parametrize("dag_id", ["fruits_features_local", "fruits_features_emr"])
 def test_both_dags_name_and_bound_the_run_params_like_the_cli(dag_id):
     """One input has one name everywhere, and a trigger form refuses what the jobs would refuse."""
@@ -120,7 +115,8 @@ def test_help_is_plain_text_for_a_terminal(command, capsys):
     lines = out.splitlines()
     # the paragraph after the usage lines describes the command
     described = lines[lines.index("") + 1] if "" in lines else ""
-    assert described and not described.startswith(("options:", "positional")), out[:600]
+    assert described, out[:600]
+    assert not described.startswith(("options:", "positional")), out[:600]
     # each option's help, the lines from its flag to the next flag
     options = re.split(r"\n  -", out.split("options:", 1)[-1])
     for option in options:

@@ -665,7 +665,7 @@ def test_cluster_request_sizes_the_python_workers_memory(engine, instance_type):
     cores = int(defaults["spark.executor.cores"])
     heap = megabytes(defaults["spark.executor.memory"])
     overhead = megabytes(defaults["spark.executor.memoryOverhead"])
-    workers_need = cores * sizing.PYTHON_WORKER_PEAK_MB[engine]
+    workers_need = cores * sizing.python_worker_peak_mb(engine)
 
     assert cores >= 1
     # the overhead holds the workers' peak RSS with headroom, on top of the JVM's own overhead
@@ -707,12 +707,12 @@ def inference_engine(requirements_text: str) -> str:
 
 
 def test_the_engine_follows_the_bootstrap_requirements():
-    from fruits_platform.aws.staging import BOOTSTRAP_REQUIREMENTS
+    from fruits_spark.contract import ENGINES
 
     assert inference_engine("numpy==1.26.4\ntensorflow-cpu==2.21.0  # TF\n") == "tensorflow"
     assert inference_engine("onnxruntime==1.22.1\nnumpy==1.26.4\n") == "onnx"
     # the cluster staged for each engine installs that engine
-    for engine, requirements in BOOTSTRAP_REQUIREMENTS.items():
+    for engine, requirements in ((record.name, record.requirements) for record in ENGINES):
         assert inference_engine((PROJECT_ROOT / "bootstrap" / requirements).read_text()) == engine
 
 

@@ -364,3 +364,30 @@ def test_airflow_may_only_publish_to_the_alerts_topic(template: dict):
     ]
     # the stack hands the ARN over as the Variable the DAG reads
     assert template["Outputs"]["AlertsTopicArn"]["Value"] == {"Ref": topic}
+
+
+AWS_MD = PROJECT_ROOT / "docs" / "AWS.md"
+
+
+def runbook_simulations() -> list[tuple[set[str], set[str]]]:
+    """(action names, context key names) of each `aws iam simulate-principal-policy` of docs/AWS.md."""
+    text = re.sub(r"\\\n\s*", " ", AWS_MD.read_text())  # one line per command
+    found = []
+    for command in re.findall(r"aws iam simulate-principal-policy[^\n]*", text):
+        actions = re.search(r"--action-names ((?:[a-z0-9-]+:[A-Za-z]+ ?)+)", command)
+        keys = set(re.findall(r"ContextKeyName=([^,\s]+)", command))
+        found.append((set(actions.group(1).split()) if actions else set(), keys))
+    return found
+
+
+def test_the_runbook_simulates_every_conditional_allow_with_its_context(template: dict):
+    """IAM's simulator answers implicitDeny for an allow whose condition keys get no value: the checklist's
+    simulations must give every key of every conditional statement of the Airflow policy."""
+    simulations = runbook_simulations()
+    assert simulations, "docs/AWS.md no longer checks the Airflow identity's policy"
+    for statement in airflow_statements(template):
+        keys = {key for values in statement.get("Condition", {}).values() for key in values}
+        for action in as_list(statement["Action"]) if keys else ():
+            assert any(action in actions and keys <= given for actions, given in simulations), (
+                f"no simulation of {action} gives {sorted(keys)} (statement {statement.get('Sid')})"
+            )

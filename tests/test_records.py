@@ -23,6 +23,7 @@ from fruits_platform.artifacts import build_artifacts, package_dir
 from fruits_platform.aws import cluster, cost
 from fruits_platform.pipeline import PY_FILES_ZIP, PipelineParams, plan
 from fruits_spark import contract
+from tests.dags import load_dag
 from tests.test_assets import asset_events
 from tests.test_dag_emr import BUCKET, UPLOAD_DAY, aws, base_conf, keys, run_dag, runner, uploaded, xcom
 
@@ -69,8 +70,8 @@ def test_the_toy_records_reach_every_entry_point_and_leave_with_their_registrati
     toy = next(step for step in plan(params) if step.name == "toy")
     assert toy.args == ("--output", "/o", "--dt", DAY, "--toy-min-rows", "4")
     # its param is bounded where the real ones are: the run, the CLI, the forms
-    with pytest.raises(ValueError, match="toy_min_rows must be within 1..1000"):
-        PipelineParams(input="/i", output="/o", dt=DAY, toy_min_rows=0)  # noqa: RUF043
+    with pytest.raises(ValueError, match=r"toy_min_rows must be within 1\.\.1000"):
+        PipelineParams(input="/i", output="/o", dt=DAY, toy_min_rows=0)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run-local", "--input", "i", "--output", "o", "--toy-min-rows", "0"])
     assert build_parser().parse_args(["run-local", "--input", "i", "--output", "o"]).toy_min_rows == 1
@@ -108,7 +109,7 @@ def assert_toy_day(output: Path, day: str, report: dict, labels: int) -> None:
 
 
 @pytest.mark.slow
-def test_the_toy_step_and_engine_run_through_fruits_run_local(tmp_path, sample_dir):
+def test_the_toy_step_and_engine_run_through_fruits_run_local(tmp_path, sample_dir, random_weights):
     images = toy_input(tmp_path / "in", sample_dir, {"apple": 3, "lemon": 2})
     output = tmp_path / "out"
     env = dict(
@@ -117,6 +118,7 @@ def test_the_toy_step_and_engine_run_through_fruits_run_local(tmp_path, sample_d
         PYTHONPATH=os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]),
     )
     toy_run = ["--master", "local[2]", "--dt", DAY, "--engine", "toy", "--input-size", "96", "--k", "2"]
+    toy_run += ["--weights", str(random_weights)]
     run = subprocess.run(
         [
             FRUITS,
@@ -147,13 +149,10 @@ def test_the_toy_step_and_engine_run_through_fruits_run_local(tmp_path, sample_d
 def test_the_toy_step_and_engine_run_through_the_local_dag(
     toy_records, airflow_db, tmp_path, sample_dir, random_weights
 ):
-    from airflow.dag_processing.dagbag import DagBag
 
     images = toy_input(tmp_path / "in", sample_dir, {"apple": 2, "mango": 2})
     output = tmp_path / "out"
-    dag = DagBag(dag_folder=str(PROJECT_ROOT / "dags" / "fruits_features_local.py")).dags[
-        "fruits_features_local"
-    ]
+    dag = load_dag("fruits_features_local")
     assert "toy_min_rows" in dag.params
     conf = {
         "input": str(images),
@@ -178,13 +177,12 @@ def test_the_toy_step_and_engine_run_through_the_local_dag(
 def test_the_toy_step_and_engine_run_through_the_emr_dag(
     toy_records, airflow_db, aws, uploaded, runner, random_weights, monkeypatch
 ):
-    from airflow.dag_processing.dagbag import DagBag
 
     monkeypatch.setenv("FRUITS_EMR_POKE_SECONDS", "1")
     monkeypatch.setenv(
         "AIRFLOW_CONN_AWS_DEFAULT", json.dumps({"conn_type": "aws", "extra": {"region_name": "eu-west-3"}})
     )
-    dag = DagBag(dag_folder=str(PROJECT_ROOT / "dags" / "fruits_features_emr.py")).dags["fruits_features_emr"]
+    dag = load_dag("fruits_features_emr")
     assert {"toy_min_rows", "engine"} <= set(dag.params)
     conf = base_conf(random_weights, engine="toy", input_size=96, k=2, toy_min_rows=3)
     dagrun, states = run_dag(dag, conf, dt.datetime(2026, 11, 6, 3, tzinfo=dt.UTC))
@@ -218,6 +216,7 @@ zip_path, plan = sys.argv[1], json.loads(sys.argv[2])
 sys.path.insert(0, zip_path)
 import fruits_spark
 from fruits_spark import contract
+from tests.dags import load_dag
 parsed = {
     name: vars(importlib.import_module(module).parser().parse_args(args)) for name, module, args in plan
 }

@@ -13,6 +13,7 @@ from pyspark.sql import functions as F
 
 from fruits_spark import reuse
 from fruits_spark.layout import Layout
+from tests.dags import DAGS_FOLDER, load_bag, load_dag
 
 EMBEDDING = "w1abc-s224"
 DAY_ONE, DAY_TWO, TODAY = "2026-11-20", "2026-11-21", "2026-11-22"
@@ -202,12 +203,9 @@ def test_run_local_accepts_recompute():
 def test_both_dags_have_a_recompute_param_that_defaults_to_reuse(dag_file):
     import copy
 
-    from airflow.dag_processing.dagbag import DagBag
     from airflow.sdk.exceptions import ParamValidationError
 
-    bag = DagBag(dag_folder=str(Path(__file__).resolve().parents[1] / "dags" / dag_file))
-    assert bag.import_errors == {}
-    (dag,) = bag.dags.values()
+    (dag,) = load_bag(DAGS_FOLDER / dag_file).dags.values()
     assert dag.params.validate()["recompute"] is False
     params = copy.deepcopy(dag.params)
     with pytest.raises(ParamValidationError):
@@ -216,12 +214,10 @@ def test_both_dags_have_a_recompute_param_that_defaults_to_reuse(dag_file):
 
 def test_the_local_dag_passes_recompute_into_the_pipeline():
     """The run's params become PipelineParams by name: recompute from the trigger form reaches the step."""
-    from airflow.dag_processing.dagbag import DagBag
 
     from fruits_platform.pipeline import PipelineParams
 
-    path = Path(__file__).resolve().parents[1] / "dags" / "fruits_features_local.py"
-    dag = DagBag(dag_folder=str(path)).dags["fruits_features_local"]
+    dag = load_dag("fruits_features_local")
     for recompute in (False, True):
         params = {**dag.params.validate(), "dt": TODAY, "recompute": recompute}
         assert PipelineParams.from_mapping(params).recompute is recompute

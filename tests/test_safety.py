@@ -12,6 +12,7 @@ import pytest
 from fruits_platform.pipeline import PipelineParams, failure_reason
 from fruits_spark.local_app import STEP_MARKER
 from fruits_spark.report import describe_counts
+from tests.dags import load_dag
 from tests.inprocess import run_pipeline
 from tests.test_run_local import run_fruits
 
@@ -193,12 +194,8 @@ def test_a_run_that_fails_in_pca_leaves_the_whole_day_as_it_was(first_day, sampl
 
 
 def test_the_local_dag_checks_the_paths_before_any_task_writes(airflow_db, tmp_path, capfd):
-    from airflow.dag_processing.dagbag import DagBag
 
-    from tests.conftest import PROJECT_ROOT
-
-    bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags" / "fruits_features_local.py"))
-    dag = bag.dags["fruits_features_local"]
+    dag = load_dag("fruits_features_local")
     missing, output = tmp_path / "nope", tmp_path / "out"
 
     dagrun = dag.test(run_conf={"input": str(missing), "output": str(output), "dt": DAY})

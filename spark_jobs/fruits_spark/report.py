@@ -1,4 +1,7 @@
-"""The run report: report.json, three PNG plots and a self-contained report.html, next to the outputs."""
+"""The run report: report.json, three PNG plots and a self-contained report.html, next to the outputs.
+
+Its rendering needs no Spark (the EMR DAG renders the report again with the cluster's cost on the Airflow
+worker, whose DAG files must not import Spark); reading a day's datasets does, on demand."""
 
 from __future__ import annotations
 
@@ -6,12 +9,13 @@ import base64
 import html
 import io
 import json
+from typing import TYPE_CHECKING
 
-from pyspark.sql import SparkSession
-
-from fruits_spark import storage
 from fruits_spark.contract import STEP_NAMES, STEPS
 from fruits_spark.layout import REPORT_HTML, REPORT_JSON, Layout
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 PLOTS = ("explained_variance", "pca_scatter", "step_seconds")
 SCATTER_MAX_POINTS = 5000
@@ -228,6 +232,8 @@ th,td{{border:1px solid #ccc;padding:4px 10px;text-align:left}}img{{max-width:10
 
 def listed_files(spark: SparkSession, layout: Layout) -> dict:
     """The first rejected and ignored files of the day, their count and where the rest are."""
+    from fruits_spark import storage
+
     found = {}
     for key, name in (("rejected_files", "rejected"), ("ignored_files", "ignored")):
         where = layout.dataset(name)
@@ -242,6 +248,8 @@ def listed_files(spark: SparkSession, layout: Layout) -> dict:
 
 def write_report(spark: SparkSession, layout: Layout, summary: dict) -> None:
     """The report of ``layout``'s published day: ``summary``, the files it lists, its plots."""
+    from fruits_spark import storage
+
     summary = {**summary, **listed_files(spark, layout)}
     points = []
     if storage.exists(spark, layout.dataset("pca")):

@@ -8,6 +8,7 @@ console page of ``report.html``.
 
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import quote
 
 from airflow.sdk import BaseOperatorLink
@@ -40,6 +41,13 @@ def report_url(report: str, region: str | None = None) -> str:
         )
     if "://" in report:
         return report
-    from fruits_platform.local import report_server  # a local report: served by the api-server's plugin
+    return local_report_link(report)
 
-    return report_server.link(report)
+
+# where the api-server's plugin (fruits_platform.local.report_server) serves the local runs' reports
+REPORT_ROUTE = "/fruits-reports"
+
+
+def local_report_link(report: str) -> str:
+    """The UI link of a local report.html."""
+    return f"{REPORT_ROUTE}/?path={quote(str(Path(report).resolve()))}"

@@ -140,7 +140,7 @@ def range_steps(
 ) -> list[dict[str, Any]]:
     """Every day's EMR steps over the staged code and weights, in ``step_plan`` order; a failing step lets
     the cluster go on with the next (CONTINUE), and is named after its day."""
-    staged = {"weights": artifacts.weights_uri, "onnx_model": artifacts.onnx_model_uri}
+    staged = {"weights": artifacts.weights_uri, "engine_artifact": artifacts.engine_artifact_uri}
     steps = []
     for day in days:
         pipeline = day_pipeline({**run.pipeline, **staged}, run.bucket, day)

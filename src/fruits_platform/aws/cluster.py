@@ -1,7 +1,7 @@
 """The run's EMR cluster as data: the job flow definition (instances, volumes, bootstrap, configurations,
 tags) and the EMR steps. Pure: no AWS call, no Airflow import; ``aws.operators`` submits it.
 
-The steps are not defined here: they are ``pipeline.pipeline_steps`` turned into ``command-runner.jar``
+The steps are not defined here: they are ``pipeline.plan`` turned into ``command-runner.jar``
 ``spark-submit`` calls by ``pipeline.spark_submit_args``, exactly what ``fruits run-local`` submits.
 """
 
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from fruits_platform.aws import bootstrap, pricing
 from fruits_platform.aws.gdpr import EMR_MANAGED_TAG
 from fruits_platform.aws.sizing import ExecutorSizing, size_executors
-from fruits_platform.pipeline import PipelineParams, pipeline_steps, spark_submit_args
+from fruits_platform.pipeline import PipelineParams, plan, spark_submit_args
 
 if TYPE_CHECKING:
     from fruits_platform.aws.settings import RunSettings
@@ -65,7 +65,7 @@ def emr_steps(
     command-runner; a step past its limit exits 124, EMR marks it FAILED and ``action_on_failure`` follows:
     a failed step ends the cluster at once, or (CONTINUE, a range of days) the next step runs."""
     steps = []
-    for step in pipeline_steps(params):
+    for step in plan(params):
         limit = [
             "timeout",
             f"--kill-after={STEP_TIMEOUT_KILL_AFTER_SECONDS}",

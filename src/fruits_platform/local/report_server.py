@@ -10,22 +10,17 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from urllib.parse import quote
-
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import FileResponse
 
+from fruits_platform.links import REPORT_ROUTE as ROUTE
+from fruits_platform.links import local_report_link as link
 from fruits_spark.layout import REPORT_HTML
 
-ROUTE = "/fruits-reports"
+__all__ = ["ROUTE", "app", "link", "servable"]
 _DAY_FOLDER = re.compile(r"dt=\d{4}-\d{2}-\d{2}")
 
 app = FastAPI(title="Fruits! run reports")
-
-
-def link(report: str | Path) -> str:
-    """The UI link of a local report.html."""
-    return f"{ROUTE}/?path={quote(str(Path(report).resolve()))}"
 
 
 def servable(report: Path) -> bool:

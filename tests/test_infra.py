@@ -374,7 +374,7 @@ def runbook_simulations() -> list[tuple[set[str], set[str]]]:
     text = re.sub(r"\\\n\s*", " ", AWS_MD.read_text())  # one line per command
     found = []
     for command in re.findall(r"aws iam simulate-principal-policy[^\n]*", text):
-        actions = re.search(r"--action-names ((?:[a-z0-9-]+:[A-Za-z]+ ?)+)", command)
+        actions = re.search(r"--action-names ((?:[a-z0-9-]+:[A-Za-z]+ *)+)", command)
         keys = set(re.findall(r"ContextKeyName=([^,\s]+)", command))
         found.append((set(actions.group(1).split()) if actions else set(), keys))
     return found

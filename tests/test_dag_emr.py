@@ -208,7 +208,7 @@ def test_success_runs_three_steps_and_terminates(emr_dag, aws, uploaded, submitt
     dagrun, states = run_dag(emr_dag, base_conf(random_weights), dt.datetime(2026, 11, 6, 3, tzinfo=dt.UTC))
 
     assert dagrun.state == "success", states
-    assert [run.name for run in submitting_runner.runs] == ["ingest", "features", "pca"]
+    assert [run.name for run in submitting_runner.runs] == ["ingest", "features", "pca", "publish"]
     assert all(run.returncode == 0 for run in submitting_runner.runs)
     for dataset in ("images", "features", "pca", "pca_csv"):
         assert keys(aws, f"outputs/{dataset}/dt={UPLOAD_DAY}/"), dataset
@@ -483,39 +483,38 @@ def test_retried_create_adopts_the_cluster_of_its_run(emr_dag, aws, uploaded, ra
 
 
 # -- unit level: what the DAG hands to EMR ----------------------------------------------------------------
-def test_emr_steps_are_the_local_steps_over_s3():
+def test_emr_steps_run_the_plan_over_s3_bounded_and_in_client_mode():
+    """Each EMR step: command-runner's ``timeout <limit> spark-submit --deploy-mode client`` of its staged
+    entry script and the shipped zip, with the step's own flags, which its job's parser reads back."""
     from fruits_platform.aws.cluster import emr_steps
-    from fruits_platform.local.runner import LOCAL_SPARK_CONF
-    from fruits_platform.pipeline import PipelineParams, pipeline_steps, spark_submit_args
+    from fruits_platform.pipeline import PipelineParams
+    from fruits_spark import contract
 
     params = PipelineParams(
-        "s3://b/uploads/dt=2026-11-05/",
-        "s3://b/features/",
-        "2026-11-05",
-        "s3://b/artifacts/weights/x/mobilenet_v2.weights.h5",
-        k=7,
-        refit=True,
-    )
-    limits = {"ingest": 900, "features": 5400, "pca": 960}
+        input="s3://b/uploads/dt=2026-11-05/", output="s3://b/outputs/", dt="2026-11-05",
+        weights="s3://b/artifacts/weights/x/mobilenet_v2.weights.h5", k=7, refit=True,
+    )  # fmt: skip
+    limits = {"ingest": 900, "features": 5400, "pca": 960, "publish": 120}
     steps = emr_steps(params, "s3://b/artifacts/abc/", limits)
 
-    assert [step["Name"] for step in steps] == ["ingest", "features", "pca"]
-    for step, local in zip(steps, pipeline_steps(params), strict=True):
-        args = step["HadoopJarStep"]["Args"]
+    assert [step["Name"] for step in steps] == ["ingest", "features", "pca", "publish"]
+    for step in steps:
+        name, args = step["Name"], step["HadoopJarStep"]["Args"]
         assert step["ActionOnFailure"] == "TERMINATE_CLUSTER"
         assert step["HadoopJarStep"]["Jar"] == "command-runner.jar"
         # bounded on the cluster: `timeout` ends a step past its limit, EMR marks it FAILED
-        assert args[:3] == ["timeout", "--kill-after=60", f"{limits[step['Name']]}s"]
+        assert args[:3] == ["timeout", "--kill-after=60", f"{limits[name]}s"]
         assert args[3:6] == ["spark-submit", "--deploy-mode", "client"]
         assert "--master" not in args
-        # the script and its arguments are exactly what fruits run-local submits
-        local_args = spark_submit_args(local, "/tmp/a", LOCAL_SPARK_CONF)
-        emr_at, local_at = args.index("--py-files"), local_args.index("--py-files")
-        assert args[emr_at + 3 :] == local_args[local_at + 3 :] == list(local.args)
-        assert args[emr_at + 1 : emr_at + 3] == [
+        at = args.index("--py-files")
+        assert args[at + 1 : at + 3] == [
             "s3://b/artifacts/abc/fruits_spark.zip",
-            f"s3://b/artifacts/abc/{local.script}",
+            f"s3://b/artifacts/abc/{name}.py",
         ]
+        parsed = vars(contract.step_parser(name, "").parse_args(args[at + 3 :]))
+        assert (parsed["output"], parsed["dt"]) == ("s3://b/outputs/", "2026-11-05")
+    assert "--refit" in steps[2]["HadoopJarStep"]["Args"]
+    assert "--weights" not in steps[2]["HadoopJarStep"]["Args"]
 
 
 def overrides_for(instance_type="m5.xlarge", core_nodes=2, use_spot=False, engine="tensorflow", tags=None):

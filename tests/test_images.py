@@ -21,6 +21,8 @@ def test_inspect_gives_the_expected_outcome(name):
     data, expected = CORPUS[name]
     result = images.inspect_image(data)
     assert (result.reason or "ok") == expected, result.detail
+    # a rejection's detail is read by people: never a Python object's repr
+    assert " object at 0x" not in (result.detail or "")
     if expected == "ok":
         decoded = Image.open(io.BytesIO(result.content))
         assert decoded.format == "PPM"

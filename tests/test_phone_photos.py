@@ -12,14 +12,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from fruits_platform.tools.phone_photos import (
     DEVICE_MODEL,
     PHONE_SIZE,
     draft_pixels,
     phone_photo,
-    plain_pixels,
     prepare_phone_photos,
 )
 from fruits_platform.tools.phone_photos import ORIENTATIONS as PHONE_ORIENTATIONS
@@ -33,6 +32,13 @@ DAY = "2026-11-29"
 
 
 @pytest.fixture(scope="module")
+
+def plain_pixels(data: bytes, input_size: int) -> np.ndarray:
+    """The oracle: the plain computation's input, full decode, EXIF orientation, bilinear resize (float32,
+    0-255); what ingest's draft decode must agree with."""
+    image = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+    return np.asarray(image.resize((input_size, input_size), Image.Resampling.BILINEAR), dtype=np.float32)
+
 def phone_folder(tmp_path_factory, sample_dir) -> Path:
     sources = [
         sorted((sample_dir / label).glob("*.jpg"))[0] for label in ("apple", "lemon", "mango", "raspberry")

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -100,7 +101,7 @@ def test_report_reconciles_with_the_outputs(mixed_run):
     assert report["k"] == 5
     assert len(report["explained_variance"]) == 5
     assert report["cumulative_explained_variance"][-1] == pytest.approx(sum(report["explained_variance"]))
-    assert set(report["step_seconds"]) == {"ingest", "features", "pca"}
+    assert set(report["step_seconds"]) == {"ingest", "features", "pca", "publish"}
     # one truth: the terminal says what report.json says
     assert f"done: {describe_counts(report)}" in completed.stdout
     assert f"{counts['ok']} images ok: {counts['featurised']} featurised now, 0 reused;" in completed.stdout
@@ -172,7 +173,6 @@ def test_rerun_replaces_its_date_only_and_applies_the_current_model(
 
 
 def test_without_imagenet_access_the_error_names_the_way_out(mixed_run, tmp_path, sample_dir):
-    """(After mixed_run: this second CLI run of the session maps the class archive the first one wrote.)"""
     env = dict(
         os.environ,
         KERAS_HOME=str(tmp_path / "keras"),
@@ -191,34 +191,79 @@ def test_without_imagenet_access_the_error_names_the_way_out(mixed_run, tmp_path
     )
     assert completed.returncode == 1
     message = completed.stderr.strip().splitlines()[-1]
-    assert "step features failed" in message
+    # said before any step ran, in words (no Python class leads the line), with the way out
+    assert message.startswith("fruits: --weights imagenet: cannot download the ImageNet weights (")
     # the download's own message, not only its class: a proxy refusal must read differently from no network
     assert re.search(r"cannot download the ImageNet weights \(\w+: .*(fetch|refused|proxy|Proxy)", message)
     assert "--weights" in message
     assert "FRUITS_WEIGHTS" in message
+    assert not (tmp_path / "out").exists()
+
+
+def copied(source: Path, names: list[str], folder: Path) -> Path:
+    for name in names:
+        (folder / Path(name).parent).mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes((source / name).read_bytes())
+    return folder
+
+
+def test_two_runs_of_one_day_at_once_never_mix(mixed_run, sample_dir, random_weights, tmp_path):
+    """The second run of a day that another run is writing fails at once, naming it; the day is the first
+    run's alone. (After mixed_run: this CLI run maps the class archive the first one of the session wrote.)"""
+    first_in = copied(
+        sample_dir,
+        [f"apple/{p.name}" for p in sorted((sample_dir / "apple").glob("*.jpg"))[:4]],
+        tmp_path / "a",
+    )
+    second_in = copied(
+        sample_dir,
+        [f"lemon/{p.name}" for p in sorted((sample_dir / "lemon").glob("*.jpg"))[:2]],
+        tmp_path / "b",
+    )
+    output = tmp_path / "out"
+    args = ["--output", str(output), "--dt", DAY_ONE, "--weights", str(random_weights), "--k", "2"]
+    first = subprocess.Popen(
+        [FRUITS, "run-local", "--master", "local[2]", "--input", str(first_in), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lease_file = output / "_leases" / f"dt={DAY_ONE}.json"
+    deadline = time.monotonic() + 300
+    while not lease_file.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert lease_file.exists(), first.communicate()
+    second = run_fruits("--input", str(second_in), *args)
+    _, first_err = first.communicate(timeout=1200)
+    assert first.returncode == 0, first_err[-3000:]
+    assert second.returncode == 1
+    message = second.stderr.strip().splitlines()[-1]
+    assert message.startswith(f"fruits: dt={DAY_ONE} of {output} is being written by fruits run-local ")
+    assert f"pid {first.pid})" in message
+    # the day holds the first run's photos, and its report agrees with them
+    paths = {row["path"] for row in read_table(output / "features" / f"dt={DAY_ONE}")}
+    assert len(paths) == 4
+    assert all("/a/apple/" in path for path in paths)
+    assert json.loads((output / "report.json").read_text())["counts"]["ok"] == 4
     # its JVM started from the class archive an earlier run of this machine wrote (class_archive)
-    (log,) = (tmp_path / "out" / "_logs").rglob("pipeline.log")
+    (log,) = (output / "_logs").rglob("pipeline.log")
     command = log.read_text().splitlines()[0]
     assert f"-XX:SharedArchiveFile={archive_path()}" in command
     assert archive_path().stat().st_size > 10_000_000
 
 
 def test_the_runner_takes_the_resolved_params_the_local_dag_passes(tmp_path):
-    """The local DAG validates its params once and passes ``as_dict()`` between tasks: the runner builds the
-    same spark-submit and finds the same log and report from it as from the PipelineParams."""
+    """The local DAG validates its params once and passes ``as_dict()`` between tasks: the runner finds the
+    run's log and report from it."""
     from fruits_platform.local import runner
-    from fruits_platform.pipeline import PipelineParams
     from fruits_spark.layout import Layout
 
     params = PipelineParams(str(tmp_path / "in"), str(tmp_path / "out"), "2026-11-05", k=7, recompute=True)
     resolved = params.as_dict()
-    names = ["ingest", "features", "pca"]
-    assert runner.local_app_args(resolved, names, tmp_path, "local[2]") == runner.local_app_args(
-        params, names, tmp_path, "local[2]"
+    assert (
+        runner.log_path(resolved, "pipeline") == tmp_path / "out" / "_logs" / "dt=2026-11-05" / "pipeline.log"
     )
-    assert runner.log_path(resolved, "pipeline") == runner.log_path(params, "pipeline")
-    assert runner.log_path(resolved, "pipeline").parts[-3:] == ("_logs", "dt=2026-11-05", "pipeline.log")
     report = Path(Layout(params.output, params.dt).report())
     report.parent.mkdir(parents=True)
     report.write_text('{"k": 7}')
-    assert runner.read_report(resolved) == runner.read_report(params) == {"k": 7}
+    assert runner.read_report(resolved) == {"k": 7}

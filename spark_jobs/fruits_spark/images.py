@@ -105,7 +105,10 @@ def inspect_image(data: bytes | None, max_pixels: int = MAX_PIXELS, side: int = 
             # stream fails as in a full decode. Other formats ignore the draft.
             image.draft("RGB", (2 * side, 2 * side))
             image.load()
-    except (UnidentifiedImageError, SyntaxError) as error:
+    except UnidentifiedImageError:
+        # Pillow's message names its in-memory buffer (<_io.BytesIO object at 0x...>), nothing of the file
+        return Inspection("not_an_image", "not a JPEG or PNG image Pillow can identify", digest)
+    except SyntaxError as error:
         return Inspection("not_an_image", str(error)[:200], digest)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         return Inspection("too_large", str(error)[:200], digest)

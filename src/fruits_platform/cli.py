@@ -29,12 +29,13 @@ class DefaultsHelp(argparse.HelpFormatter):
 
 
 def _run_local(args: argparse.Namespace) -> int:
+    from fruits_platform.lease import LeaseHeld
     from fruits_platform.local.runner import StepFailed, run_local
 
     try:
         params = PipelineParams(**{param.name: getattr(args, param.name) for param in RUN_PARAMS}).resolved()
         report, _ = run_local(params, master=args.master)
-    except (StepFailed, ValueError, FileNotFoundError) as error:
+    except (StepFailed, LeaseHeld, ValueError, FileNotFoundError) as error:
         print(f"fruits: {error}", file=sys.stderr)
         return 1
     # the report's own words: what the terminal says is what report.json and report.html say

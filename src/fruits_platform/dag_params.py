@@ -36,12 +36,13 @@ def emr_params() -> dict:
                 "output": {
                     "default": DEFAULT_OUTPUT_PREFIX,
                     "pattern": r"^[^/].*/$",
-                    "description": "Output root in the bucket: each dataset goes to <output><dataset>/dt=<day>/ "
-                    "(e.g. outputs/features/dt=2026-11-05/). Must be under the stack's OutputPrefix.",
+                    "description": "Output root in the bucket: each dataset goes to "
+                    "<output><dataset>/dt=<day>/ (e.g. outputs/features/dt=2026-11-05/). Must be under the "
+                    "stack's OutputPrefix.",
                 },
                 "weights": {
-                    "description": "imagenet (downloaded once by the staging task), an s3:// URI, or the path of "
-                    "a .weights.h5 file on the Airflow worker (staged to S3)."
+                    "description": "imagenet (downloaded once by the staging task), an s3:// URI, or the "
+                    "path of a .weights.h5 file on the Airflow worker (staged to S3)."
                 },
                 "engine": {
                     "description": "onnx: the default, no TensorFlow on the cluster; tensorflow: the Keras "
@@ -72,7 +73,8 @@ def emr_params() -> dict:
             type=["string", "boolean"],
             enum=[shapes.AUTO, True, False],
             title="Spot core nodes",
-            description="auto: chosen with the type (the primary node is always On-Demand); true/false pins it.",
+            description="auto: chosen with the type (the primary node is always On-Demand); true/false "
+            "pins it.",
         ),
         "region": Param(
             "eu-west-3",
@@ -87,7 +89,8 @@ def emr_params() -> dict:
             type="number",
             minimum=0,
             title="Budget (EUR)",
-            description="The run is refused if its cost bound (from the limits the run enforces) exceeds this.",
+            description="The run is refused if its cost bound (from the limits the run enforces) exceeds "
+            "this.",
         ),
     }
 

@@ -31,7 +31,13 @@ class PipelineParams(Mapping):
     unset ones at their default; a name the contract does not know is refused. Read as attributes
     (``params.output``) or as the mapping the steps' command lines are built from."""
 
-    def __init__(self, **values: Any) -> None:
+    # what a run is named by first, in this order, where given without names
+    POSITIONAL = ("input", "output", "dt", "weights")
+
+    def __init__(self, *positional: Any, **values: Any) -> None:
+        if len(positional) > len(self.POSITIONAL):
+            raise TypeError(f"params without names are at most {', '.join(self.POSITIONAL)}")
+        values.update(zip(self.POSITIONAL, positional, strict=False))
         unknown = sorted(set(values) - set(PARAMS))
         if unknown:
             raise ValueError(f"unknown run param(s) {', '.join(unknown)}; params are {', '.join(PARAMS)}")

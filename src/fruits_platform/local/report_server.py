@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import FileResponse
 

@@ -2,8 +2,10 @@
 
 The one runner behind ``fruits run-local``, ``fruits_features_local`` and the bench: the plan
 (``pipeline.plan``) that EMR runs as its steps, here in one ``spark-submit`` of its own (``local_app``: one
-JVM and one session for every step), which ends with the run: nothing stays running after it. The run's log
-goes under the output's ``_logs/dt=<dt>/``.
+JVM and one session for every step), which ends with the run: nothing stays running after it. The run holds
+the day's lease (``fruits_platform.lease``) from its first write to its publish: a second run of the same
+output and day, from the CLI or a DAG, fails at once naming the first. The run's log goes under the output's
+``_logs/dt=<dt>/``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from fruits_platform import lease
 from fruits_platform.artifacts import build_artifacts, content_hash
 from fruits_platform.local.class_archive import class_archive
 from fruits_platform.local.preflight import check_run
@@ -110,15 +113,28 @@ class _StepLines:
 
 
 def run_steps(
-    params: RunValues, names: list[str], artifacts: Path, master: str = LOCAL_MASTER, echo=print
+    params: RunValues,
+    names: list[str],
+    artifacts: Path,
+    master: str = LOCAL_MASTER,
+    echo=print,
+    holder: str = "fruits run-local",
 ) -> dict[str, float]:
-    """Runs the plan's steps ``names`` in one spark-submit of their own; returns each step's seconds.
-    Lines the steps print for people (``<step>: ...``, progress included) are echoed; everything goes to
-    the log. Raises StepFailed with the failed step's own reason."""
+    """Runs the plan's steps ``names`` in one spark-submit of their own, holding the day's lease as
+    ``holder``; returns each step's seconds. Lines the steps print for people (``<step>: ...``, progress
+    included) are echoed; everything goes to the log. Raises StepFailed with the failed step's own reason,
+    LeaseHeld (naming the holder) when another run writes the day."""
     steps = [step for step in plan(params) if step.name in names]
+    values = run_values(params)
     log = log_path(params, names[0] if len(names) == 1 else "pipeline")
     log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as handle, class_archive() as archive_flags:
+    with (
+        lease.holding(values["output"], values["dt"], holder) as held,
+        log.open("w") as handle,
+        class_archive() as archive_flags,
+    ):
+        if held.taken_over:
+            echo(held.taken_over)
         lines = _StepLines(handle, echo, names[0])
         command = local_app_args(steps, artifacts, master, driver_java_conf(*archive_flags))
         handle.write(" ".join(command) + "\n")

@@ -99,12 +99,6 @@ def prepare_phone_photos(source: Path, count: int, destination: Path, size=PHONE
     return prepared
 
 
-def plain_pixels(data: bytes, input_size: int) -> np.ndarray:
-    """The plain computation's input: full decode, EXIF orientation, bilinear resize (float32, 0-255)."""
-    image = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
-    return np.asarray(image.resize((input_size, input_size), Image.Resampling.BILINEAR), dtype=np.float32)
-
-
 def draft_pixels(data: bytes, input_size: int) -> np.ndarray:
     """The reference's decode: JPEG draft to no less than twice the input size, orientation, one resize."""
     image = Image.open(io.BytesIO(data))

@@ -237,8 +237,8 @@ COMMON_PARAMS: tuple[RunParam, ...] = (
         check=check_date,
     ),
 )
-# ONNX Runtime (default: no TensorFlow on the workers) and the Keras reference. Worker peaks: ONNX Runtime
-# 521 MB at 20,000 images (8 images per session run; 574-611 MB with 16), TensorFlow 1.6-2.0 GB, rounded up.
+# ONNX Runtime (default: no TensorFlow on the workers) and the Keras reference. Worker peaks measured at
+# 20,000 images (docs/BENCHMARKS.md, round 2), rounded up.
 ENGINES: list[Engine] = [
     Engine(
         "onnx",
@@ -265,12 +265,9 @@ def _engine_help() -> str:
     return "; ".join(f"{engine.name}: {engine.help}" for engine in ENGINES)
 
 
-# Per image (docs/BENCHMARKS.md, round 2): the whole run at 2,000 thumbnails, fixed costs included, 19.9
-# img/s per core = 0.050 core-seconds an image, split by the steps' seconds at 20,000 (ingest 52 %,
-# features 42 %, pca 8 %, rounded up). Per MB (round 3 on an idle machine, 2,000 phone photos of 2.74 MB,
-# 4032x3024): ingest took 85.24 s in its job on 2 cores, 170.5 core-seconds, of which 2,000 x 0.026 are
-# its per-image share; the other 118.5 over 5,483 MB are 0.0216 core-seconds a MB, rounded up. Features
-# and pca read the curated copies (at most 224 px a side): their cost does not follow the originals' size.
+# The steps' costs are measured (docs/BENCHMARKS.md, "The steps' costs in the contract": per image on
+# thumbnails, fixed costs included; per MB on 12 MP phone photos), rounded up. Features and pca read the
+# curated copies (at most 224 px a side): their cost does not follow the originals' size.
 INGEST = Step(
     "ingest",
     "fruits_spark.ingest",

@@ -21,6 +21,8 @@ from fruits_spark.layout import REPORT_HTML, REPORT_JSON, Layout
 from fruits_spark.report import describe_counts
 
 DAG_ID = "fruits_features_local"
+# the errors a local run explains itself with, as a task log prints them (module path and class first)
+REASON = re.compile(r"(?:[\w.]+\.)?(?:StepFailed|BadRun|LeaseHeld): (.*)")
 
 
 def airflow(*args: str, env: dict[str, str], log: Path | None = None) -> subprocess.CompletedProcess:
@@ -52,12 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     airflow("dags", "test", DAG_ID, "--conf", json.dumps(conf), env=env, log=log)
     text = log.read_text()
     finished = re.findall(r"DagRun Finished: .*?state=(\w+)", text)
-    failures = [line for line in text.splitlines() if "step " in line and " failed (exit" in line]
     if finished[-1:] != ["success"]:
-        print(f"the run did not succeed ({finished[-1] if finished else 'no final state'}).", file=sys.stderr)
-        for line in failures[-1:]:
-            print(line.strip()[:500], file=sys.stderr)
         print(f"task logs: {log}", file=sys.stderr)
+        # the last line says why, in the run's own words: a refused param, a failed step, a day being written
+        reasons = REASON.findall(text)
+        print(
+            f"the run did not succeed ({finished[-1] if finished else 'no final state'}): "
+            + (reasons[-1].strip() if reasons else "see the task logs"),
+            file=sys.stderr,
+        )
         return 1
     report = json.loads((output / REPORT_JSON).read_text())  # the latest run's: this one
     layout = Layout(str(output), report["dt"])

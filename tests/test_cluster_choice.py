@@ -308,3 +308,9 @@ def test_every_price_names_its_source_and_spot_fleets_keep_the_shape(table):
             assert [table["instances"][other][key] for key in same] == [row[key] for key in same]
             assert pricing.architecture(other) == pricing.architecture(name)
             assert pricing.vcpus_per_core(table, other) == pricing.vcpus_per_core(table, name)
+
+
+def test_a_cluster_is_never_requested_with_a_shape_still_auto(table):
+    staged = StagedArtifacts(artifacts_uri="s3://b/artifacts/h/", weights_uri="s3://b/w.h5")
+    with pytest.raises(ValueError, match="core_nodes, use_spot still auto"):
+        cluster.cluster_definition(run_settings(instance_type="m5.xlarge"), staged, table, "dag", "run")

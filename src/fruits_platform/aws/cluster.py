@@ -304,7 +304,12 @@ def executor_sizing(
 def cluster_definition(
     run: RunSettings, staged: StagedArtifacts, table: Mapping[str, Any], dag_id: str, run_id: str
 ) -> dict[str, Any]:
-    """The run's cluster, from its settings, what staging put in S3 and the price table (Spot fleet)."""
+    """The run's cluster, from its settings, what staging put in S3 and the price table (Spot fleet).
+    ``run`` carries the shape check_budget chose (``shapes.resolved``): a param still at auto is a bug."""
+    shape = ("instance_type", "core_nodes", "use_spot")
+    unresolved = [name for name in shape if getattr(run, name) == "auto"]
+    if unresolved:
+        raise ValueError(f"{', '.join(unresolved)} still auto: the cluster's shape was not chosen")
     return job_flow_overrides(
         bucket=run.bucket,
         upload_day=run.dt,

@@ -15,11 +15,14 @@ import dataclasses
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fruits_platform.aws import cluster, cost, pricing
 from fruits_platform.aws.sizing import SizingError
 from fruits_spark.contract import step_record
+
+if TYPE_CHECKING:
+    from fruits_platform.aws.settings import RunSettings
 
 AUTO = "auto"
 # The nightly run starts at 02:00 UTC (run_date.SCHEDULE); the day's features are wanted by the start of the
@@ -262,7 +265,11 @@ def breakdown(option: Option) -> dict[str, float]:
 
 
 def choose_for_run(
-    run, table: Mapping[str, Any], images, image_bytes, deadline_seconds: int = NIGHT_DEADLINE_SECONDS
+    run: RunSettings,
+    table: Mapping[str, Any],
+    images,
+    image_bytes,
+    deadline_seconds: int = NIGHT_DEADLINE_SECONDS,
 ) -> Choice:
     """``choose`` for a run (an ``aws.settings.RunSettings``): its engine, budget and pinned params."""
     return choose(
@@ -278,7 +285,7 @@ def choose_for_run(
     )
 
 
-def resolved(run, shape: Shape | Mapping[str, Any]):
+def resolved(run: RunSettings, shape: Shape | Mapping[str, Any]) -> RunSettings:
     """``run`` (an ``aws.settings.RunSettings``) with its shape chosen: what staging and the cluster get."""
     shape = shape if isinstance(shape, Shape) else Shape(**shape)
     return dataclasses.replace(
@@ -315,6 +322,8 @@ def ingest_needed(
         budget_eur=float("inf"),
         deadline_seconds=deadline_seconds,
     ):
+        if not option.meets_deadline:
+            continue  # a faster ingest only shortens a night that meets the deadline already
         estimate = option.estimate
         # billed seconds of ingest's compute at the measured rate, on this shape
         ingest_seconds = cost.expected_step_seconds(
@@ -325,7 +334,6 @@ def ingest_needed(
         if spare_hours < 0:
             continue
         allowed = measured * min(spare_hours * 3600 / ingest_seconds, 1e9)
-        # faster than measured: still within the deadline (ingest only gets shorter)
         if best is None or allowed > best[0]:
             best = (allowed, option.shape)
     return best

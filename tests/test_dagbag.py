@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from fruits_spark.contract import STEP_NAMES
 from tests.dags import DAG_FILES, DAGS_FOLDER, load_bag
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -97,9 +98,8 @@ def test_emr_dag_edges(emr_dag):
         "take_lease",
         "create_cluster",
         "add_steps",
-        "watch_ingest",
-        "watch_features",
-        "watch_pca",
+        # one sensor per step of the plan, in its order
+        *(f"watch_{name}" for name in STEP_NAMES),
         "terminate_cluster",
         "report_cost",
         "release_lease",

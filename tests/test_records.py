@@ -31,7 +31,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 FRUITS = str(Path(sys.executable).parent / "fruits")
 DAY = "2026-11-24"
 PLUGIN = "tests.toy.records"
-ORDER = ["ingest", "features", "toy", "pca", "publish"]
+# the contract's plan with the toy registered right after features
+_REAL = list(contract.STEP_NAMES)
+ORDER = [*_REAL[: _REAL.index("features") + 1], "toy", *_REAL[_REAL.index("features") + 1 :]]
 # the fixtures the EMR run uses, from the EMR DAG's tests
 __all__ = ["aws", "runner", "uploaded"]
 
@@ -216,7 +218,6 @@ zip_path, plan = sys.argv[1], json.loads(sys.argv[2])
 sys.path.insert(0, zip_path)
 import fruits_spark
 from fruits_spark import contract
-from tests.dags import load_dag
 parsed = {
     name: vars(importlib.import_module(module).parser().parse_args(args)) for name, module, args in plan
 }

@@ -181,10 +181,10 @@ def test_a_rerun_reuses_its_own_partition_while_overwriting_it(spark, tmp_path):
 
 # -- forcing: --recompute from the command line and both DAGs down to the features step ----------------------
 def test_recompute_reaches_the_features_step_only():
-    from fruits_platform.pipeline import PipelineParams, pipeline_steps
+    from fruits_platform.pipeline import PipelineParams, plan
 
-    forced = {s.name: s.args for s in pipeline_steps(PipelineParams("in", "out", TODAY, recompute=True))}
-    default = {s.name: s.args for s in pipeline_steps(PipelineParams("in", "out", TODAY))}
+    forced = {s.name: s.args for s in plan(PipelineParams("in", "out", TODAY, recompute=True))}
+    default = {s.name: s.args for s in plan(PipelineParams("in", "out", TODAY))}
 
     assert "--recompute" in forced["features"]
     assert all("--recompute" not in args for name, args in forced.items() if name != "features")

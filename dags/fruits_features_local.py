@@ -41,12 +41,12 @@ from airflow.sdk import DAG, chain, get_current_context, task
 from fruits_platform import assets, links, run_date
 from fruits_platform.artifacts import PROJECT_ROOT
 from fruits_platform.forms import pipeline_params, refuse_unknown_keys
-from fruits_platform.local.spark_settings import LOCAL_MASTER
 from fruits_platform.pipeline import PipelineParams, default_weights
 from fruits_spark.layout import REPORT_HTML, Layout
 
 DAG_ID = "fruits_features_local"
-SPARK_MASTER: str = os.environ.get("FRUITS_SPARK_MASTER", LOCAL_MASTER)
+# empty: sized to the worker's machine (fruits_platform.local.spark_settings.sized)
+SPARK_MASTER: str | None = os.environ.get("FRUITS_SPARK_MASTER") or None
 
 # every run param of the contract (a registered step's too), with this machine's defaults
 PARAMS = pipeline_params(

@@ -6,7 +6,6 @@ import argparse
 import sys
 
 from fruits_platform.aws import upload
-from fruits_platform.local.spark_settings import LOCAL_MASTER
 from fruits_platform.pipeline import WEIGHTS_HELP, PipelineParams, default_weights
 from fruits_platform.tools import bench
 from fruits_spark.contract import DATASETS, RUN_PARAMS, STEP_NAMES, today
@@ -19,11 +18,7 @@ class DefaultsHelp(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if (
-            "default" in text
-            or action.required
-            or action.default in (None, "", False, [], argparse.SUPPRESS)
-        ):
+        if "default" in text or action.required or action.default in (None, "", False, [], argparse.SUPPRESS):
             return text
         return f"{text} (default: %(default)s)"
 
@@ -63,7 +58,12 @@ def _register_run_local(commands) -> None:
             param.add_argument(local, default=default_weights(), help=WEIGHTS_HELP)
         else:
             param.add_argument(local)
-    local.add_argument("--master", default=LOCAL_MASTER, help="Spark master; local[*] uses every local core")
+    local.add_argument(
+        "--master",
+        default=None,
+        help="Spark master; by default local[N], N the cores whose Python workers fit in half this machine's "
+        "memory (the driver's heap sized the same way)",
+    )
     local.set_defaults(handler=_run_local)
 
 

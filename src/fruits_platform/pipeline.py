@@ -42,8 +42,7 @@ class PipelineParams(Mapping):
         if unknown:
             raise ValueError(f"unknown run param(s) {', '.join(unknown)}; params are {', '.join(PARAMS)}")
         self._values = {
-            name: param.validate(values.get(name, param.default))
-            for name, param in PARAMS.items()
+            name: param.validate(values.get(name, param.default)) for name, param in PARAMS.items()
         }
 
     @classmethod

@@ -20,6 +20,8 @@ from fruits_spark.contract import engine_record
 def python_worker_peak_mb(engine: str) -> int:
     """The engine record's measured peak of one Python worker (a registered engine's too)."""
     return engine_record(engine).worker_peak_mb
+
+
 # margin over the measured peak: batch sizes and image sizes vary, glibc arenas fragment
 PYTHON_MEMORY_HEADROOM = 1.25
 # the executor JVM only moves Arrow batches of image bytes between Parquet and the Python workers

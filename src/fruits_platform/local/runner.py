@@ -24,7 +24,7 @@ from fruits_platform import lease
 from fruits_platform.artifacts import build_artifacts, content_hash
 from fruits_platform.local.class_archive import class_archive
 from fruits_platform.local.preflight import check_run
-from fruits_platform.local.spark_settings import LOCAL_MASTER, driver_java_conf, local_conf, spark_env
+from fruits_platform.local.spark_settings import driver_java_conf, local_conf, sized, spark_env
 from fruits_platform.pipeline import (
     LOCAL_APP,
     PipelineParams,
@@ -116,16 +116,21 @@ def run_steps(
     params: RunValues,
     names: list[str],
     artifacts: Path,
-    master: str = LOCAL_MASTER,
+    master: str | None = None,
     echo=print,
     holder: str = "fruits run-local",
 ) -> dict[str, float]:
     """Runs the plan's steps ``names`` in one spark-submit of their own, holding the day's lease as
-    ``holder``; returns each step's seconds. Lines the steps print for people (``<step>: ...``, progress
-    included) are echoed; everything goes to the log. Raises StepFailed with the failed step's own reason,
-    LeaseHeld (naming the holder) when another run writes the day."""
+    ``holder``; returns each step's seconds. Without a ``master``, the run is sized to this machine's
+    memory (``spark_settings.sized``: the driver's heap, and as many cores as the engine's workers fit).
+    Lines the steps print for people (``<step>: ...``, progress included) are echoed; everything goes to
+    the log. Raises StepFailed with the failed step's own reason, LeaseHeld (naming the holder) when
+    another run writes the day."""
     steps = [step for step in plan(params) if step.name in names]
     values = run_values(params)
+    sizing = sized(contract.engine_record(values["engine"]).worker_peak_mb)
+    conf = sizing.conf() if master is None else {}
+    master = master or sizing.master
     log = log_path(params, names[0] if len(names) == 1 else "pipeline")
     log.parent.mkdir(parents=True, exist_ok=True)
     with (
@@ -136,7 +141,7 @@ def run_steps(
         if held.taken_over:
             echo(held.taken_over)
         lines = _StepLines(handle, echo, names[0])
-        command = local_app_args(steps, artifacts, master, driver_java_conf(*archive_flags))
+        command = local_app_args(steps, artifacts, master, {**conf, **driver_java_conf(*archive_flags)})
         handle.write(" ".join(command) + "\n")
         handle.flush()
         process = subprocess.Popen(
@@ -156,9 +161,7 @@ def read_report(params: RunValues) -> dict:
     return json.loads(Path(_layout(params).report()).read_text())
 
 
-def run_local(
-    params: PipelineParams, master: str = LOCAL_MASTER, echo=print
-) -> tuple[dict, dict[str, float]]:
+def run_local(params: PipelineParams, master: str | None = None, echo=print) -> tuple[dict, dict[str, float]]:
     """Runs the whole plan in one spark-submit; returns (report.json, seconds per step). Raises BadRun,
     before anything is written, when a param cannot work."""
     params = params.resolved()

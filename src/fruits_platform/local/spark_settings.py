@@ -1,19 +1,29 @@
-"""The local Spark settings, in one place: the master, the session's conf, the driver JVM's flags and the
-environment of a local spark-submit. ``fruits run-local``, the local DAG, the bench and the tests' session
-all read them here."""
+"""The local Spark settings, in one place: the master, the session's conf, the driver JVM's flags, the
+memory a run takes, and the environment of a local spark-submit. ``fruits run-local``, the local DAG, the
+bench and the tests' session all read them here."""
 
 from __future__ import annotations
 
 import os
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 
-# every local core: the default master of `fruits run-local`, the local DAG and the bench
+# every local core: Spark's own default, for a session outside a run (the bench's references)
 LOCAL_MASTER = "local[*]"
+
+# A local run shares the machine with its user (a browser, an IDE, a notebook): it sizes itself to this
+# share of the machine's memory. The driver's heap is a quarter of that share, within these bounds: below
+# 1 GiB the PCA fit and Arrow's batches have no room; above 2 GiB the heap only grows garbage before a
+# collection (docs/BENCHMARKS.md, round 4: no loss of speed at 20,000 thumbnails with 2 GiB instead of 4).
+MEMORY_SHARE = 0.5
+DRIVER_HEAP_MB = (1024, 2048)
+# what a JVM takes beyond its heap (metaspace, code cache, threads, direct buffers)
+JVM_OVERHEAD_MB = 512
 
 DRIVER_JAVA_OPTIONS = "spark.driver.extraJavaOptions"
 LOCAL_SPARK_CONF = {
-    "spark.driver.memory": "4g",
     # the defaults (200) are sized for clusters: on one machine they only add task overhead
     "spark.sql.shuffle.partitions": "8",
     "spark.ui.enabled": "false",
@@ -28,6 +38,46 @@ LOCAL_DRIVER_JAVA_FLAGS = ("-XX:+IgnoreUnrecognizedVMOptions", "-XX:TieredStopAt
 def driver_java_conf(*extra: str) -> dict[str, str]:
     """The Spark conf of a local driver's JVM flags: ``LOCAL_DRIVER_JAVA_FLAGS``, then ``extra``."""
     return {DRIVER_JAVA_OPTIONS: " ".join([*LOCAL_DRIVER_JAVA_FLAGS, *extra])}
+
+
+def machine_memory_mb() -> int:
+    """The memory this process may use: the machine's, or its container's limit where that is lower."""
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    limits = [physical]
+    for cgroup in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(cgroup).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            limits.append(int(text))
+    return min(limits) // 2**20
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """What a local run takes: the driver's heap and as many Python workers (cores of the master) as fit."""
+
+    driver_mb: int
+    workers: int
+
+    @property
+    def master(self) -> str:
+        return f"local[{self.workers}]"
+
+    def conf(self) -> dict[str, str]:
+        return {"spark.driver.memory": f"{self.driver_mb}m"}
+
+
+def sized(worker_peak_mb: int, machine_mb: int | None = None, cores: int | None = None) -> Sizing:
+    """The run's memory from the machine's (``MEMORY_SHARE`` of it): the driver's heap within
+    ``DRIVER_HEAP_MB``, then one Python worker per core while their peak (the engine record's) fits."""
+    machine_mb = machine_memory_mb() if machine_mb is None else machine_mb
+    cores = (os.cpu_count() or 1) if cores is None else cores
+    budget = machine_mb * MEMORY_SHARE
+    driver = int(min(max(budget / 4, DRIVER_HEAP_MB[0]), DRIVER_HEAP_MB[1]))
+    fit = int((budget - driver - JVM_OVERHEAD_MB) // worker_peak_mb)
+    return Sizing(driver, min(max(fit, 1), cores))
 
 
 def local_conf(overrides: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -76,7 +76,8 @@ def prepare_images(source: Path, count: int, destination: Path) -> list[Path]:
 
 def run_notebook(input_dir: Path, weights: str, work: Path) -> dict:
     command = [spark_submit_binary(), "--master", LOCAL_MASTER]
-    for key, value in sorted(LOCAL_SPARK_CONF.items()):
+    # the notebook's session as it was compared since round 1: every core, a 4 GiB driver
+    for key, value in sorted({**LOCAL_SPARK_CONF, "spark.driver.memory": "4g"}.items()):
         command += ["--conf", f"{key}={value}"]
     command += [str(Path(__file__).with_name("notebook_reference.py")), "--input", str(input_dir)]
     command += ["--output", str(work / "notebook"), "--weights", weights]
@@ -140,7 +141,8 @@ def _print_pipeline(label: str, pipeline: dict) -> None:
         f"(b) {label}: features {pipeline['features_img_per_s']} img/s "
         f"(step's main() {pipeline['features_wall_img_per_s']}), whole run-local "
         f"{pipeline['whole_img_per_s']} img/s in {pipeline['whole_seconds']} s ({steps}), "
-        f"peak Python worker RSS {pipeline['peak_worker_rss_mb']} MB"
+        f"peak Python worker RSS {pipeline['peak_worker_rss_mb']} MB, whole process tree "
+        f"{pipeline['peak_tree_rss_mb']} MB (JVM {pipeline['peak_jvm_rss_mb']} MB)"
     )
 
 

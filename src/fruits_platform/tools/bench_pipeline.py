@@ -16,11 +16,14 @@ BENCH_DAY = "2026-01-01"
 
 
 class WorkerMemory:
-    """Samples the RSS of Spark's Python workers (pyspark.daemon and its forks) while a step runs: those
-    below this process, or below ``root``."""
+    """Samples, while a run runs, the RSS of the processes below this one (or below ``root``): the peak of
+    one Spark Python worker (pyspark.daemon and its forks), and the peak of the whole tree summed (the
+    spark-submit JVM, the Python driver, the workers), which is what the run takes from the machine. A
+    forked worker's pages shared with its parent count in each, so the sum is an upper bound."""
 
     def __init__(self, interval: float = 0.5, root: int | None = None) -> None:
-        self.interval, self.peak_mb, self._stop = interval, 0.0, threading.Event()
+        self.interval, self.peak_mb, self.tree_peak_mb = interval, 0.0, 0.0
+        self.jvm_peak_mb, self._stop = 0.0, threading.Event()
         self.root = root
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -29,14 +32,20 @@ class WorkerMemory:
 
         this = psutil.Process(self.root)
         while not self._stop.is_set():
-            # only this run's workers (its descendants): other test suites on the machine run Spark too
+            # only this run's processes (its descendants): other test suites on the machine run Spark too
+            tree = 0.0
             for process in this.children(recursive=True):
                 try:
+                    rss = process.memory_info().rss / 2**20
                     cmdline = " ".join(process.cmdline())
-                    if "pyspark.daemon" in cmdline or "pyspark.worker" in cmdline:
-                        self.peak_mb = max(self.peak_mb, process.memory_info().rss / 2**20)
                 except psutil.Error:
-                    pass  # ended between the listing and the reading
+                    continue  # ended between the listing and the reading
+                tree += rss
+                if "pyspark.daemon" in cmdline or "pyspark.worker" in cmdline:
+                    self.peak_mb = max(self.peak_mb, rss)
+                elif process.name() == "java":
+                    self.jvm_peak_mb = max(self.jvm_peak_mb, rss)
+            self.tree_peak_mb = max(self.tree_peak_mb, tree)
             self._stop.wait(self.interval)
 
     def __enter__(self) -> WorkerMemory:
@@ -71,6 +80,8 @@ def run_pipeline(
         "step_seconds": {name: wall[name] for name in STEP_NAMES},
         "whole_seconds": wall["spark_submit"],
         "peak_worker_rss_mb": round(memory.peak_mb),
+        "peak_tree_rss_mb": round(memory.tree_peak_mb),
+        "peak_jvm_rss_mb": round(memory.jvm_peak_mb),
         "model_builds": report["model_builds"],
         "output": str(output),
     }

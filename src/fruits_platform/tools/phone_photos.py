@@ -182,7 +182,8 @@ def bench_phone_photos(args: argparse.Namespace, work: Path, weights: str) -> in
         print(
             f"(b) pipeline ({label}): ingest {in_job['ingest']} s ({pipeline['ingest_img_per_s']} photos/s), "
             f"features {in_job['features']} s in their jobs; whole run-local {pipeline['whole_seconds']} s; "
-            f"peak Python worker RSS {pipeline['peak_worker_rss_mb']} MB"
+            f"peak Python worker RSS {pipeline['peak_worker_rss_mb']} MB, whole process tree "
+            f"{pipeline['peak_tree_rss_mb']} MB (JVM {pipeline['peak_jvm_rss_mb']} MB)"
         )
     if "bare" not in args.skip:
         bare = run_bare_reference(

@@ -1,0 +1,46 @@
+"""A local run's memory follows the machine: the driver's heap and the Python workers it starts."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from fruits_platform.local import spark_settings
+from fruits_platform.local.spark_settings import MEMORY_SHARE, sized
+from fruits_spark.contract import ENGINES
+
+GIB = 1024
+
+
+@pytest.mark.parametrize("engine", ENGINES, ids=lambda engine: engine.name)
+@pytest.mark.parametrize("machine_gib", [4, 8, 16, 24, 64])
+@pytest.mark.parametrize("cores", [2, 8, 32])
+def test_a_run_stays_within_its_share_of_the_machine(engine, machine_gib, cores):
+    sizing = sized(engine.worker_peak_mb, machine_gib * GIB, cores)
+    assert 1 <= sizing.workers <= cores
+    taken = sizing.driver_mb + spark_settings.JVM_OVERHEAD_MB + sizing.workers * engine.worker_peak_mb
+    # within the run's share, unless even one worker does not fit (a run still runs, on one core)
+    assert taken <= machine_gib * GIB * MEMORY_SHARE or sizing.workers == 1
+    assert sizing.conf() == {"spark.driver.memory": f"{sizing.driver_mb}m"}
+    assert sizing.master == f"local[{sizing.workers}]"
+
+
+def test_a_bigger_machine_gets_more_workers_and_heap_never_less():
+    onnx = next(engine for engine in ENGINES if engine.name == "onnx")
+    runs = [sized(onnx.worker_peak_mb, gib * GIB, 16) for gib in (4, 8, 16, 32, 64)]
+    for smaller, bigger in itertools.pairwise(runs):
+        assert bigger.workers >= smaller.workers
+        assert bigger.driver_mb >= smaller.driver_mb
+    # a laptop of 8 GiB with 16 cores does not start 16 Python workers of 600 MB
+    assert runs[1].workers < 16
+    assert runs[-1].workers == 16
+
+
+def test_a_heavier_engine_gets_fewer_workers():
+    by_name = {engine.name: engine.worker_peak_mb for engine in ENGINES}
+    assert sized(by_name["tensorflow"], 8 * GIB, 8).workers < sized(by_name["onnx"], 8 * GIB, 8).workers
+
+
+def test_this_machine_is_read_from_the_system():
+    assert 256 < spark_settings.machine_memory_mb() < 2**24

@@ -233,3 +233,39 @@ def test_bench_photos_weigh_like_phone_photos_and_carry_their_metadata(sample_di
     before = [path.stat().st_mtime_ns for path in paths]
     assert prepare_phone_photos(sample_dir, 2, tmp_path / "phone") == paths
     assert [path.stat().st_mtime_ns for path in paths] == before
+
+
+def tiny_onnx(path: Path, input_size: int) -> Path:
+    """An ONNX model of the backbone's shapes (N, S, S, 3) -> (N, 1280): mean colour through a projection."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    projection = numpy_helper.from_array(np.ones((3, 1280), dtype=np.float32), "projection")
+    axes = numpy_helper.from_array(np.array([1, 2], dtype=np.int64), "axes")
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["pixels", "axes"], ["mean"], keepdims=0),
+            helper.make_node("MatMul", ["mean", "projection"], ["features"]),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, [None, input_size, input_size, 3])],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, 1280])],
+        [projection, axes],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return path
+
+
+def test_both_bare_references_read_and_hash_every_photo_once(sample_dir, tmp_path):
+    """The one-decoder reference and the every-core one (a pool of decoding processes) in their own
+    processes, as the bench runs them: every photo decoded, duplicates seen as such."""
+    from fruits_platform.tools.phone_photos import REFERENCES, run_bare_reference
+
+    paths = prepare_phone_photos(sample_dir, 5, tmp_path / "phone")
+    paths.append(tmp_path / "phone" / "copy.jpg")
+    paths[-1].write_bytes(paths[0].read_bytes())
+    model = tiny_onnx(tmp_path / "tiny.onnx", 96)
+    for kind in REFERENCES:
+        found = run_bare_reference(paths, str(model), 96, tmp_path, kind)
+        assert (found["images"], found["distinct"]) == (6, 5), kind
+        assert 0 < found["seconds_decode_inference"] <= found["seconds_process"], kind

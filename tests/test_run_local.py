@@ -11,11 +11,14 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
 
 from fruits_platform.local.class_archive import archive_path
+from fruits_platform.local.spark_settings import sized
 from fruits_platform.pipeline import PipelineParams
+from fruits_spark.contract import engine_record
 from fruits_spark.report import describe_counts
 from tests.corpus import write_mixed_folder
 from tests.inprocess import run_pipeline
@@ -222,8 +225,9 @@ def test_two_runs_of_one_day_at_once_never_mix(mixed_run, sample_dir, random_wei
     )
     output = tmp_path / "out"
     args = ["--output", str(output), "--dt", DAY_ONE, "--weights", str(random_weights), "--k", "2"]
+    # the first on the default path (no --master: sized to this machine), the second as the others
     first = subprocess.Popen(
-        [FRUITS, "run-local", "--master", "local[2]", "--input", str(first_in), *args],
+        [FRUITS, "run-local", "--input", str(first_in), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -250,6 +254,16 @@ def test_two_runs_of_one_day_at_once_never_mix(mixed_run, sample_dir, random_wei
     command = log.read_text().splitlines()[0]
     assert f"-XX:SharedArchiveFile={archive_path()}" in command
     assert archive_path().stat().st_size > 10_000_000
+    # sized to this machine, and nothing of the run is left running
+    sizing = sized(worker_peak_mb=engine_record("onnx").worker_peak_mb)
+    assert f"--master {sizing.master} " in command
+    assert f"spark.driver.memory={sizing.driver_mb}m" in command
+    leftovers = [
+        process.info["pid"]
+        for process in psutil.process_iter(["pid", "cmdline"])
+        if str(output) in " ".join(process.info["cmdline"] or [])
+    ]
+    assert leftovers == []
 
 
 def test_the_runner_takes_the_resolved_params_the_local_dag_passes(tmp_path):

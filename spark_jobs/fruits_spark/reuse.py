@@ -140,7 +140,7 @@ def fetch_reused(
         .filter(F.col("embedding") == F.lit(embedding))
         .select("content_hash", "features", "dt")
         # broadcast: matches are bounded by one day's uploads, while a shuffle would move every stored
-        # feature array of the matched partitions (measured: 36 s against 8 s for 100,000 rows)
+        # feature array of the matched partitions (docs/BENCHMARKS.md, "Reuse lookup")
         .join(F.broadcast(matches), ["content_hash", "dt"], "left_semi")
         # ingest keeps one row per hash and day; this keeps a damaged partition from doubling rows
         .dropDuplicates(["content_hash"])

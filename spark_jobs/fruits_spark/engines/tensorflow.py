@@ -1,6 +1,6 @@
 """The ``tensorflow`` engine, the Keras reference: the driver checks and broadcasts the weights file's bytes,
-and each Python worker rebuilds the Keras model from them (measured: 7 s less per features step than
-building it on the driver too, docs/BENCHMARKS.md).
+and each Python worker rebuilds the Keras model from them: cheaper than building it on the driver too
+(docs/BENCHMARKS.md, round 1).
 """
 
 from __future__ import annotations

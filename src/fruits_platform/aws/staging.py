@@ -75,8 +75,8 @@ def same_object(s3, bucket: str, key: str, size: int, sha256: str) -> bool:
 
 def put_file(s3, bucket: str, key: str, path: Path, sha256: str | None = None) -> None:
     # upload_file, not put_object: one put_object streams the body through botocore's checksummed
-    # aws-chunked encoding in pure Python (44 s for TensorFlow's 274 MB wheel, measured against moto, 21 s
-    # of it on the client side), where s3transfer sends 8 MB parts on threads (2.2 s)
+    # aws-chunked encoding in pure Python, where s3transfer sends 8 MB parts on threads (20 times faster
+    # for TensorFlow's wheel: docs/BENCHMARKS.md)
     s3.upload_file(
         str(path),
         bucket,

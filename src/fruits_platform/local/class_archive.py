@@ -4,8 +4,8 @@ Each ``spark-submit`` starts a JVM that loads and verifies several thousand of S
 first row, then loads more for the first Parquet write, the first Arrow batch, the first ML fit. Java's
 dynamic class-data sharing (JDK 13+) writes the classes one run loaded into an archive at its exit
 (``-XX:ArchiveClassesAtExit``); later JVMs with the same classpath map it (``-XX:SharedArchiveFile``)
-instead of parsing and verifying those classes again. Measured here: the session starts ~1.2 s sooner and a
-first ingest 1.5-3.4 s sooner (docs/BENCHMARKS.md).
+instead of parsing and verifying those classes again: the session and the first jobs start sooner
+(docs/BENCHMARKS.md, round 3).
 
 The archive belongs to one Java and one Spark: its name carries both, so another JDK or pyspark writes its
 own. A JVM that cannot use an archive (another classpath, an older Java) warns and runs without it, and the

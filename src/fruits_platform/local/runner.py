@@ -128,8 +128,9 @@ def run_steps(
     another run writes the day."""
     steps = [step for step in plan(params) if step.name in names]
     values = run_values(params)
+    # the driver's heap follows the machine whatever the master; the cores too unless one is given
     sizing = sized(contract.engine_record(values["engine"]).worker_peak_mb)
-    conf = sizing.conf() if master is None else {}
+    conf = sizing.conf()
     master = master or sizing.master
     log = log_path(params, names[0] if len(names) == 1 else "pipeline")
     log.parent.mkdir(parents=True, exist_ok=True)

@@ -121,3 +121,25 @@ def test_help_is_plain_text_for_a_terminal(command, capsys):
     options = re.split(r"\n  -", out.split("options:", 1)[-1])
     for option in options:
         assert len(re.findall(r"\bdefault\b", option)) <= 1, option
+
+
+def test_a_failed_steps_reason_is_its_error_not_the_jvms_own_log_lines():
+    """What a failed step's log holds when Spark cannot read its input: the JVM's own warnings come after the
+    error, and must not be taken for the reason."""
+    from fruits_platform.pipeline import failure_reason
+
+    log = "\n".join(
+        [
+            "Traceback (most recent call last):",
+            '  File "/x/pca.py", line 12, in main',
+            "pyspark.errors.exceptions.captured.AnalysisException: [UNABLE_TO_INFER_SCHEMA] Unable to infer "
+            "schema for Parquet. It must be specified manually.",
+            "[0.412s][warning][cds] Skipping org/apache/spark/Foo: Signed JAR (Exception in class loading)",
+            "26/12/03 21:00:01 WARN NativeCodeLoader: Unable to load native-hadoop library (Error ignored)",
+        ]
+    )
+    assert "UNABLE_TO_INFER_SCHEMA" in failure_reason("pca", log)
+    # a step's own one-line message wins over any exception
+    assert failure_reason("pca", log + "\npca: no features staged for dt=2026-11-20") == (
+        "pca: no features staged for dt=2026-11-20"
+    )

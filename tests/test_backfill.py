@@ -217,11 +217,13 @@ def test_the_range_dag_checks_first_and_always_terminates(backfill_dag, emr_dag)
 
 @pytest.mark.usefixtures("aws")
 def test_a_range_over_the_day_a_daily_run_holds_fails_at_once_naming_it(
-    emr_dag, backfill_dag, random_weights, capfd
+    emr_dag, backfill_dag, random_weights, capfd, monkeypatch
 ):
     """The daily run of a day still writes it (its cluster left running: its lease stays) when a range that
     contains that day starts: the range fails before its cluster, naming the daily run, and keeps none of
     its days (all or nothing)."""
+    # a range that is not refused fails in seconds (its steps never run here) instead of waiting for hours
+    monkeypatch.setattr(backfill, "watch_timeout", lambda estimate: 3)
     s3 = boto3.client("s3", region_name=REGION)
     days = ["2026-11-04", UPLOAD_DAY, "2026-11-06"]
     for day in days:

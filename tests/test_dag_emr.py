@@ -838,13 +838,16 @@ def test_steps_marked_successful_do_not_price_an_earlier_report(emr_dag, aws, up
 
 
 def test_a_day_another_run_holds_fails_the_run_at_once_naming_it(
-    emr_dag, aws, uploaded, random_weights, capfd
+    emr_dag, aws, uploaded, random_weights, capfd, monkeypatch
 ):
     """A backfill range holds the day (its lease, as fruits_features_emr_backfill takes it): the daily run
     fails before its cluster, naming that run, and leaves its lease alone."""
     from fruits_platform import lease
+    from fruits_platform.aws import cost
     from fruits_platform.aws.settings import DEFAULT_OUTPUT_PREFIX
 
+    # a run that is not refused fails in seconds (no step runs here) instead of waiting for its limits
+    monkeypatch.setattr(cost, "sensor_timeouts", lambda limits: dict.fromkeys(limits, 3))
     output = f"s3://{BUCKET}/{DEFAULT_OUTPUT_PREFIX}"
     other = lease.acquire(output, UPLOAD_DAY, "fruits_features_emr_backfill/manual__range", s3=aws)
     conf = base_conf(random_weights, output=DEFAULT_OUTPUT_PREFIX)

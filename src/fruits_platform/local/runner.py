@@ -38,6 +38,10 @@ from fruits_spark import contract
 from fruits_spark.layout import Layout
 from fruits_spark.local_app import STEP_MARKER
 
+# A local run's lease is stale as soon as its process is gone from this host: its expiry only matters to a
+# run on another host sharing the output, and must outlast any local day
+LOCAL_LEASE_SECONDS = 24 * 3600
+
 
 class StepFailed(RuntimeError):
     def __init__(self, step: str, returncode: int, log: Path, reason: str) -> None:
@@ -135,7 +139,7 @@ def run_steps(
     log = log_path(params, names[0] if len(names) == 1 else "pipeline")
     log.parent.mkdir(parents=True, exist_ok=True)
     with (
-        lease.holding(values["output"], values["dt"], holder) as held,
+        lease.holding(values["output"], values["dt"], holder, ttl_seconds=LOCAL_LEASE_SECONDS) as held,
         log.open("w") as handle,
         class_archive() as archive_flags,
     ):

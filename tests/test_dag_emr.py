@@ -208,7 +208,7 @@ def test_success_runs_three_steps_and_terminates(emr_dag, aws, uploaded, submitt
     dagrun, states = run_dag(emr_dag, base_conf(random_weights), dt.datetime(2026, 11, 6, 3, tzinfo=dt.UTC))
 
     assert dagrun.state == "success", states
-    assert [run.name for run in submitting_runner.runs] == ["ingest", "features", "pca", "publish"]
+    assert [run.name for run in submitting_runner.runs] == ["ingest", "features", "quality", "pca", "publish"]
     assert all(run.returncode == 0 for run in submitting_runner.runs)
     for dataset in ("images", "features", "pca", "pca_csv"):
         assert keys(aws, f"outputs/{dataset}/dt={UPLOAD_DAY}/"), dataset
@@ -494,10 +494,10 @@ def test_emr_steps_run_the_plan_over_s3_bounded_and_in_client_mode():
         input="s3://b/uploads/dt=2026-11-05/", output="s3://b/outputs/", dt="2026-11-05",
         weights="s3://b/artifacts/weights/x/mobilenet_v2.weights.h5", k=7, refit=True,
     )  # fmt: skip
-    limits = {"ingest": 900, "features": 5400, "pca": 960, "publish": 120}
+    limits = {"ingest": 900, "features": 5400, "quality": 300, "pca": 960, "publish": 120}
     steps = emr_steps(params, "s3://b/artifacts/abc/", limits)
 
-    assert [step["Name"] for step in steps] == ["ingest", "features", "pca", "publish"]
+    assert [step["Name"] for step in steps] == ["ingest", "features", "quality", "pca", "publish"]
     for step in steps:
         name, args = step["Name"], step["HadoopJarStep"]["Args"]
         assert step["ActionOnFailure"] == "TERMINATE_CLUSTER"

@@ -104,7 +104,7 @@ def test_report_reconciles_with_the_outputs(mixed_run):
     assert report["k"] == 5
     assert len(report["explained_variance"]) == 5
     assert report["cumulative_explained_variance"][-1] == pytest.approx(sum(report["explained_variance"]))
-    assert set(report["step_seconds"]) == {"ingest", "features", "pca", "publish"}
+    assert set(report["step_seconds"]) == {"ingest", "features", "quality", "pca", "publish"}
     # one truth: the terminal says what report.json says
     assert f"done: {describe_counts(report)}" in completed.stdout
     assert f"{counts['ok']} images ok: {counts['featurised']} featurised now, 0 reused;" in completed.stdout

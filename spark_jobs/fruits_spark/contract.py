@@ -192,6 +192,9 @@ class Step:
     counts: tuple[str, ...] = ()
     # keys of its stats the report carries as they are (what made the day: the model, the engine...)
     reported: tuple[str, ...] = ()
+    # a module whose ``report_html(summary) -> str`` renders the step's own section of report.html from the
+    # report alone; pure Python, as the report's rendering (it runs again where Spark is absent)
+    report_section: str = ""
 
     def load(self) -> ModuleType:
         return importlib.import_module(self.module)
@@ -382,6 +385,64 @@ PCA = Step(
         "pca_fit_rows",
     ),
 )
+
+
+def _off_or_from(lowest: int) -> Callable[[int], None]:
+    """The rule of a per-mille threshold where 0 turns its check off: below ``lowest`` it would flag what
+    is not a finding (and make the near-duplicate join grow with the pairs)."""
+
+    def check(value: int) -> None:
+        if 0 < value < lowest:
+            raise ValueError(f"must be 0 (off) or within {lowest}..1000, got {value}")
+
+    return check
+
+
+# Near-duplicates, suspicious labels and drift between days, from the day's features and the earlier days'.
+# One step, not three: each reads the day and its history once, and each is one EMR step's start-up less.
+# Defaults chosen with `python -m fruits_platform.tools.bench_quality` (docs/BENCHMARKS.md, round 4).
+QUALITY = Step(
+    "quality",
+    "fruits_spark.quality",
+    core_seconds_per_image=0.004,
+    params=(
+        RunParam(
+            "near_duplicate_similarity",
+            int,
+            950,
+            "Near-duplicates: cosine (per mille)",
+            "pairs of different photos whose embeddings' cosine similarity reaches this, in thousandths, "
+            "within the day and against earlier days, go to near_duplicates/ (0: off)",
+            minimum=0,
+            maximum=1000,
+            check=_off_or_from(800),
+        ),
+        RunParam(
+            "label_margin",
+            int,
+            50,
+            "Suspicious labels: margin (per mille)",
+            "photos nearer (cosine) to another label's centroid than to their own by this margin, in "
+            "thousandths, go to label_audit/ (0: off)",
+            minimum=0,
+            maximum=1000,
+        ),
+        RunParam(
+            "drift_threshold",
+            int,
+            50,
+            "Drift: centroid distance (per mille)",
+            "the report names the labels whose centroid moved this far (cosine distance, in thousandths) "
+            "from the earlier days' (0: off)",
+            minimum=0,
+            maximum=1000,
+        ),
+    ),
+    datasets=("near_duplicates", "label_audit"),
+    counts=("near_duplicate_pairs", "near_duplicate_groups", "suspicious_labels"),
+    reported=("quality",),
+    report_section="fruits_spark.quality_report",
+)
 # The last stage of every run, after every step: it publishes the day's staged datasets together and writes
 # the run's report from every step's stats. Owned by the contract, not by a step: a step added anywhere in
 # the plan is published and reported with the rest.
@@ -389,7 +450,7 @@ PUBLISH = Step("publish", "fruits_spark.publish", core_seconds_per_image=0.001, 
 
 # The steps in their order, then the last stage. Mutated in place by ``register_step``, never rebound:
 # every module that imported them sees a registered step.
-STEPS: list[Step] = [INGEST, FEATURES, PCA, PUBLISH]
+STEPS: list[Step] = [INGEST, FEATURES, QUALITY, PCA, PUBLISH]
 STEP_NAMES: list[str] = []
 RUN_PARAMS: list[RunParam] = []
 PARAMS: dict[str, RunParam] = {}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import html
+import importlib
 import io
 import json
 from typing import TYPE_CHECKING
@@ -196,6 +197,16 @@ def _pca_text(summary: dict) -> str:
     )
 
 
+def step_sections(summary: dict) -> str:
+    """The steps' own sections, from the report alone: each record that names a renderer
+    (``Step.report_section``) gets its ``report_html(summary)``, in the plan's order."""
+    return "".join(
+        importlib.import_module(record.report_section).report_html(summary)
+        for record in STEPS
+        if record.report_section
+    )
+
+
 def render_html(summary: dict, plots: dict[str, bytes]) -> str:
     reasons = _table(summary["rejected_by_reason"]) or "<tr><td colspan=2>none</td></tr>"
     cost = summary.get("cost")
@@ -224,6 +235,7 @@ th,td{{border:1px solid #ccc;padding:4px 10px;text-align:left}}img{{max-width:10
 <h2>Rejected and ignored files</h2><table>{reasons}</table>
 {_file_list("Rejected", summary.get("rejected_files"))}{_file_list("Ignored", summary.get("ignored_files"))}
 <h2>PCA</h2>{_pca_text(summary)}
+{step_sections(summary)}
 <h2>Cost</h2>{cost_html}
 <h2>Plots</h2>{images or "<p>Nothing to show: no image was projected.</p>"}
 </body></html>

@@ -1,0 +1,378 @@
+"""Step 3, quality: near-duplicates, suspicious labels and drift between days, from the day's embeddings.
+
+The 1280-d features are L2-normalised, so that the Euclidean distance d of two of them says their cosine:
+d^2 = 2 (1 - cos).
+
+- **Near-duplicates**: pairs of different photos (different ``content_hash``) whose cosine reaches
+  ``--near-duplicate-similarity``, within the day and against its history. A locality-sensitive hash
+  (bands of sign random projections) puts each photo in one bucket per band; the members of a bucket are
+  compared with each other on the executors (one matrix product per bucket), never all pairs, nothing on
+  the driver. Groups (connected components of the pairs) are counted on the driver: the pairs are few.
+- **Suspicious labels**: each photo of the day against every label's centroid (the mean of unit vectors of
+  the day and its history, the photo itself left out of its own label's). A photo whose nearest other label
+  is nearer than its own by ``--label-margin`` is flagged.
+- **Drift**: per label, the day's count and the cosine distance between the day's centroid and the
+  history's; a label missing, new, or moved by ``--drift-threshold`` is said in words in the report.
+
+History is every *earlier* day's complete features partition of the same embedding: never the day itself
+(a rerun recomputes the day from its staged features alone), never a later day (a backfill gives what the
+day gave when it first ran, and a pair across two days is reported once, on the later one). Each check is
+off at 0. The datasets of a check that is off are not written, so publishing the day removes their old
+partition: the day holds what this run computed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import pandas as pd
+from pyspark.ml.feature import Normalizer
+from pyspark.ml.functions import array_to_vector, vector_to_array
+from pyspark.ml.stat import Summarizer
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from fruits_spark import contract, quality_report, reuse, storage
+from fruits_spark.layout import Layout
+
+NEAR_DUPLICATES = "near_duplicates"
+LABEL_AUDIT = "label_audit"
+NEAR_DUPLICATES_SCHEMA = (
+    "path string, label string, other_path string, other_label string, similarity double, other_dt string"
+)
+LABEL_AUDIT_SCHEMA = "path string, label string, nearest_label string, margin double"
+# The LSH of the near-duplicate join: BANDS bands of BAND_BITS random hyperplanes each (sign random
+# projections: two unit vectors at angle theta fall on the same side of one with probability 1 - theta/pi).
+# Two photos are compared when all the bits of one band agree: they share that band's bucket. Chosen with
+# bench_quality (docs/BENCHMARKS.md, round 4), where Spark ML's BucketedRandomProjectionLSH, whose hash
+# tables are single projections OR-ed, made most pairs candidates of its approxSimilarityJoin.
+BANDS = 16
+BAND_BITS = 16
+LSH_SEED = 20261203
+# flagged photos shown in the report, worst first, with thumbnails of their curated copies
+REPORT_PHOTOS = 20
+
+
+def per_mille(value: int) -> float:
+    return value / 1000.0
+
+
+def unit_vectors(features: DataFrame) -> DataFrame:
+    """path, label, content_hash, dt, unit: each feature row as an L2-normalised ML vector."""
+    vectors = features.select(
+        "path", "label", "content_hash", "dt", array_to_vector("features").alias("vector")
+    )
+    return (
+        Normalizer(p=2.0, inputCol="vector", outputCol="unit")
+        .transform(vectors)
+        .select("path", "label", "content_hash", "dt", "unit")
+    )
+
+
+def read_day(spark: SparkSession, layout: Layout) -> tuple[DataFrame, str]:
+    """The day's staged features and their embedding."""
+    features = spark.read.parquet(layout.dataset("features"))
+    embedding = features.select("embedding").first()["embedding"]
+    return features.withColumn("dt", F.lit(layout.dt)), embedding
+
+
+def history_days(spark: SparkSession, layout: Layout) -> list[str]:
+    """Earlier days with a complete features partition (``reuse.history_days``'s rule), oldest first."""
+    indexed, unindexed = reuse.history_days(spark, layout.published)
+    return sorted(day for day in (*indexed, *unindexed) if day < layout.dt)
+
+
+def read_history(spark: SparkSession, layout: Layout, days: list[str], embedding: str) -> DataFrame | None:
+    """path, label, content_hash, features, dt of ``days``' rows in the same feature space, or None."""
+    if not days:
+        return None
+    root = layout.published.root("features")
+    earlier = (
+        spark.read.option("basePath", root)
+        # days written before features carried their embedding have none and are left out
+        .option("mergeSchema", "true")
+        .parquet(*[f"{root}/dt={day}" for day in days])
+    )
+    if "embedding" not in earlier.columns:
+        return None
+    return earlier.filter(F.col("embedding") == F.lit(embedding)).select(
+        "path", "label", "content_hash", "features", F.col("dt").cast("string").alias("dt")
+    )
+
+
+# --- near-duplicates ----------------------------------------------------------------------------------
+
+
+def band_keys(vectors: DataFrame) -> DataFrame:
+    """content_hash, dt, band, key, unit: each row once per band, with its BAND_BITS sign bits in that band
+    as one integer. The hyperplanes follow the seed and the dimension only: the day and its history get
+    the same ones, on every run."""
+    dimension = len(vectors.select("unit").first()["unit"])
+    planes = np.random.default_rng(LSH_SEED).normal(size=(BANDS * BAND_BITS, dimension))
+    shared = vectors.sparkSession.sparkContext.broadcast(planes)
+    weights = (1 << np.arange(BAND_BITS)).astype(np.int64)
+
+    def keys(batches):
+        for batch in batches:
+            if batch.empty:
+                continue
+            x = np.stack(batch["unit"].to_numpy())
+            bits = (x @ shared.value.T > 0).reshape(len(x), BANDS, BAND_BITS).astype(np.int64)
+            yield pd.DataFrame(
+                {
+                    "content_hash": np.repeat(batch["content_hash"].to_numpy(), BANDS),
+                    "dt": np.repeat(batch["dt"].to_numpy(), BANDS),
+                    "band": np.tile(np.arange(BANDS, dtype=np.int32), len(x)),
+                    "key": (bits @ weights).ravel(),
+                    "unit": list(np.repeat(x.astype(np.float32), BANDS, axis=0)),
+                }
+            )
+
+    arrays = vectors.select("content_hash", "dt", vector_to_array("unit", "float32").alias("unit"))
+    return arrays.mapInPandas(keys, "content_hash string, dt string, band int, key long, unit array<float>")
+
+
+def _bucket_pairs(day: str, min_similarity: float):
+    """The pairs of one bucket (a band's key): each photo of the day against every other member, in
+    blocks of the day's rows (a bucket of a large history stays within memory)."""
+
+    def compare(members: pd.DataFrame) -> pd.DataFrame:
+        vectors = np.stack(members["unit"].to_numpy())
+        hashes, days = members["content_hash"].to_numpy(), members["dt"].to_numpy()
+        mine = np.flatnonzero(days == day)
+        found = []
+        for start in range(0, len(mine), 1024):
+            rows = mine[start : start + 1024]
+            similarity = vectors[rows] @ vectors.T
+            a, b = np.nonzero(similarity >= min_similarity)
+            a_hash, b_hash = hashes[rows][a], hashes[b]
+            # within the day each pair once (the smaller hash first); never a photo with itself
+            keep = (a_hash != b_hash) & ((days[b] != day) | (a_hash < b_hash))
+            found.append(
+                pd.DataFrame(
+                    {
+                        "content_hash": a_hash[keep],
+                        "other_hash": b_hash[keep],
+                        "other_dt": days[b][keep],
+                        "similarity": similarity[a, b][keep].astype(np.float64),
+                    }
+                )
+            )
+        return pd.concat(found) if found else pd.DataFrame(columns=list(PAIR_COLUMNS))
+
+    return compare
+
+
+PAIR_COLUMNS = {
+    "content_hash": "string",
+    "other_hash": "string",
+    "other_dt": "string",
+    "similarity": "double",
+}
+
+
+def near_duplicates(day: DataFrame, history: DataFrame | None, min_similarity: float) -> DataFrame:
+    """path, label, other_path, other_label, similarity, other_dt: the day's photos and the photos of the
+    day (each pair once) or of its history (the earliest day a photo was seen) whose cosine reaches
+    ``min_similarity``, with a different content hash."""
+    dt = day.select("dt").first()["dt"]
+    everyone = day if history is None else day.unionByName(history)
+    keyed = band_keys(everyone)
+    # only the buckets that hold a photo of the day can hold one of its pairs
+    wanted = keyed.filter(F.col("dt") == dt).select("band", "key").distinct()
+    schema = ", ".join(f"{name} {kind}" for name, kind in PAIR_COLUMNS.items())
+    pairs = (
+        keyed.join(wanted, ["band", "key"], "left_semi")
+        .groupBy("band", "key")
+        .applyInPandas(_bucket_pairs(dt, min_similarity), schema)
+        # a pair in several bands once; a photo of the history seen on several days once, its earliest day
+        .groupBy("content_hash", "other_hash")
+        .agg(F.min(F.struct("other_dt", "similarity")).alias("o"))
+        .select("content_hash", "other_hash", "o.other_dt", F.round("o.similarity", 6).alias("similarity"))
+    )
+    others = everyone.select(
+        F.col("content_hash").alias("other_hash"),
+        F.col("dt").alias("other_dt"),
+        F.col("path").alias("other_path"),
+        F.col("label").alias("other_label"),
+    )
+    return (
+        pairs.join(day.select("content_hash", "path", "label"), "content_hash")
+        .join(others, ["other_hash", "other_dt"])
+        .select("path", "label", "other_path", "other_label", "similarity", "other_dt")
+    )
+
+
+# --- label centroids: the audit and the drift ---------------------------------------------------------
+
+
+Sums = dict[str, tuple[int, np.ndarray]]
+
+
+def label_sums(vectors: DataFrame, *by: str) -> dict:
+    """Per label (and ``by``): the number of rows and the sum of their unit vectors (the centroid times the
+    count), one pass over ``vectors``."""
+    rows = vectors.groupBy("label", *by).agg(
+        F.count("*").alias("n"), Summarizer.sum(F.col("unit")).alias("total")
+    )
+    return {
+        tuple(row[key] for key in ("label", *by)) if by else row["label"]: (row["n"], row["total"].toArray())
+        for row in rows.collect()
+    }
+
+
+def history_sums(history: DataFrame, day: DataFrame) -> tuple[Sums, Sums]:
+    """(every earlier row's sums, the sums of the earlier rows whose photo is not in the day) per label. A
+    photo of the day also seen earlier stands once in its label's centroid, so that the audit leaves it out
+    of it as one photo; the drift compares with the history as it was."""
+    in_day = day.select("content_hash").distinct().withColumn("in_day", F.lit(True))
+    marked = history.join(F.broadcast(in_day), "content_hash", "left").fillna(False, ["in_day"])
+    split = label_sums(marked, "in_day")
+    every = add_sums(*({label: sums} for (label, _), sums in split.items()))
+    return every, {label: sums for (label, in_day), sums in split.items() if not in_day}
+
+
+def audit_frame(day: DataFrame, sums: Sums, margin: float) -> DataFrame:
+    """path, label, nearest_label, margin: the day's photos nearer (cosine) to another label's centroid than
+    to their own by at least ``margin``; each photo left out of its own label's centroid."""
+    labels = sorted(sums)
+    counts = np.array([sums[label][0] for label in labels], dtype=np.float64)
+    totals = np.stack([sums[label][1] for label in labels]) if labels else np.zeros((0, 0))
+    spark = day.sparkSession
+    shared = spark.sparkContext.broadcast((labels, counts, totals))
+
+    def flag(batches):
+        names, n, sum_vectors = shared.value
+        index = {name: i for i, name in enumerate(names)}
+        norms = np.linalg.norm(sum_vectors, axis=1)
+        for batch in batches:
+            if batch.empty:
+                continue
+            x = np.stack(batch["unit"].to_numpy()).astype(np.float64)
+            own = batch["label"].map(index).to_numpy()
+            dots = x @ sum_vectors.T  # x . (sum of a label): the centroid's cosine up to its norm
+            cosine = np.divide(dots, norms, out=np.full_like(dots, -np.inf), where=norms > 0)
+            rows = np.arange(len(batch))
+            # its own label without the photo: |S - x|^2 = |S|^2 - 2 x.S + 1 (x is a unit vector)
+            own_dot = dots[rows, own] - 1.0
+            own_norm = np.sqrt(np.maximum(norms[own] ** 2 - 2.0 * dots[rows, own] + 1.0, 0.0))
+            alone = n[own] <= 1  # the only photo of its label: no centroid of its own to compare with
+            own_cosine = np.where(alone | (own_norm <= 1e-9), np.nan, own_dot / np.maximum(own_norm, 1e-9))
+            cosine[rows, own] = -np.inf
+            nearest = np.argmax(cosine, axis=1)
+            gap = cosine[rows, nearest] - own_cosine
+            keep = ~np.isnan(gap) & np.isfinite(cosine[rows, nearest]) & (gap >= margin)
+            if keep.any():
+                yield pd.DataFrame(
+                    {
+                        "path": batch["path"].to_numpy()[keep],
+                        "label": batch["label"].to_numpy()[keep],
+                        "nearest_label": np.asarray(names, dtype=object)[nearest[keep]],
+                        "margin": np.round(gap[keep], 6),
+                    }
+                )
+
+    as_arrays = day.select("path", "label", vector_to_array("unit").alias("unit"))
+    return as_arrays.mapInPandas(flag, LABEL_AUDIT_SCHEMA)
+
+
+def add_sums(*parts: Sums) -> Sums:
+    total: Sums = {}
+    for part in parts:
+        for label, (n, vector) in part.items():
+            seen_n, seen_vector = total.get(label, (0, 0.0))
+            total[label] = (seen_n + n, seen_vector + vector)
+    return total
+
+
+def thumbnails(spark: SparkSession, layout: Layout, flagged: list[dict]) -> list[dict]:
+    """The flagged rows with a small PNG data URI of their curated copy (the staged ``images``)."""
+    if not flagged:
+        return []
+    paths = [row["path"] for row in flagged]
+    if not storage.exists(spark, layout.dataset("images")):
+        return flagged
+    curated = spark.read.parquet(layout.dataset("images")).filter(F.col("path").isin(paths))
+    content = {row["path"]: row["content"] for row in curated.select("path", "content").collect()}
+    return [{**row, "thumbnail": quality_report.thumbnail(content.get(row["path"]))} for row in flagged]
+
+
+# --- the step -----------------------------------------------------------------------------------------
+
+
+def write(frame: DataFrame, layout: Layout, name: str) -> DataFrame:
+    frame.write.mode("overwrite").parquet(layout.dataset(name))
+    return frame.sparkSession.read.parquet(layout.dataset(name))
+
+
+def parser() -> argparse.ArgumentParser:
+    return contract.step_parser("quality", "Near-duplicates, suspicious labels and drift between days.")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    started = time.monotonic()
+    spark = SparkSession.builder.appName("fruits-quality").getOrCreate()
+    layout = Layout(args.output, args.dt, staged=True)
+    if not storage.exists(spark, layout.dataset("features")):
+        raise SystemExit(
+            f"quality: no features staged for dt={args.dt} under {args.output}: run features first"
+        )
+    for name in (NEAR_DUPLICATES, LABEL_AUDIT):
+        # a check turned off leaves nothing staged: publishing the day removes its old partition
+        storage.delete(spark, layout.dataset(name))
+    features, embedding = read_day(spark, layout)
+    days = history_days(spark, layout)
+    earlier = read_history(spark, layout, days, embedding)
+    day = unit_vectors(features).cache()
+    history = unit_vectors(earlier).cache() if earlier is not None else None
+    summary: dict = {"history_days": days, "embedding": embedding}
+    stats: dict = {"near_duplicate_pairs": 0, "near_duplicate_groups": 0, "suspicious_labels": 0}
+
+    if args.near_duplicate_similarity:
+        similarity = per_mille(args.near_duplicate_similarity)
+        pairs = write(near_duplicates(day, history, similarity), layout, NEAR_DUPLICATES)
+        found = [row.asDict() for row in pairs.select("path", "other_path", "other_dt").collect()]
+        groups = quality_report.count_groups(found, layout.dt)
+        within = sum(1 for row in found if row["other_dt"] == layout.dt)
+        stats.update(near_duplicate_pairs=len(found), near_duplicate_groups=groups)
+        summary["near_duplicates"] = {
+            "min_similarity": similarity,
+            "pairs": len(found),
+            "within_day": within,
+            "against_history": len(found) - within,
+            "groups": groups,
+            "dataset": layout.published.dataset(NEAR_DUPLICATES),
+        }
+
+    day_sums = label_sums(day)
+    earlier_sums, others_sums = history_sums(history, day) if history is not None else ({}, {})
+    if args.label_margin:
+        margin = per_mille(args.label_margin)
+        flagged = write(audit_frame(day, add_sums(day_sums, others_sums), margin), layout, LABEL_AUDIT)
+        worst = [
+            row.asDict() for row in flagged.orderBy(F.desc("margin"), "path").limit(REPORT_PHOTOS).collect()
+        ]
+        n_flagged = flagged.count()
+        stats["suspicious_labels"] = n_flagged
+        summary["label_audit"] = {
+            "margin": margin,
+            "flagged": n_flagged,
+            "photos": thumbnails(spark, layout, worst),
+            "dataset": layout.published.dataset(LABEL_AUDIT),
+        }
+    if args.drift_threshold:
+        summary["drift"] = quality_report.drift(
+            day_sums, earlier_sums, per_mille(args.drift_threshold), bool(days)
+        )
+    day.unpersist()
+    if history is not None:
+        history.unpersist()
+    stats.update(quality=summary, step="quality", seconds=round(time.monotonic() - started, 2))
+    storage.write_stats(spark, layout, "quality", stats)
+    print(
+        f"quality: {stats['near_duplicate_pairs']} near-duplicate pairs in {stats['near_duplicate_groups']} "
+        f"groups, {stats['suspicious_labels']} suspicious labels, history {len(days)} day(s)"
+    )

@@ -32,12 +32,12 @@ DAY = "2026-11-29"
 
 
 @pytest.fixture(scope="module")
-
 def plain_pixels(data: bytes, input_size: int) -> np.ndarray:
     """The oracle: the plain computation's input, full decode, EXIF orientation, bilinear resize (float32,
     0-255); what ingest's draft decode must agree with."""
     image = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
     return np.asarray(image.resize((input_size, input_size), Image.Resampling.BILINEAR), dtype=np.float32)
+
 
 def phone_folder(tmp_path_factory, sample_dir) -> Path:
     sources = [

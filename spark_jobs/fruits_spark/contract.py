@@ -73,6 +73,23 @@ def check_date(text: str) -> None:
         raise ValueError(f"must be a real date written YYYY-MM-DD (for example {today()}), got {text!r}")
 
 
+# A run's day may be tomorrow (UTC) at most: where the uploader's day is already tomorrow (east of UTC). A day
+# further ahead is a typo (2099-01-01): its outputs would be the latest report and the newest partition.
+LATEST_DAY_AHEAD = 1
+
+
+def check_run_date(text: str) -> None:
+    """``check_date``, and a day no later than tomorrow (UTC): the day of a run, not of any path. Past days
+    (backfills, the EMR DAG's logical dates) are all accepted."""
+    check_date(text)
+    latest = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=LATEST_DAY_AHEAD)
+    if dt.date.fromisoformat(text) > latest:
+        raise ValueError(
+            f"must be an upload day no later than {latest.isoformat()} (tomorrow, UTC), got {text!r}: "
+            "a day in the future would become the latest report"
+        )
+
+
 @dataclass(frozen=True)
 class RunParam:
     """One run parameter: its one name, type, default, bounds or choices and help. The steps that take it
@@ -237,7 +254,7 @@ COMMON_PARAMS: tuple[RunParam, ...] = (
         "Upload date",
         "upload date of the batch (YYYY-MM-DD): every output goes to its dt= partition",
         pattern=DT_PATTERN,
-        check=check_date,
+        check=check_run_date,
     ),
 )
 # ONNX Runtime (default: no TensorFlow on the workers) and the Keras reference. Worker peaks measured at
@@ -268,8 +285,8 @@ def _engine_help() -> str:
     return "; ".join(f"{engine.name}: {engine.help}" for engine in ENGINES)
 
 
-# The steps' costs are measured (docs/BENCHMARKS.md, "The steps' costs in the contract": per image on
-# thumbnails, fixed costs included; per MB on 12 MP phone photos), rounded up. Features and pca read the
+# The steps' costs are measured and rounded up (docs/BENCHMARKS.md: per image on thumbnails, fixed costs
+# included, round 2; per MB on 12 MP phone photos, "The guard's per-MB figure", round 3). Features and pca read the
 # curated copies (at most 224 px a side): their cost does not follow the originals' size.
 INGEST = Step(
     "ingest",
@@ -409,7 +426,7 @@ QUALITY = Step(
         RunParam(
             "near_duplicate_similarity",
             int,
-            950,
+            900,
             "Near-duplicates: cosine (per mille)",
             "pairs of different photos whose embeddings' cosine similarity reaches this, in thousandths, "
             "within the day and against earlier days, go to near_duplicates/ (0: off)",
@@ -430,7 +447,7 @@ QUALITY = Step(
         RunParam(
             "drift_threshold",
             int,
-            50,
+            10,
             "Drift: centroid distance (per mille)",
             "the report names the labels whose centroid moved this far (cosine distance, in thousandths) "
             "from the earlier days' (0: off)",

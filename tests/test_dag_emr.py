@@ -722,7 +722,14 @@ def test_spark_env_json_is_used_and_encryption_added():
     spark_env = json.loads(spark_env_file.read_text())
     configurations = emr_configurations(spark_env)
     assert configurations[: len(spark_env)] == spark_env
-    assert configurations[-1]["Properties"] == {"fs.s3.enableServerSideEncryption": "true"}
+    by_classification = {c["Classification"]: c["Properties"] for c in configurations[len(spark_env) :]}
+    assert by_classification["emrfs-site"] == {"fs.s3.enableServerSideEncryption": "true"}
+    # the Glue Data Catalog is the metastore: spark.table("fruits.features") on the cluster
+    assert by_classification["spark-hive-site"] == {
+        "hive.metastore.client.factory.class": (
+            "com.amazonaws.glue.catalog.metastore.AWSGlueDataCatalogHiveClientFactory"
+        )
+    }
 
 
 def test_runner_maps_s3_and_drops_deploy_mode(tmp_path):

@@ -125,7 +125,11 @@ def test_report_reconciles_with_the_outputs(mixed_run):
 
 def test_csv_matrix_has_a_row_per_featurised_image(mixed_run):
     expected, _, output, _ = mixed_run
-    [csv_file] = (output / "pca_csv" / f"dt={DAY_ONE}").glob("part-*.csv")
+    # one file with a stable name, not Spark's part-*.csv
+    assert [
+        f.name for f in (output / "pca_csv" / f"dt={DAY_ONE}").iterdir() if not f.name.startswith(".")
+    ] == ["pca.csv"]
+    csv_file = output / "pca_csv" / f"dt={DAY_ONE}" / "pca.csv"
     with csv_file.open() as handle:
         rows = list(csv.reader(handle))
     assert rows[0] == ["path", "label"] + [f"pc_{i}" for i in range(1, 6)]

@@ -37,6 +37,8 @@ MIN_FIT_ROWS = 30
 ZERO_VARIANCE = 1e-9
 # written next to a saved model: the rows it was fitted on
 FIT_RECORD = "fit.json"
+# the day's matrix, one CSV file under pca_csv/dt=D/: a name people and tools can type, not Spark's part-*
+CSV_NAME = "pca.csv"
 
 
 @dataclass(frozen=True)
@@ -56,19 +58,49 @@ def fit(features: DataFrame, params: PcaParams) -> PCAModel:
     return PCA(k=params.k, inputCol="vector", outputCol="projected").fit(as_vectors(features))
 
 
-def transform(features: DataFrame, pca_model: PCAModel, version: str) -> DataFrame:
-    """Each row names the model version that made it: a refit changes the space, consumers must see it."""
+def transform(
+    features: DataFrame, pca_model: PCAModel, version: str, components: int | None = None
+) -> DataFrame:
+    """Each row names the model version that made it: a refit changes the space, consumers must see it.
+
+    ``components``: the first ones only (``meaningful``); the model's others carry no variance."""
     projected = pca_model.transform(as_vectors(features))
-    return projected.select(
-        "path",
-        "label",
-        vector_to_array("projected", "float32").alias("pca"),
-        F.lit(version).alias("pca_model_version"),
-    )
+    pca = vector_to_array("projected", "float32")
+    if components is not None and components < pca_model.getK():
+        pca = F.slice(pca, 1, components)
+    return projected.select("path", "label", pca.alias("pca"), F.lit(version).alias("pca_model_version"))
+
+
+def meaningful(variance: list[float]) -> int:
+    """How many leading components carry variance. Beyond the rank of the rows a model was fitted on (the
+    demo's k=100 on 40 images: 39) Spark ML still returns k, all zeros: a zero column reads as a real
+    component to pandas or scikit-learn (and a standardised one is NaN), so they are left out, as the
+    column of a component that does not exist. The dataset's schema stays ``pca array<float>``."""
+    kept = 0
+    for value in variance:  # sorted: the zero ones are the last
+        if value < ZERO_VARIANCE:
+            break
+        kept += 1
+    return max(kept, 1)
 
 
 def as_csv_matrix(projected: DataFrame, k: int) -> DataFrame:
     return projected.select("path", "label", *[F.col("pca")[i].alias(f"pc_{i + 1}") for i in range(k)])
+
+
+def write_csv(frame: DataFrame, spark: SparkSession, folder: str) -> str:
+    """``frame`` as ``<folder>/pca.csv``: Spark writes one part file, which is renamed through Hadoop's
+    FileSystem (a rename on file://, a copy and delete on s3://); Spark's _SUCCESS and checksums go."""
+    scratch = f"{folder}/_spark"
+    frame.coalesce(1).write.mode("overwrite").option("header", True).csv(scratch)
+    (part,) = [
+        f.uri for f in storage.list_files(spark, scratch) if f.uri.rsplit("/", 1)[-1].startswith("part-")
+    ]
+    target = f"{folder}/{CSV_NAME}"
+    storage.delete(spark, target)
+    storage.move(spark, part, target)
+    storage.delete(spark, scratch)
+    return target
 
 
 def embedding_of(features: DataFrame) -> str:
@@ -177,12 +209,13 @@ def explained_on(features: DataFrame, pca_model: PCAModel) -> list[float]:
 
 
 def load(projected: DataFrame, layout: Layout, k: int) -> int:
+    """``k``: the components each row holds (``meaningful``), the CSV's pc_1..pc_k."""
     projected.write.mode("overwrite").parquet(layout.dataset("pca"))
-    written = projected.sparkSession.read.parquet(layout.dataset("pca"))
+    spark = projected.sparkSession
+    written = spark.read.parquet(layout.dataset("pca"))
     # a single CSV file: it is the hand-off to people and tools outside Spark
-    as_csv_matrix(written, k).coalesce(1).write.mode("overwrite").option("header", True).csv(
-        layout.dataset("pca_csv")
-    )
+    storage.delete(spark, layout.dataset("pca_csv"))
+    write_csv(as_csv_matrix(written, k), spark, layout.dataset("pca_csv"))
     return written.count()
 
 
@@ -202,11 +235,12 @@ def main(argv: list[str] | None = None) -> None:
     features = extract(spark, layout.dataset("features"))
     embedding = embedding_of(spark.read.parquet(layout.dataset("features")))
     chosen = fit_or_load(spark, layout, PcaParams(args.k), args.refit, embedding)
+    components = meaningful(chosen.explained_variance)
+    version = chosen.version or contract.PROVISIONAL_MODEL
     stats = {
-        "ok": load(
-            transform(features, chosen.model, chosen.version or contract.PROVISIONAL_MODEL), layout, args.k
-        ),
+        "ok": load(transform(features, chosen.model, version, components), layout, components),
         "k": args.k,
+        "components": components,
         "pca_model_version": chosen.version,
         "pca_model": chosen.why,
         "pca_model_note": chosen.note,
@@ -218,3 +252,10 @@ def main(argv: list[str] | None = None) -> None:
     stats.update(step="pca", seconds=round(time.monotonic() - started, 2))
     storage.write_stats(spark, layout, "pca", stats)
     print(f"pca: {stats['ok']} rows projected to k={args.k} ({stats['pca_model']})")
+    if components < args.k:
+        print(
+            f"pca: only {components} of the k={args.k} components carry variance (the rank of the rows "
+            f"the model was fitted on): pca holds {components} values a row, {CSV_NAME} "
+            f"pc_1..pc_{components}; "
+            f"pc_{components + 1}..pc_{args.k} would be zeros and are left out (lower --k, or add images)"
+        )

@@ -51,6 +51,16 @@ EMRFS_SSE: dict[str, Any] = {
     "Classification": "emrfs-site",
     "Properties": {"fs.s3.enableServerSideEncryption": "true"},
 }
+# The Glue Data Catalog as Spark's metastore: spark.table("fruits.features") in a step or a notebook reads
+# the tables infra/fruits-infra.yaml creates (the node role may read that database and its tables only)
+GLUE_METASTORE: dict[str, Any] = {
+    "Classification": "spark-hive-site",
+    "Properties": {
+        "hive.metastore.client.factory.class": (
+            "com.amazonaws.glue.catalog.metastore.AWSGlueDataCatalogHiveClientFactory"
+        )
+    },
+}
 
 
 def emr_steps(
@@ -100,10 +110,12 @@ def _merge_classification(
 def emr_configurations(
     spark_env: Sequence[Mapping[str, Any]], sizing: ExecutorSizing | None = None
 ) -> list[dict[str, Any]]:
-    """bootstrap/spark-env.json's Configurations, EMRFS server-side encryption, and the executor sizing
-    (``sizing.ExecutorSizing.spark_defaults``) merged into spark-defaults."""
+    """bootstrap/spark-env.json's Configurations, EMRFS server-side encryption, the Glue Data Catalog as
+    metastore, and the executor sizing (``sizing.ExecutorSizing.spark_defaults``) merged into
+    spark-defaults."""
     configurations = copy.deepcopy(list(spark_env))
     _merge_classification(configurations, EMRFS_SSE["Classification"], EMRFS_SSE["Properties"])
+    _merge_classification(configurations, GLUE_METASTORE["Classification"], GLUE_METASTORE["Properties"])
     if sizing is not None:
         _merge_classification(configurations, "spark-defaults", sizing.spark_defaults())
     return configurations

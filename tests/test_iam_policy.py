@@ -113,7 +113,10 @@ def template_policies() -> dict[str, dict]:
     assert not errors
     resources = template["Resources"]
     names = stack_names()
-    (node,) = resources["EmrNodeRole"]["Properties"]["Policies"]
+    # the bucket's policy; the catalog's (Glue read) is tests/test_catalog.py's
+    (node,) = [
+        p for p in resources["EmrNodeRole"]["Properties"]["Policies"] if p["PolicyName"] == "data-bucket"
+    ]
     return {
         "airflow": resolve(resources["AirflowPolicy"]["Properties"]["PolicyDocument"], names),
         "node": resolve(node["PolicyDocument"], names),

@@ -48,6 +48,8 @@ def test_a_step_takes_only_its_own_params():
         ({"dt": "29/11/2026"}, "dt must be a real date written YYYY-MM-DD .for example"),
         ({"dt": "2026-13-45"}, "dt must be a real date.*got '2026-13-45'"),
         ({"dt": "2026-02-29"}, "dt must be a real date"),
+        # a day after tomorrow (UTC) would become the latest report
+        ({"dt": "2099-01-01"}, r"dt must be an upload day no later than \d{4}-\d{2}-\d{2} \(tomorrow, UTC\)"),
         ({"weights": ""}, "weights must not be empty"),
         ({"refit": "yes"}, "refit must be true or false"),
     ],

@@ -120,6 +120,9 @@ def test_pca_keeps_only_the_components_with_variance_and_says_so(real_run):
     # the last component kept is a real one, not a column of zeros
     assert any(abs(row["pca"][-1]) > 1e-6 for row in rows)
     assert f"pca: only {kept} of the k={K} components carry variance" in printed
+    report = (output / "reports" / f"dt={DAY}" / "report.json").read_text()
+    assert f'"components": {kept}' in report
+    assert f"k = {K} ({kept} carry variance and are written)" in (output / "report.html").read_text()
     # the CSV: one file with a stable name, the same components
     folder = output / "pca_csv" / f"dt={DAY}"
     assert [f.name for f in folder.iterdir() if not f.name.startswith(".")] == [CSV_NAME]

@@ -394,6 +394,8 @@ PCA = Step(
     datasets=("pca", "pca_csv"),
     reported=(
         "k",
+        # the components written: k, or fewer where the fit's rank is lower (pca.meaningful)
+        "components",
         "explained_variance",
         "explained_variance_on_day",
         "pca_model_version",

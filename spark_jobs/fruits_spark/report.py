@@ -188,8 +188,13 @@ def _pca_text(summary: dict) -> str:
     fit_rows = summary.get("pca_fit_rows")
     fit_rows = "?" if fit_rows is None else fit_rows
     note = summary.get("pca_model_note")
+    components = summary.get("components")
+    # beyond the rank of the rows fitted, components are zeros: the pca step writes only the others
+    fewer = (
+        f" ({components} carry variance and are written)" if components and components < summary["k"] else ""
+    )
     return (
-        f"<p>k = {summary['k']}; model {html.escape(str(summary['pca_model_version'] or 'not kept'))} "
+        f"<p>k = {summary['k']}{fewer}; model {html.escape(str(summary['pca_model_version'] or 'not kept'))} "
         f"({html.escape(str(summary['pca_model']))}). Cumulative explained variance: "
         f"{cumulative[-1]:.1%} on the rows it was fitted on ({fit_rows} rows), "
         f"{on_day:.1%} on this day's data.</p>"

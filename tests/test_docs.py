@@ -140,7 +140,7 @@ def test_what_100000_phone_photos_cost_and_what_015_eur_would_take_are_the_cost_
     where, match = only_line(README, r"the start-up \(~([\d.]+) €\),$")
     assert float(match.group(1)) == round(parts["startup"], 2), f"{where}: {parts}"
     where, match = only_line(
-        README, r"the steps' fixed overheads \(~([\d.]+) €\), features, pca and publish \(~([\d.]+)"
+        README, r"the steps' fixed overheads \(~([\d.]+) €\), features, quality, pca and publish \(~([\d.]+)"
     )
     compute = sum(
         value for name, value in parts.items() if name.startswith("compute_") and name != "compute_ingest"
@@ -151,13 +151,17 @@ def test_what_100000_phone_photos_cost_and_what_015_eur_would_take_are_the_cost_
     )
     where, match = only_line(README, r"and the termination \(~([\d.]+) €\)")
     assert float(match.group(1)) == round(parts["termination"], 2), where
-    needed, shape = shapes.ingest_needed(
+    needed = shapes.ingest_needed(
         table(), 0.15, engine=ENGINE, images=100_000, image_bytes=round(100_000 * photo)
     )
-    where, match = only_line(
-        README, r"ingest would have to cost at most ([\d.]+) core-seconds a photo, against"
-    )
-    assert float(match.group(1)) == round(needed, 4), f"{where}: code says {needed} on {shape.label()}"
+    if needed is None:
+        # the other parts cost more than the target already: the README must say so, not quote a figure
+        only_line(README, r"even an ingest that cost nothing would not reach 0\.15 €")
+    else:
+        where, match = only_line(
+            README, r"ingest would have to cost at most ([\d.]+) core-seconds a photo, against"
+        )
+        assert float(match.group(1)) == round(needed[0], 4), f"{where}: code says {needed}"
     where, match = only_line(README, r"^([\d.]+) now \(([\d.]+) \+ ([\d.]+) MB x ([\d.]+)\)")
     ingest = next(step for step in STEPS if step.name == "ingest")
     measured = ingest.core_seconds_per_image + photo / 1e6 * ingest.core_seconds_per_mb

@@ -96,6 +96,23 @@ def test_a_copy_is_found_and_a_photo_that_is_not_one_is_not(spark):
     }
 
 
+def test_a_burst_keeps_each_photos_closest_partners_and_stays_one_group(spark):
+    rng = np.random.default_rng(7)
+    burst = [
+        (f"b/{i}.jpg", "apple", f"h{i:02d}", DAY, basis(0) + rng.normal(0, 0.002, DIM)) for i in range(25)
+    ]
+    pairs = [r.asDict() for r in quality.near_duplicates(frame(spark, burst), None, 0.95).collect()]
+    partners: dict[str, int] = {}
+    for pair in pairs:
+        for path in (pair["path"], pair["other_path"]):
+            partners[path] = partners.get(path, 0) + 1
+    # all 300 pairs are above the threshold; a photo keeps its closest ones in each bucket
+    assert len(partners) == 25
+    assert len(pairs) < 300
+    assert min(partners.values()) >= quality.MAX_PARTNERS
+    assert quality_report.count_groups(pairs, DAY) == 1
+
+
 def test_groups_are_the_connected_pairs_across_days():
     pairs = [
         {"path": "a", "other_path": "b", "other_dt": DAY},

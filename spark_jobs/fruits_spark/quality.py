@@ -50,6 +50,9 @@ LABEL_AUDIT_SCHEMA = "path string, label string, nearest_label string, margin do
 # tables are single projections OR-ed, made most pairs candidates of its approxSimilarityJoin.
 BANDS = 16
 BAND_BITS = 16
+# A photo's pairs kept per bucket, the most similar first: a burst of hundreds of near-identical photos
+# would otherwise pair each with all the others (ten links each still join them into one group)
+MAX_PARTNERS = 10
 LSH_SEED = 20261203
 # flagged photos shown in the report, worst first, with thumbnails of their curated copies
 REPORT_PHOTOS = 20
@@ -136,7 +139,8 @@ def band_keys(vectors: DataFrame) -> DataFrame:
 
 def _bucket_pairs(day: str, min_similarity: float):
     """The pairs of one bucket (a band's key): each photo of the day against every other member, in
-    blocks of the day's rows (a bucket of a large history stays within memory)."""
+    blocks of the day's rows (a bucket of a large history stays within memory), its MAX_PARTNERS most
+    similar partners at most."""
 
     def compare(members: pd.DataFrame) -> pd.DataFrame:
         vectors = np.stack(members["unit"].to_numpy())
@@ -146,17 +150,25 @@ def _bucket_pairs(day: str, min_similarity: float):
         for start in range(0, len(mine), 1024):
             rows = mine[start : start + 1024]
             similarity = vectors[rows] @ vectors.T
-            a, b = np.nonzero(similarity >= min_similarity)
-            a_hash, b_hash = hashes[rows][a], hashes[b]
-            # within the day each pair once (the smaller hash first); never a photo with itself
-            keep = (a_hash != b_hash) & ((days[b] != day) | (a_hash < b_hash))
+            # never a photo with itself; within the day each pair once (the smaller hash first)
+            same = hashes[rows][:, None] == hashes[None, :]
+            twice = (days[None, :] == day) & (hashes[rows][:, None] > hashes[None, :])
+            similarity[same | twice | (similarity < min_similarity)] = -np.inf
+            if similarity.shape[1] > MAX_PARTNERS:
+                best = np.argpartition(-similarity, MAX_PARTNERS - 1, axis=1)[:, :MAX_PARTNERS]
+            else:
+                best = np.broadcast_to(np.arange(similarity.shape[1]), similarity.shape)
+            a = np.repeat(np.arange(len(rows)), best.shape[1])
+            b = best.ravel()
+            keep = np.isfinite(similarity[a, b])
+            a, b = a[keep], b[keep]
             found.append(
                 pd.DataFrame(
                     {
-                        "content_hash": a_hash[keep],
-                        "other_hash": b_hash[keep],
-                        "other_dt": days[b][keep],
-                        "similarity": similarity[a, b][keep].astype(np.float64),
+                        "content_hash": hashes[rows][a],
+                        "other_hash": hashes[b],
+                        "other_dt": days[b],
+                        "similarity": similarity[a, b].astype(np.float64),
                     }
                 )
             )
@@ -334,21 +346,26 @@ def main(argv: list[str] | None = None) -> None:
     if args.near_duplicate_similarity:
         similarity = per_mille(args.near_duplicate_similarity)
         pairs = write(near_duplicates(day, history, similarity), layout, NEAR_DUPLICATES)
-        found = [row.asDict() for row in pairs.select("path", "other_path", "other_dt").collect()]
+        n_pairs = pairs.count()
+        within = pairs.filter(F.col("other_dt") == layout.dt).count()
+        # streamed a partition at a time: a day of many near-identical photos has many pairs
+        found = (row.asDict() for row in pairs.select("path", "other_path", "other_dt").toLocalIterator())
         groups = quality_report.count_groups(found, layout.dt)
-        within = sum(1 for row in found if row["other_dt"] == layout.dt)
-        stats.update(near_duplicate_pairs=len(found), near_duplicate_groups=groups)
+        stats.update(near_duplicate_pairs=n_pairs, near_duplicate_groups=groups)
         summary["near_duplicates"] = {
             "min_similarity": similarity,
-            "pairs": len(found),
+            "pairs": n_pairs,
             "within_day": within,
-            "against_history": len(found) - within,
+            "against_history": n_pairs - within,
             "groups": groups,
             "dataset": layout.published.dataset(NEAR_DUPLICATES),
         }
 
-    day_sums = label_sums(day)
-    earlier_sums, others_sums = history_sums(history, day) if history is not None else ({}, {})
+    day_sums, earlier_sums, others_sums = {}, {}, {}
+    if args.label_margin or args.drift_threshold:
+        day_sums = label_sums(day)
+        if history is not None:
+            earlier_sums, others_sums = history_sums(history, day)
     if args.label_margin:
         margin = per_mille(args.label_margin)
         flagged = write(audit_frame(day, add_sums(day_sums, others_sums), margin), layout, LABEL_AUDIT)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -30,7 +31,7 @@ def thumbnail(content: bytes | None) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def count_groups(pairs: list[dict], dt: str) -> int:
+def count_groups(pairs: Iterable[dict], dt: str) -> int:
     """Connected components of the flagged pairs: photos linked by any chain of near-duplicate pairs. A
     photo is its day and path (a photo of the day is ``dt``'s; the other's day is its ``other_dt``)."""
     parent: dict[tuple[str, str], tuple[str, str]] = {}

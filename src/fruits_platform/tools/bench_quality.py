@@ -342,9 +342,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.cost:
         spark = local_spark("4g", **{"spark.sql.shuffle.partitions": "8"})
+        # the cheap settings first: on a loaded machine the last may not finish
         settings = {
-            "every check on": [],
-            "near-duplicates off": ["--near-duplicate-similarity", "0"],
             "every check off": [
                 "--near-duplicate-similarity",
                 "0",
@@ -353,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
                 "--drift-threshold",
                 "0",
             ],
+            "near-duplicates off": ["--near-duplicate-similarity", "0"],
+            "every check on": [],
         }
         try:
             figures = cost(spark, data, args.cost, work, settings)

@@ -28,7 +28,10 @@ def test_step_command_lines_parse_back_to_the_run_params():
 
 def test_a_step_takes_only_its_own_params():
     params = PipelineParams(**RUN, refit=True)
-    ingest, features, pca, publish = plan(params)
+    steps = {step.name: step for step in plan(params)}
+    ingest, features, pca, publish = (steps[name] for name in ("ingest", "features", "pca", "publish"))
+    # the last stage takes the output and the day only
+    assert list(steps)[-1] == "publish"
     assert publish.args == ("--output", "/data/out", "--dt", "2026-11-20")
     assert "--k" not in ingest.args
     assert "--k" not in features.args
@@ -67,7 +70,7 @@ def test_job_parsers_refuse_out_of_contract_values(step, capsys):
         "features": ["--input-size", "100"],
         "pca": ["--k", "0"],
         "publish": ["--dt", "2026-02-30"],
-    }[step]
+    }.get(step, ["--dt", "2026-13-01"])
     with pytest.raises(SystemExit) as exit_info:
         contract.step_parser(step, "").parse_args(base + bad)
     assert exit_info.value.code == 2

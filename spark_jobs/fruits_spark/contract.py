@@ -286,8 +286,8 @@ def _engine_help() -> str:
 
 
 # The steps' costs are measured and rounded up (docs/BENCHMARKS.md: per image on thumbnails, fixed costs
-# included, round 2; per MB on 12 MP phone photos, "The guard's per-MB figure", round 3). Features and pca read the
-# curated copies (at most 224 px a side): their cost does not follow the originals' size.
+# included, round 2; per MB on 12 MP phone photos, "The guard's per-MB figure", round 3). Features and pca
+# read the curated copies (at most 224 px a side): their cost does not follow the originals' size.
 INGEST = Step(
     "ingest",
     "fruits_spark.ingest",

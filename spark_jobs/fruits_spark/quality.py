@@ -143,7 +143,9 @@ def _bucket_pairs(day: str, min_similarity: float):
     similar partners at most."""
 
     def compare(members: pd.DataFrame) -> pd.DataFrame:
-        vectors = np.stack(members["unit"].to_numpy())
+        # in a fixed order and in double precision: the shuffle's order must not decide a near tie
+        members = members.sort_values(["content_hash", "dt"], ignore_index=True)
+        vectors = np.stack(members["unit"].to_numpy()).astype(np.float64)
         hashes, days = members["content_hash"].to_numpy(), members["dt"].to_numpy()
         mine = np.flatnonzero(days == day)
         found = []

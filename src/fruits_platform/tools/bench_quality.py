@@ -313,7 +313,7 @@ def cost(spark, data: dict, images: int, work: Path, settings: dict[str, list[st
             "peak_rss_mb": round(memory.peak_mb),
             "near_duplicate_pairs": stats["near_duplicate_pairs"],
             "suspicious_labels": stats["suspicious_labels"],
-            "load_average_at_start": os.getloadavg()[0],
+            "load_average_after": os.getloadavg()[0],
         }
         print(f"cost at {images} rows, {name}: {json.dumps(figures[name])}", flush=True)
     return figures

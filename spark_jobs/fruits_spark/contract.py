@@ -419,7 +419,9 @@ def _off_or_from(lowest: int) -> Callable[[int], None]:
 
 # Near-duplicates, suspicious labels and drift between days, from the day's features and the earlier days'.
 # One step, not three: each reads the day and its history once, and each is one EMR step's start-up less.
-# Defaults chosen with `python -m fruits_platform.tools.bench_quality` (docs/BENCHMARKS.md, round 4).
+# Defaults chosen with `python -m fruits_platform.tools.bench_quality` (docs/BENCHMARKS.md, round 4). Its
+# cost is provisional: measured only on a loaded machine, on the bench's copies (round 4), it awaits an
+# idle measurement like the other steps'; the figure below is the pca step's, a pass over the same rows.
 QUALITY = Step(
     "quality",
     "fruits_spark.quality",

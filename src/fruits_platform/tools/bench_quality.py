@@ -331,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="only time the step on this many features rows: every check on, near-duplicates off, all off",
     )
+    parser.add_argument(
+        "--only", action="append", default=[], help="with --cost: only this setting (repeatable)"
+    )
     args = parser.parse_args(argv)
     work = Path(args.work_dir).resolve()
     print(
@@ -355,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             "near-duplicates off": ["--near-duplicate-similarity", "0"],
             "every check on": [],
         }
+        settings = {name: extra for name, extra in settings.items() if not args.only or name in args.only}
         try:
             figures = cost(spark, data, args.cost, work, settings)
         finally:

@@ -1,13 +1,14 @@
 """Step 3, quality: near-duplicates, suspicious labels and drift between days, from the day's embeddings.
 
-The 1280-d features are L2-normalised, so that the Euclidean distance d of two of them says their cosine:
-d^2 = 2 (1 - cos).
+The 1280-d features are L2-normalised: the dot product of two is their cosine (and their Euclidean
+distance d says the same, d^2 = 2 (1 - cos)).
 
 - **Near-duplicates**: pairs of different photos (different ``content_hash``) whose cosine reaches
   ``--near-duplicate-similarity``, within the day and against its history. A locality-sensitive hash
   (bands of sign random projections) puts each photo in one bucket per band; the members of a bucket are
-  compared with each other on the executors (one matrix product per bucket), never all pairs, nothing on
-  the driver. Groups (connected components of the pairs) are counted on the driver: the pairs are few.
+  compared with each other on the executors (one matrix product per bucket, a photo's 10 most similar
+  partners kept), never all pairs. Groups (connected components of the pairs) are counted on the driver
+  from the pairs streamed a partition at a time.
 - **Suspicious labels**: each photo of the day against every label's centroid (the mean of unit vectors of
   the day and its history, the photo itself left out of its own label's). A photo whose nearest other label
   is nearer than its own by ``--label-margin`` is flagged.

@@ -445,6 +445,7 @@ def test_retried_create_adopts_the_cluster_of_its_run(emr_dag, aws, uploaded, ra
     from airflow.utils.types import DagRunType
 
     from fruits_platform.aws import cluster
+    from fruits_spark import contract
 
     run_after = dt.datetime(2026, 11, 6, 5, tzinfo=dt.UTC)
     run_id = DagRun.generate_run_id(
@@ -476,7 +477,7 @@ def test_retried_create_adopts_the_cluster_of_its_run(emr_dag, aws, uploaded, ra
     assert xcom(dagrun, "create_cluster") == earlier
     assert {c["Id"] for c in clusters()} == {other, earlier}  # no third cluster
     steps = client.list_steps(ClusterId=earlier)["Steps"]
-    assert sorted(step["Name"] for step in steps) == ["features", "ingest", "pca"]
+    assert sorted(step["Name"] for step in steps) == sorted(contract.STEP_NAMES)
     assert client.list_steps(ClusterId=other)["Steps"] == []
     assert client.describe_cluster(ClusterId=earlier)["Cluster"]["Status"]["State"] == "TERMINATED"
     assert client.describe_cluster(ClusterId=other)["Cluster"]["Status"]["State"] == "WAITING"
@@ -513,8 +514,9 @@ def test_emr_steps_run_the_plan_over_s3_bounded_and_in_client_mode():
         ]
         parsed = vars(contract.step_parser(name, "").parse_args(args[at + 3 :]))
         assert (parsed["output"], parsed["dt"]) == ("s3://b/outputs/", "2026-11-05")
-    assert "--refit" in steps[2]["HadoopJarStep"]["Args"]
-    assert "--weights" not in steps[2]["HadoopJarStep"]["Args"]
+    pca = next(step for step in steps if step["Name"] == "pca")
+    assert "--refit" in pca["HadoopJarStep"]["Args"]
+    assert "--weights" not in pca["HadoopJarStep"]["Args"]
 
 
 def overrides_for(instance_type="m5.xlarge", core_nodes=2, use_spot=False, engine="tensorflow", tags=None):

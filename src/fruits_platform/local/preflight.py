@@ -94,5 +94,6 @@ def check_run(params: PipelineParams) -> None:
         value = params[param.name]
         if param.path and param.name not in ("input", "output") and value and value != "imagenet":
             check_file(param.flag, value, FILE_FIXES.get(param.name, f"{param.flag}: {param.help}"))
-    check_weights(params)
     check_output(params.output, params.input)
+    # last: the only check that may ask the network
+    check_weights(params)

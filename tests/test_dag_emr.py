@@ -327,7 +327,7 @@ def test_weights_the_onnx_export_refuses_stop_the_run_before_any_cluster(
         dagrun,
         states,
         "stage_artifacts",
-        "cannot export the model to ONNX for the cluster",
+        "cannot build the onnx engine's artifact for the cluster",
         task_output(capfd),
     )
 

@@ -757,9 +757,9 @@ def test_runner_maps_s3_and_drops_deploy_mode(tmp_path):
     assert command[1:3] == ["--master", "local[2]"]
     assert str(tmp_path / "s3" / "b" / "a" / "ingest.py") in command
     assert command[-3:] == [str(tmp_path / "s3" / "b" / "features") + "/", "--dt", "2026-11-05"]
-    # in process, the same command runs the entry script's step with the arguments after it
-    name, args = step_runner.submitted_step(command)
-    assert name == "ingest"
+    # in process, the entry script runs as spark-submit would run it, with the arguments after it
+    script, args = step_runner.application(command)
+    assert script == str(tmp_path / "s3" / "b" / "a" / "ingest.py")
     assert args == ["--input", str(tmp_path / "s3" / "b" / "uploads") + "/", *command[-4:]]
     shutil.rmtree(tmp_path, ignore_errors=True)
 

@@ -15,8 +15,9 @@ LOCAL_MASTER = "local[*]"
 
 # A local run shares the machine with its user (a browser, an IDE, a notebook): it sizes itself to this
 # share of the machine's memory. The driver's heap is a quarter of that share, within these bounds: below
-# 1 GiB the PCA fit and Arrow's batches have no room; above 2 GiB the heap only grows garbage before a
-# collection (docs/BENCHMARKS.md, round 4: no loss of speed at 20,000 thumbnails with 2 GiB instead of 4).
+# 1 GiB the PCA fit and Arrow's batches have no room; above 2 GiB a heap mostly grows garbage between two
+# collections (whether 2 GiB costs speed at 20,000 images is still to be measured: docs/BENCHMARKS.md,
+# round 4).
 MEMORY_SHARE = 0.5
 DRIVER_HEAP_MB = (1024, 2048)
 # what a JVM takes beyond its heap (metaspace, code cache, threads, direct buffers)

@@ -18,7 +18,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from fruits_spark.contract import PROVISIONAL_MODEL
+from fruits_spark.contract import PROVISIONAL_MODEL, STEP_NAMES
 from tests.emr_runner import EmrStepRunner
 from tests.test_assets import asset_events
 
@@ -933,23 +933,27 @@ def test_sensor_failure_after_deferral_names_step_and_log(aws, monkeypatch):
     )["JobFlowId"]
     step_ids = emr.add_job_flow_steps(
         JobFlowId=cluster_id,
-        Steps=[{"Name": n, "HadoopJarStep": {"Jar": "command-runner.jar", "Args": ["true"]}} for n in "abc"],
+        Steps=[
+            {"Name": n, "HadoopJarStep": {"Jar": "command-runner.jar", "Args": ["true"]}} for n in STEP_NAMES
+        ],
     )["StepIds"]
+    features_at, pca_at = STEP_NAMES.index("features"), STEP_NAMES.index("pca")
     from moto.core import DEFAULT_ACCOUNT_ID
     from moto.emr.models import emr_backends
 
-    emr_backends[DEFAULT_ACCOUNT_ID][REGION].clusters[cluster_id].steps[2].state = "CANCELLED"
+    emr_backends[DEFAULT_ACCOUNT_ID][REGION].clusters[cluster_id].steps[pca_at].state = "CANCELLED"
     aws.put_object(
         Bucket=BUCKET,
-        Key=f"emr-logs/{cluster_id}/steps/{step_ids[1]}/stderr.gz",
+        Key=f"emr-logs/{cluster_id}/steps/{step_ids[features_at]}/stderr.gz",
         Body=gzip.compress(b"noise\nfeatures: cannot load weights from s3://x: bad\nmore noise\n"),
     )
     sensor, pushed, ti = step_sensor(cluster_id, step_ids, "features", deferred=True)
-    emr_backends[DEFAULT_ACCOUNT_ID][REGION].clusters[cluster_id].steps[1].state = "FAILED"
+    emr_backends[DEFAULT_ACCOUNT_ID][REGION].clusters[cluster_id].steps[features_at].state = "FAILED"
     with pytest.raises(AirflowFailException) as failed:
         sensor.execute_complete({"ti": ti}, event={"status": "failure", "message": "Step failed"})
 
-    log = f"s3://{BUCKET}/emr-logs/{cluster_id}/steps/{step_ids[1]}/stderr.gz"  # s3n:// read back as s3://
+    # s3n:// read back as s3://
+    log = f"s3://{BUCKET}/emr-logs/{cluster_id}/steps/{step_ids[features_at]}/stderr.gz"
     reason = "features: cannot load weights from s3://x: bad"
     assert str(failed.value) == f"step features FAILED on cluster {cluster_id}: {reason}; log: {log}"
     assert pushed["failure"]["log"] == log
@@ -958,7 +962,7 @@ def test_sensor_failure_after_deferral_names_step_and_log(aws, monkeypatch):
         task_id="watch_pca", job_flow_id=cluster_id, step_ids=step_ids, step_name="pca", region_name=REGION
     )
     pca._resolve_step()
-    cancelled = pca.describe_failure(emr.describe_step(ClusterId=cluster_id, StepId=step_ids[2]))
+    cancelled = pca.describe_failure(emr.describe_step(ClusterId=cluster_id, StepId=step_ids[pca_at]))
     assert cancelled["message"].startswith(f"step pca CANCELLED on cluster {cluster_id}: cluster RUNNING")
     assert cancelled["log"] == f"s3://{BUCKET}/emr-logs/{cluster_id}/"
 

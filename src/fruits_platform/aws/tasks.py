@@ -184,9 +184,18 @@ def lease_tasks(settings, estimate, days=None) -> tuple:
 
     @task(task_id="release_lease")
     def release_lease(settings: dict, leases: list) -> list:
-        """Teardown after the report: the days back to whoever runs them next, even if this run failed."""
-        cluster_id = get_current_context()["ti"].xcom_pull(task_ids="create_cluster")
-        return release_leases(RunSettings.from_dict(settings), leases, cluster_id)
+        """Teardown after the report: the days back to whoever runs them next, even if this run failed.
+        As the run's last leaf it carries the report's failure on (a cluster left running): the report is
+        no leaf any more, and the run's state follows its leaves."""
+        ti = get_current_context()["ti"]
+        cluster_id = ti.xcom_pull(task_ids="create_cluster")
+        released = release_leases(RunSettings.from_dict(settings), leases, cluster_id)
+        reports = [task for task in ti.task.upstream_task_ids if task.startswith("report_")]
+        states = ti.get_task_states(dag_id=ti.dag_id, task_ids=reports, run_ids=[ti.run_id])
+        failed = sorted(task for task, state in states.get(ti.run_id, {}).items() if state == "failed")
+        if failed:
+            raise AirflowFailException(f"{', '.join(failed)} failed: see its log (leases: {released})")
+        return released
 
     taken = take_lease(settings, estimate, days)
     return taken, release_lease(settings, taken)

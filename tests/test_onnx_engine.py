@@ -198,7 +198,7 @@ def test_a_missing_tf2onnx_stops_the_step_in_one_line(spark, tmp_path, monkeypat
     monkeypatch.setitem(sys.modules, "tf2onnx", None)
     message = run_step(tmp_path, "--weights", str(random_weights))
     assert message.startswith("features: cannot export the model to ONNX here (ModuleNotFoundError")
-    assert "--onnx-model" in message
+    assert "--engine-artifact" in message
     assert "\n" not in message
 
 

@@ -31,7 +31,6 @@ ORIENTATIONS = (6, 8, 3, 1)
 DAY = "2026-11-29"
 
 
-@pytest.fixture(scope="module")
 def plain_pixels(data: bytes, input_size: int) -> np.ndarray:
     """The oracle: the plain computation's input, full decode, EXIF orientation, bilinear resize (float32,
     0-255); what ingest's draft decode must agree with."""
@@ -39,6 +38,7 @@ def plain_pixels(data: bytes, input_size: int) -> np.ndarray:
     return np.asarray(image.resize((input_size, input_size), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
+@pytest.fixture(scope="module")
 def phone_folder(tmp_path_factory, sample_dir) -> Path:
     sources = [
         sorted((sample_dir / label).glob("*.jpg"))[0] for label in ("apple", "lemon", "mango", "raspberry")

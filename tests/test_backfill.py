@@ -79,23 +79,25 @@ def test_a_failed_day_is_reported_and_the_other_days_stay_done():
     days = ["2026-11-01", "2026-11-02", "2026-11-03"]
     ids = [f"s-{i}" for i in range(len(days) * len(STEP_NAMES))]
     steps = {i: step("COMPLETED") for i in ids}
-    # day 2's features failed; its pca ran anyway (CONTINUE) and failed for want of features
-    steps["s-4"] = step("FAILED", Message="features: cannot load weights", LogFile="s3://b/emr-logs/x")
-    steps["s-5"] = step("FAILED")
+    # day 2's features failed; the next step ran anyway (CONTINUE) and failed for want of features
+    features_at = len(STEP_NAMES) + STEP_NAMES.index("features")
+    failed_id = f"s-{features_at}"
+    steps[failed_id] = step("FAILED", Message="features: cannot load weights", LogFile="s3://b/emr-logs/x")
+    steps[f"s-{features_at + 1}"] = step("FAILED")
     outcomes = backfill.day_outcomes(days, ids, steps)
     assert outcomes["2026-11-01"] == {"state": "COMPLETED"}
     assert outcomes["2026-11-03"] == {"state": "COMPLETED"}
     assert outcomes["2026-11-02"] == {
         "state": "FAILED",
         "step": "features",
-        "step_id": "s-4",
+        "step_id": failed_id,
         "reason": "features: cannot load weights",
         "log": "s3://b/emr-logs/x",
     }
     assert backfill.all_ended(ids, steps)
-    steps["s-8"] = step("RUNNING")
+    steps[ids[-1]] = step("RUNNING")
     assert not backfill.all_ended(ids, steps)
-    with pytest.raises(ValueError, match="8 step ids for 9 planned steps"):
+    with pytest.raises(ValueError, match=f"{len(ids) - 1} step ids for {len(ids)} planned steps"):
         backfill.day_outcomes(days, ids[:-1], steps)
 
 

@@ -296,7 +296,8 @@ def trigger_and_wait(stack, page, images: Path, weights: Path, output: Path, art
     form.locator("#element_input").fill(str(images))
     form.locator("#element_output").fill(str(output))
     form.locator("#element_weights").fill(str(weights))
-    components = form.get_by_role("spinbutton")  # k, the form's only number field
+    # k, by its title: the contract's other steps bring number fields of their own (the quality step's)
+    components = form.get_by_role("spinbutton", name="PCA components")
     components.fill("4")
     components.press("Tab")
     sync_api.expect(components).to_have_value("4")

@@ -119,10 +119,28 @@ def bare_phone_reference(paths: list[str], onnx_file: str, input_size: int, batc
     for start in range(0, len(paths), batch_size):
         batch = []
         for path in paths[start : start + batch_size]:
-            data = Path(path).read_bytes()
-            digests.add(hashlib.sha256(data).hexdigest())
-            batch.append(draft_pixels(data, input_size) / np.float32(127.5) - np.float32(1.0))
+            digest, pixels = _prepared((path, input_size))
+            digests.add(digest)
+            batch.append(_scaled(pixels))
         session.run(None, {name: np.stack(batch)})
+    return _figures(paths, digests, started, ready)
+
+
+def _prepared(job: tuple[str, int]) -> tuple[str, np.ndarray]:
+    """One photo as a reference prepares it: read, hash, draft decode, orientation, resize."""
+    path, input_size = job
+    data = Path(path).read_bytes()
+    # whole values already: uint8 loses nothing, and a pool process sends a quarter of the bytes back
+    pixels = draft_pixels(data, input_size).astype(np.uint8)
+    return hashlib.sha256(data).hexdigest(), pixels
+
+
+def _scaled(pixels: np.ndarray) -> np.ndarray:
+    """MobileNetV2's input scale, -1..1."""
+    return pixels.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
+def _figures(paths: list[str], digests: set, started: float, ready: float) -> dict:
     finished = time.monotonic()
     return {
         "images": len(paths),
@@ -130,14 +148,6 @@ def bare_phone_reference(paths: list[str], onnx_file: str, input_size: int, batc
         "seconds_total": round(finished - started, 2),
         "seconds_decode_inference": round(finished - ready, 2),
     }
-
-
-def _prepared(job: tuple[str, int]) -> tuple[str, np.ndarray]:
-    """One photo as a pool process prepares it: read, hash, draft decode, orientation, resize."""
-    path, input_size = job
-    data = Path(path).read_bytes()
-    pixels = draft_pixels(data, input_size).astype(np.uint8)  # a quarter of the bytes back to the parent
-    return hashlib.sha256(data).hexdigest(), pixels
 
 
 def every_core_reference(paths: list[str], onnx_file: str, input_size: int, batch_size: int = 8) -> dict:
@@ -156,19 +166,13 @@ def every_core_reference(paths: list[str], onnx_file: str, input_size: int, batc
         batch: list[np.ndarray] = []
         for digest, pixels in pool.imap(_prepared, [(path, input_size) for path in paths], chunksize=4):
             digests.add(digest)
-            batch.append(pixels.astype(np.float32) / np.float32(127.5) - np.float32(1.0))
+            batch.append(_scaled(pixels))
             if len(batch) == batch_size:
                 session.run(None, {name: np.stack(batch)})
                 batch = []
         if batch:
             session.run(None, {name: np.stack(batch)})
-    finished = time.monotonic()
-    return {
-        "images": len(paths),
-        "distinct": len(digests),
-        "seconds_total": round(finished - started, 2),
-        "seconds_decode_inference": round(finished - ready, 2),
-    }
+    return _figures(paths, digests, started, ready)
 
 
 REFERENCES = {"one-decoder": bare_phone_reference, "every-core": every_core_reference}

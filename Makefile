@@ -8,7 +8,7 @@ FRUITS_WEIGHTS ?= $(if $(wildcard $(SHARED_WEIGHTS)),$(abspath $(SHARED_WEIGHTS)
 export FRUITS_WEIGHTS
 DEMO_OUTPUT ?= out/demo
 
-.PHONY: setup demo test test-fast lint format bench clean
+.PHONY: setup demo test test-fast lint format bench clean rehearse-aws
 
 setup: $(VENV)/.installed
 
@@ -38,6 +38,12 @@ lint: setup
 format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# the first AWS run, rehearsed without AWS (docs/AWS.md, section 12): the runbook's commands against moto's
+# server with IAM enforced, the local Airflow stack running fruits_features_emr; ~3 min.
+# REHEARSAL_MUTATION=runbook|policy|trigger-endpoint shows it failing for each reason it exists
+rehearse-aws: setup
+	$(BIN)/python -m tests.aws_rehearsal
 
 # figures for docs/BENCHMARKS.md; BENCH_ARGS="--images 2000" or "--images 20000 --skip notebook" for scaling
 BENCH_ARGS ?= --images 600

@@ -4,40 +4,50 @@
   ``INITIAL_NO_AUTH_ACTION_COUNT``: three unauthenticated calls make an administrator and its key, every later
   call is authorised by moto's IAM as the caller's identity).
 * **The runbook**: docs/AWS.md's block under "First real run, command by command" is extracted, not copied,
-  and run by bash with the AWS CLI (``awscli``, ``AWS_ENDPOINT_URL`` pointing at the server): step 1 deploys
-  infra/ with ``aws cloudformation deploy`` and defines ``output``; step 2 attaches the stack's Airflow policy
-  to the IAM user made for Airflow; step 3's commands run where moto has them; step 4 exports Airflow's
-  credentials (a profile in a throw-away ``AWS_SHARED_CREDENTIALS_FILE``), connection and Variables; step 5's
-  ``fruits upload`` uploads a few images of data/sample; step 6 fetches the report and lists the clusters
-  left. Only the placeholders are substituted (and ``make airflow``, replaced by the stack below); every
-  substitution and every command moto cannot run is printed.
+  and run by bash with the AWS CLI (``awscli``, ``AWS_ENDPOINT_URL`` pointing at the server). Steps 1-4 run
+  in one shell, as the administrator (a profile whose Region is set, as "configured" in the prerequisites):
+  step 1 deploys infra/ with ``aws cloudformation deploy`` and defines ``output``; step 2 attaches the stack's
+  Airflow policy to an IAM user made for Airflow (its access key: a profile in a throw-away
+  ``AWS_SHARED_CREDENTIALS_FILE``); step 3 creates the service-linked roles; step 4 exports the connection,
+  the Variables and Airflow's profile. Steps 5 (``fruits upload`` of two images per label of data/sample)
+  and 6 (the report, the clusters left) run in a second shell, the administrator's with step 1's ``output``,
+  as the runbook says. Only the placeholders and the upload's source are substituted, and ``make airflow``
+  is replaced by the stack below; a failing ``aws`` command fails the rehearsal even inside
+  ``export X="$(...)"``, naming its step.
 * **Airflow**: the local stack (``fruits_platform.local.airflow_server``: api-server, scheduler,
-  dag-processor, triggerer) with exactly step 4's environment, ``AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE=true``
-  (the sensors and the teardown defer to the triggerer) and 1 s pokes (``FRUITS_EMR_POKE_SECONDS``, as the
-  DAG tests). ``fruits_features_emr`` is unpaused and triggered through the REST API with the official
-  client (``apache-airflow-client``), with the runbook's conf.
-* **The cluster**: ``tests.emr_runner.EmrStepRunner`` runs each step moto reports running, in Spark, as an
-  identity holding the deployed node role's policies.
+  dag-processor, triggerer) with step 4's environment and nothing else of AWS,
+  ``AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE=true`` (the sensors and the teardown defer to the triggerer) and
+  1 s pokes (``FRUITS_EMR_POKE_SECONDS``, as the DAG tests). ``fruits_features_emr`` is unpaused and triggered
+  through the REST API with the official client (``apache-airflow-client``), with the conf of the runbook's
+  trigger and random weights on the worker (no ImageNet download). While the runbook runs, the stack's DB is
+  migrated and the weights' ONNX export is put in the machine's cache (FRUITS_CACHE, shared with the worker:
+  ``stage_artifacts`` still builds and uploads the artifact, from that cache, as any later run does).
+* **The cluster**: ``tests.emr_runner.EmrStepRunner`` runs each step moto reports running, in Spark (this
+  process's session), as an IAM user holding the deployed node role's policies.
 * **Checks**: the run succeeds; its cluster ends TERMINATED; the outputs and the report are in the bucket
-  (the runbook's step 6 fetches it); the asset events read through the REST API; a second run refused by
-  ``resolve_run`` delivers its alert through the stack's SNS topic to an SQS queue subscribed to it.
+  (step 6 fetches it); the asset events read through the REST API; a second run refused by ``resolve_run``
+  delivers its alert through the stack's SNS topic to an SQS queue subscribed to it.
 
 What moto does not do, and what the rehearsal does about it (each printed when it happens):
 
 * moto's CloudFormation skips resource types it does not implement (``AWS::S3::BucketPolicy``,
   ``AWS::Glue::Database``, ``AWS::Glue::Table``), with a warning: the rest of the stack deploys, the
-  rehearsal lists the skipped resources, and the bucket policy and catalog are checked only statically
+  rehearsal lists the skipped types, and the bucket policy and catalog are checked only statically
   (tests/test_infra.py, tests/test_catalog.py). It also lacks ``Fn::Cidr``, resolves ``Fn::GetAZs ""`` to
-  us-east-1's zones and leaves a change set's outputs empty: the rehearsal adds those three to moto as
-  CloudFormation defines them (``cloudformation_as_aws``), and deploys the template unchanged.
-* moto authorises EMR calls against resource ``*`` and evaluates few condition operators: the rehearsal
-  gives moto tests/test_iam_policy.py's evaluation (cluster ARNs, tag conditions, IAM's resource matching,
-  RunJobFlow's creation-time checks). ``StringLike`` (the PassRole conditions) stays unevaluated.
-* Service quotas: moto has no Service Quotas answer for the vCPU quota; the command is shown, not run.
+  us-east-1's zones (which made the subnet public), leaves a change set's outputs empty and records a
+  ``SubnetRouteTableAssociation`` without associating: ``cloudformation_as_aws`` adds those four to moto as
+  CloudFormation defines them, and the template deploys unchanged.
+* moto authorises EMR and SNS calls against resource ``*`` and evaluates few condition operators:
+  ``iam_as_aws`` gives moto tests/test_iam_policy.py's evaluation (cluster ARNs, tag conditions, IAM's
+  resource matching, RunJobFlow's creation-time checks) and SNS requests their topic's ARN. ``StringLike``
+  (the PassRole conditions) stays unevaluated.
+* Service quotas: moto has no Service Quotas figures for the vCPU quota; the command is shown, not run.
+* The CLI is v1 (PyPI has no v2); v1 pins EMR's endpoint over ``AWS_ENDPOINT_URL``, v2 does not:
+  ``Rehearsal.cli_dir`` gives it v2's behaviour.
 
-Mutations (``run(mutation=...)``, or ``REHEARSAL_MUTATION`` for ``make rehearse-aws``) show that the
-rehearsal fails for the reasons it exists: ``runbook`` (step 4 switches to Airflow's profile before reading
-the stack's outputs, as docs/AWS.md once did), ``policy`` (the Airflow policy without
+Mutations (``Rehearsal(mutation=...)``, or ``REHEARSAL_MUTATION`` for ``make rehearse-aws``) show that the
+rehearsal fails for the reasons it exists: ``runbook`` (step 4 switches to Airflow's profile before it
+reads the stack's outputs, as docs/AWS.md did), ``policy`` (the Airflow policy without
 ``elasticmapreduce:AddJobFlowSteps``), ``trigger-endpoint`` (the triggerer reaches no AWS endpoint).
 """
 
@@ -46,6 +56,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import datetime as dt
+import functools
 import ipaddress
 import itertools
 import json
@@ -443,7 +454,9 @@ class Rehearsal:
             say("MUTATION runbook: step 4 exports AWS_PROFILE before it reads the stack's outputs")
         return steps
 
+    @functools.cached_property
     def template(self) -> Path:
+        """infra/'s template, or its mutated copy."""
         if self.mutation != "policy":
             return TEMPLATE
         text = TEMPLATE.read_text()
@@ -510,7 +523,7 @@ class Rehearsal:
             "<profile-of-the-airflow-identity>": AIRFLOW_IDENTITY,
             "--source data/sample": f"--source {shlex.quote(str(images))}",
         }
-        template = self.template()
+        template = self.template
         if template != TEMPLATE:
             replaced["--template-file infra/fruits-infra.yaml"] = (
                 f"--template-file {shlex.quote(str(template))}"
@@ -554,10 +567,16 @@ class Rehearsal:
         path.write_text(script)
         started = time.monotonic()
         done = subprocess.run(
-            ["bash", str(path)], env=env, cwd=cwd, capture_output=True, text=True, timeout=600
+            ["bash", str(path)],
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=600,
         )
         self.durations[name] = time.monotonic() - started
-        output = done.stdout + done.stderr
+        output = done.stdout
         for line in output.splitlines():
             print(f"  | {line}", flush=True)
         failed = self.failed_commands.read_text() if self.failed_commands.exists() else ""
@@ -586,7 +605,7 @@ class Rehearsal:
             warmed = background.submit(self.warm_export_cache)
             with (
                 cloudformation_as_aws() as skipped,
-                iam_as_aws(condition_keys(self.template().read_text())),
+                iam_as_aws(condition_keys(self.template.read_text())),
                 moto_server_with_iam() as (endpoint, admin),
             ):
                 exported = self.setup(endpoint, admin, steps, images, skipped)
@@ -766,13 +785,25 @@ class Rehearsal:
 
     @staticmethod
     def task_logs(stack: LocalAirflow, run_id: str, task_ids: list[str]) -> str:
-        """The end of the failed tasks' logs (the local stack's files)."""
+        """The errors the failed tasks logged (the local stack's log files), else their logs' ends."""
         parts = []
         for task_id in task_ids:
-            for path in sorted(
-                (stack.home / "logs").glob(f"dag_id={DAG_ID}/run_id={run_id}/task_id={task_id}/*.log")
-            ):
-                parts.append(f"--- {task_id} ({path.name}):\n{tail(path, 25)}")
+            folder = stack.home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}" / f"task_id={task_id}"
+            for path in sorted(folder.glob("*.log")):
+                errors = []
+                for line in path.read_text(errors="replace").splitlines():
+                    with contextlib.suppress(ValueError):
+                        record = json.loads(line)
+                        if record.get("level") == "error" and record.get("logger") != "task.stderr":
+                            details = record.get("error_detail") or [{}]
+                            reason = ": ".join(
+                                str(details[0].get(k)) for k in ("exc_type", "exc_value") if details[0].get(k)
+                            )
+                            event = str(record.get("event")).strip().splitlines() or [""]
+                            # a traceback: its first line and its last (the exception)
+                            event = event[0] if len(event) == 1 else f"{event[0]} ... {event[-1]}"
+                            errors.append(f"{event} {reason}".strip())
+                parts.append(f"--- {task_id} ({path.name}): " + ("\n".join(errors) or tail(path, 10)))
         return "\n".join(parts)
 
     def check_outputs(self, clients, outputs, run_id, assets, endpoint) -> dict:

@@ -5,8 +5,9 @@ engine) before the first row: ~15 s a step on this 2-core machine, which made mo
 The steps' ``main(argv)`` take ``SparkSession.builder.getOrCreate()``, so here they run on the ``spark``
 fixture's session instead: a run's plan (``pipeline.plan``) through ``fruits_spark.local_app``, what
 ``fruits run-local`` submits; an EMR step's entry script as spark-submit would run it (``run_script``).
-What spark-submit itself adds (the staged zip, the exit code) keeps its own end-to-end tests:
-``tests/test_run_local.py``'s CLI runs and ``test_success_runs_three_steps_and_terminates``.
+What spark-submit itself adds keeps its own tests: the exit code and the class archive in
+``tests/test_run_local.py``'s CLI runs; the staged zip, file for file the installed package, and every
+EMR step's command line parsed by its job in ``tests/test_records.py``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,15 @@ from collections.abc import Iterator, Mapping, Sequence
 
 from fruits_platform.pipeline import PipelineParams, SparkStep, plan
 from fruits_spark import local_app
+from fruits_spark.contract import QUALITY
+
+# The quality step's checks (near-duplicates, suspicious labels, drift) take 5-15 s of a small in-process run,
+# more with history: a test that is not about them turns them off with the step's own params (0: off), as a
+# user can. The step itself still runs (and publishes its empty datasets). tests/test_quality.py,
+# test_catalog.py and the UI and default-path runs keep them on.
+QUALITY_OFF = {param.name: 0 for param in QUALITY.params}
+# the same, as `fruits run-local` options
+QUALITY_OFF_ARGS = tuple(arg for param in QUALITY.params for arg in (param.flag, "0"))
 
 
 class _ThreadStdout:

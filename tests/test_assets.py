@@ -14,6 +14,7 @@ import pytest
 
 from tests.corpus import copy_sample
 from tests.dags import load_dag
+from tests.inprocess import QUALITY_OFF
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LOCAL_DAG_ID = "fruits_features_local"
@@ -122,7 +123,14 @@ def test_a_local_run_publishes_its_day_and_the_consumer_reads_it(
 
     output = tmp_path / "out"
     producer = dag_of(LOCAL_DAG_ID)
-    conf = {"input": str(images), "output": str(output), "weights": str(random_weights), "k": 3, "dt": DAY}
+    conf = {
+        "input": str(images),
+        "output": str(output),
+        "weights": str(random_weights),
+        "k": 3,
+        "dt": DAY,
+        **QUALITY_OFF,
+    }
     # a first run (syncs the dags folder, so the consumer DAG is known) failing: weights the ONNX export
     # refuses, the steps never run, no event
     broken = tmp_path / "broken.weights.h5"

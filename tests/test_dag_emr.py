@@ -20,6 +20,7 @@ from moto import mock_aws
 
 from fruits_spark.contract import PROVISIONAL_MODEL, STEP_NAMES
 from tests.emr_runner import EmrStepRunner
+from tests.inprocess import QUALITY_OFF
 from tests.test_assets import asset_events
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -116,13 +117,6 @@ def runner(tmp_path, spark):
         yield step_runner
 
 
-@pytest.fixture
-def submitting_runner(tmp_path):
-    """The cluster's steps, each a real spark-submit of the staged entry scripts and zip."""
-    with EmrStepRunner(tmp_path / "emr") as step_runner:
-        yield step_runner
-
-
 # -- helpers ----------------------------------------------------------------------------------------------
 def run_dag(dag, conf: dict, run_after: dt.datetime, logical_date: dt.datetime | None = LOGICAL_DATE):
     """One dag.test() run; returns (dag run, {task_id: state})."""
@@ -179,7 +173,15 @@ def keys(s3, prefix: str) -> list[str]:
 
 
 def base_conf(weights: Path, **overrides) -> dict:
-    return {"bucket": BUCKET, "weights": str(weights), "k": 3, "core_nodes": 1, "region": REGION, **overrides}
+    return {
+        "bucket": BUCKET,
+        "weights": str(weights),
+        "k": 3,
+        "core_nodes": 1,
+        "region": REGION,
+        **QUALITY_OFF,
+        **overrides,
+    }
 
 
 def lease_record(s3, output_uri: str, day: str = UPLOAD_DAY) -> dict | None:
@@ -204,12 +206,13 @@ def assert_refused_before_cluster(dagrun, states, task_id: str, reason: str, out
 
 
 # -- success ----------------------------------------------------------------------------------------------
-def test_success_runs_three_steps_and_terminates(emr_dag, aws, uploaded, submitting_runner, random_weights):
+def test_success_runs_the_plan_and_terminates(emr_dag, aws, uploaded, runner, random_weights):
+    """The steps run in process: each staged entry script as spark-submit runs it (tests.inprocess)."""
     dagrun, states = run_dag(emr_dag, base_conf(random_weights), dt.datetime(2026, 11, 6, 3, tzinfo=dt.UTC))
 
     assert dagrun.state == "success", states
-    assert [run.name for run in submitting_runner.runs] == ["ingest", "features", "quality", "pca", "publish"]
-    assert all(run.returncode == 0 for run in submitting_runner.runs)
+    assert [run.name for run in runner.runs] == list(STEP_NAMES)
+    assert all(run.returncode == 0 for run in runner.runs)
     for dataset in ("images", "features", "pca", "pca_csv"):
         assert keys(aws, f"outputs/{dataset}/dt={UPLOAD_DAY}/"), dataset
     report = json.loads(aws.get_object(Bucket=BUCKET, Key="outputs/report.json")["Body"].read())

@@ -70,16 +70,22 @@ def test_onnx_features_equal_keras_on_real_images_with_pretrained_weights(shared
     assert_same_features(actual, keras_features(shared_weights, size, batch))
 
 
-# each size is a Keras model build and an ONNX export (5-10 s): the default, the largest, stays in
-# `make test-fast`, the others run in `make test`
+# each size is a Keras model build and an ONNX export (5-20 s): the smallest (the last layers' maps at 3x3),
+# a middle one and the default, the largest, which stays in `make test-fast`; the sizes between share
+# their code and their shapes' kinds
+SIZES = sorted({min(contract.INPUT_SIZES), contract.INPUT_SIZES[len(contract.INPUT_SIZES) // 2]})
+
+
 @pytest.mark.parametrize(
     "size",
     [
-        pytest.param(size, marks=() if size == max(contract.INPUT_SIZES) else pytest.mark.slow)
-        for size in contract.INPUT_SIZES
+        *(pytest.param(size, marks=pytest.mark.slow) for size in SIZES),
+        max(contract.INPUT_SIZES),
     ],
 )
-def test_onnx_features_equal_keras_at_every_input_size(size, random_weights, sample_images):
+def test_onnx_features_equal_keras_at_the_smallest_a_middle_and_the_largest_input_size(
+    size, random_weights, sample_images
+):
     batch = pixels(sample_images, size)
     # runs of 3 images: the split of a batch into session runs is part of what is compared
     actual = onnx_engine.onnx_infer(onnx_for(random_weights, size).data, threads=2, session_batch=3)(batch)

@@ -24,6 +24,7 @@ from fruits_platform.aws import cluster, cost
 from fruits_platform.pipeline import PY_FILES_ZIP, PipelineParams, plan
 from fruits_spark import contract
 from tests.dags import load_dag
+from tests.inprocess import QUALITY_OFF, QUALITY_OFF_ARGS
 from tests.test_assets import asset_events
 from tests.test_dag_emr import BUCKET, UPLOAD_DAY, aws, base_conf, keys, run_dag, runner, uploaded, xcom
 
@@ -120,7 +121,7 @@ def test_the_toy_step_and_engine_run_through_fruits_run_local(tmp_path, sample_d
         PYTHONPATH=os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]),
     )
     toy_run = ["--master", "local[2]", "--dt", DAY, "--engine", "toy", "--input-size", "96", "--k", "2"]
-    toy_run += ["--weights", str(random_weights)]
+    toy_run += ["--weights", str(random_weights), *QUALITY_OFF_ARGS]
     run = subprocess.run(
         [
             FRUITS,
@@ -165,6 +166,7 @@ def test_the_toy_step_and_engine_run_through_the_local_dag(
         "k": 2,
         "toy_min_rows": 2,
         "dt": DAY,
+        **QUALITY_OFF,
     }
     dagrun = dag.test(run_conf=conf)
     assert dagrun.state == "success"

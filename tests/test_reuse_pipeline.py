@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from fruits_platform.pipeline import PipelineParams
-from tests.inprocess import run_pipeline
+from tests.inprocess import QUALITY_OFF, run_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,9 @@ def add_altered_images(sample_dir: Path, target: Path) -> list[Path]:
 
 def run(input_dir: Path, output: Path, day: str, weights: Path, **options) -> dict:
     """One day's run, its steps in process (``tests.inprocess``) with the arguments run-local submits."""
-    params = PipelineParams(str(input_dir), str(output), day, weights=str(weights), k=3, **options)
+    params = PipelineParams(
+        str(input_dir), str(output), day, weights=str(weights), k=3, **{**QUALITY_OFF, **options}
+    )
     code, printed = run_pipeline(params)
     assert code == 0, printed[-3000:]
     report = json.loads((output / "reports" / f"dt={day}" / "report.json").read_text())

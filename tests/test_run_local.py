@@ -21,7 +21,7 @@ from fruits_platform.pipeline import PipelineParams
 from fruits_spark.contract import STEP_NAMES, engine_record
 from fruits_spark.report import describe_counts
 from tests.corpus import write_mixed_folder
-from tests.inprocess import run_pipeline
+from tests.inprocess import QUALITY_OFF, QUALITY_OFF_ARGS, run_pipeline
 
 # whole `fruits run-local` runs: `make test-fast` leaves them to `make test`
 pytestmark = pytest.mark.slow
@@ -43,7 +43,8 @@ def run_fruits(*args: str, env: dict | None = None) -> subprocess.CompletedProce
 
 def run_day(input_dir: Path, output: Path, day: str, weights: Path) -> subprocess.CompletedProcess:
     return run_fruits(
-        "--input", str(input_dir), "--output", str(output), "--dt", day, "--weights", str(weights), "--k", "5"
+        *("--input", str(input_dir), "--output", str(output), "--dt", day, "--weights", str(weights)),
+        *("--k", "5", *QUALITY_OFF_ARGS),
     )
 
 
@@ -162,14 +163,18 @@ def test_rerun_replaces_its_date_only_and_applies_the_current_model(
             (day_two_input / label / source.name).write_bytes(source.read_bytes())
     # the CLI's part is mixed_run's: these runs take its arguments, their steps in process
     code, printed = run_pipeline(
-        PipelineParams(str(day_two_input), str(output), DAY_TWO, weights=str(random_weights), k=5)
+        PipelineParams(
+            str(day_two_input), str(output), DAY_TWO, weights=str(random_weights), k=5, **QUALITY_OFF
+        )
     )
     assert code == 0, printed[-3000:]
     second_report = json.loads((output / "report.json").read_text())
     assert second_report["pca_model"] == "first_fit"
     assert second_report["pca_fit_rows"] == first_report["counts"]["ok"] + 28
     code, printed = run_pipeline(
-        PipelineParams(str(root / "in"), str(output), DAY_ONE, weights=str(random_weights), k=5)
+        PipelineParams(
+            str(root / "in"), str(output), DAY_ONE, weights=str(random_weights), k=5, **QUALITY_OFF
+        )
     )
     assert code == 0, printed[-3000:]
 

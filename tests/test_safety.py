@@ -13,7 +13,7 @@ from fruits_platform.pipeline import PipelineParams, failure_reason
 from fruits_spark.local_app import STEP_MARKER
 from fruits_spark.report import describe_counts
 from tests.dags import load_dag
-from tests.inprocess import run_pipeline
+from tests.inprocess import QUALITY_OFF, QUALITY_OFF_ARGS, run_pipeline
 from tests.test_run_local import run_fruits
 
 DAY = "2026-11-20"
@@ -44,7 +44,17 @@ def first_day(tmp_path_factory, sample_dir, random_weights):
     (source / "apple" / "broken.jpg").write_bytes(b"not an image at all")
     (source / "notes.txt").write_text("not an image name")
     output = root / "out"
-    args = ["--output", str(output), "--dt", DAY, "--weights", str(random_weights), "--k", "5"]
+    args = [
+        "--output",
+        str(output),
+        "--dt",
+        DAY,
+        "--weights",
+        str(random_weights),
+        "--k",
+        "5",
+        *QUALITY_OFF_ARGS,
+    ]
     code, printed = run_pipeline(params(source, output, random_weights))
     assert code == 0, printed[-3000:]
     return {
@@ -58,7 +68,7 @@ def first_day(tmp_path_factory, sample_dir, random_weights):
 
 def params(source: Path, output: Path, weights: Path) -> PipelineParams:
     """first_day's run (its ``args``) on another input."""
-    return PipelineParams(str(source), str(output), DAY, weights=str(weights), k=5)
+    return PipelineParams(str(source), str(output), DAY, weights=str(weights), k=5, **QUALITY_OFF)
 
 
 def test_reused_rows_are_said_to_come_from_earlier_days_only_when_they_do():

@@ -431,7 +431,6 @@ class Rehearsal:
     workdir: Path
     weights: Path
     mutation: str | None = None
-    log: list[str] = field(default_factory=list)
     durations: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from fruits_platform.artifacts import PROJECT_ROOT
 from fruits_platform.local.airflow_server import HOST, PASSWORD, USERNAME, LocalAirflow, wait_healthy
+from fruits_platform.pipeline import WEIGHTS_HELP, default_weights
 
 DAG_ID = "fruits_features_local"
 PHOTOS = 8
@@ -81,12 +82,31 @@ def wait_for(check, seconds: float, what: str):
     raise TimeoutError(f"no {what} after {seconds:.0f} s")
 
 
-def timed_runs(api: Api, images: Path, output: Path, runs: int) -> list[dict]:
+def task_seconds(api: Api, run_path: str, run_start: str) -> dict:
+    """Where the run's seconds go between its tasks: each task's start after the run's, and its duration."""
+    started = datetime.fromisoformat(run_start)
+    tasks = api(f"{run_path}/taskInstances")["task_instances"]
+    return {
+        task["task_id"]: [
+            round((datetime.fromisoformat(task["start_date"]) - started).total_seconds(), 1),
+            round(task["duration"] or 0, 1),
+        ]
+        for task in sorted(tasks, key=lambda task: task["start_date"] or "")
+        if task["start_date"]
+    }
+
+
+def step_seconds(output: Path) -> dict:
+    report = output / "report.json"
+    return json.loads(report.read_text()).get("step_seconds", {}) if report.exists() else {}
+
+
+def timed_runs(api: Api, images: Path, output: Path, weights: str, runs: int) -> list[dict]:
     wait_for(lambda: api(f"/dags/{DAG_ID}"), 300, f"DAG {DAG_ID} parsed")
     api(f"/dags/{DAG_ID}", {"is_paused": False}, "PATCH")
     figures = []
     for _ in range(runs):
-        conf = {"input": str(images), "output": str(output)}
+        conf = {"input": str(images), "output": str(output), "weights": weights}
         started = time.monotonic()
         run = api(f"/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf}, "POST")
         path = f"/dags/{DAG_ID}/dagRuns/{urllib.request.quote(run['dag_run_id'], safe='')}"
@@ -96,19 +116,29 @@ def timed_runs(api: Api, images: Path, output: Path, runs: int) -> list[dict]:
             datetime.fromisoformat(ended["end_date"]) - datetime.fromisoformat(ended["start_date"])
         ).total_seconds()
         figures.append(
-            {"state": ended["state"], "trigger_to_end_s": round(wall, 1), "airflow_s": round(inside, 1)}
+            {
+                "state": ended["state"],
+                "trigger_to_end_s": round(wall, 1),
+                "airflow_s": round(inside, 1),
+                "tasks": task_seconds(api, path, ended["start_date"]),
+                "steps_in_jobs": step_seconds(output),
+            }
         )
         print(
             f"run {len(figures)}: {ended['state']}, {wall:.1f} s from the trigger, {inside:.1f} s in Airflow"
         )
+        print(f"  tasks (start after the run's start, seconds): {figures[-1]['tasks']}")
+        print(f"  steps, seconds in their jobs: {figures[-1]['steps_in_jobs']}")
     return figures
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fruits_platform.tools.bench_ui", description=__doc__)
     parser.add_argument("--runs", type=int, default=3, help="runs in a row on one stack")
+    parser.add_argument("--weights", default=default_weights(), help=WEIGHTS_HELP)
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="fruits-bench-ui-"))
+    failed = True
     home = work / "airflow"
     port, worker_log_port, trigger_log_port = free_ports(3)
     stack = LocalAirflow(home, port, 2, worker_log_port, trigger_log_port)
@@ -122,14 +152,18 @@ def main(argv: list[str] | None = None) -> int:
         )
     try:
         wait_healthy(stack.url, 600, alive=lambda: supervisor.poll() is None)
-        figures = timed_runs(Api(stack.url), photos(work / "photos"), work / "out", args.runs)
+        figures = timed_runs(Api(stack.url), photos(work / "photos"), work / "out", args.weights, args.runs)
         print(json.dumps(figures))
-        return 0 if all(run["state"] == "success" for run in figures) else 1
+        failed = not all(run["state"] == "success" for run in figures)
+        if failed:  # its logs stay for the reader
+            print(f"a run failed: the task logs are under {home / 'logs'}", file=sys.stderr)
+        return 1 if failed else 0
     finally:
         stop = [sys.executable, "-m", "fruits_platform.local.airflow_server", "stop", "--home", str(home)]
         subprocess.run(stop, env=env, capture_output=True, timeout=300, check=False)
         supervisor.wait(timeout=120)
-        shutil.rmtree(work, ignore_errors=True)
+        if not failed:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

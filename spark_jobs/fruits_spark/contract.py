@@ -420,12 +420,12 @@ def _off_or_from(lowest: int) -> Callable[[int], None]:
 # Near-duplicates, suspicious labels and drift between days, from the day's features and the earlier days'.
 # One step, not three: each reads the day and its history once, and each is one EMR step's start-up less.
 # Defaults chosen with `python -m fruits_platform.tools.bench_quality` (docs/BENCHMARKS.md, round 4). Its
-# cost is provisional: measured only on a loaded machine, on the bench's copies (round 4), it awaits an
-# idle measurement like the other steps'; the figure below is the pca step's, a pass over the same rows.
+# cost is the highest measured on an idle machine with every check on (round 4, idle): 1,000 and 2,000
+# phone photos made from the sample's frames, where every photo has near neighbours (0.048-0.051 core-s).
 QUALITY = Step(
     "quality",
     "fruits_spark.quality",
-    core_seconds_per_image=0.004,
+    core_seconds_per_image=0.05,
     params=(
         RunParam(
             "near_duplicate_similarity",

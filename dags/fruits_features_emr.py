@@ -200,6 +200,11 @@ with DAG(
             poke_interval=POKE_SECONDS,
             mode="poke" if DEFERRABLE else "reschedule",
             deferrable=DEFERRABLE,
+            # one retry, for Airflow's own race: a deferred task whose trigger fires within seconds is failed
+            # by the stale executor event of its deferring try (apache/airflow#67287, #72716; seen in the AWS
+            # rehearsal). A failed step or a timeout still fails at once, without retry
+            retries=1,
+            retry_delay=dt.timedelta(seconds=5),
             aws_conn_id=AWS_CONN_ID,
             region_name=REGION,
         )

@@ -7,6 +7,7 @@ Randomly initialised weights (``random_weights``): the property is the pipeline'
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -229,9 +230,11 @@ def test_bench_photos_weigh_like_phone_photos_and_carry_their_metadata(sample_di
             exif = image.getexif()
             assert exif[0x0112] == orientation
             assert exif.get_ifd(0x8825)  # GPS
-    # asked again for the same set, the photos are kept, not made again
+    # asked again for the same set, the photos are kept, not made again, however the source is named
     before = [path.stat().st_mtime_ns for path in paths]
     assert prepare_phone_photos(sample_dir, 2, tmp_path / "phone") == paths
+    relative = Path(os.path.relpath(sample_dir, Path.cwd()))
+    assert prepare_phone_photos(relative, 2, tmp_path / "phone") == paths
     assert [path.stat().st_mtime_ns for path in paths] == before
 
 

@@ -84,7 +84,7 @@ def prepare_phone_photos(source: Path, count: int, destination: Path, size=PHONE
     if not originals:
         raise SystemExit(f"phone photos: no images under {source}")
     marker = destination / ".prepared.json"
-    wanted = {"source": str(source), "count": count, "size": list(size)}
+    wanted = {"source": str(source.resolve()), "count": count, "size": list(size)}
     if marker.exists() and json.loads(marker.read_text()) == wanted:
         return sorted(p for p in destination.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
     prepared = []

@@ -64,7 +64,6 @@ import json
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 import tempfile
@@ -87,6 +86,7 @@ from fruits_platform.local.airflow_server import (
     PASSWORD,
     USERNAME,
     LocalAirflow,
+    free_ports,
     tail,
     wait_healthy,
 )
@@ -283,14 +283,6 @@ def iam_as_aws(condition_keys: set[str]) -> Iterator[None]:
             policy_conditions.CONDITION_OPERATIONS.pop("StringEqualsIfExists", None)
         else:
             policy_conditions.CONDITION_OPERATIONS["StringEqualsIfExists"] = saved[4]
-
-
-def free_ports(count: int) -> list[int]:
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind((HOST, 0))
-        return [sock.getsockname()[1] for sock in sockets]
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ This module imports no Airflow code: it only drives the ``airflow`` command besi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -183,6 +184,15 @@ def running_pids(home: Path) -> list[int]:
     recorded = read_pid_file(home)
     records = [recorded.get("supervisor", {}), *recorded.get("components", {}).values()]
     return [process.pid for record in records if record and (process := recorded_process(record))]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports on the stack's address (held together while chosen)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind((HOST, 0))
+        return [sock.getsockname()[1] for sock in sockets]
 
 
 def port_in_use(port: int) -> bool:

@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,19 +24,17 @@ from datetime import datetime
 from pathlib import Path
 
 from fruits_platform.artifacts import PROJECT_ROOT
-from fruits_platform.local.airflow_server import HOST, PASSWORD, USERNAME, LocalAirflow, wait_healthy
+from fruits_platform.local.airflow_server import (
+    PASSWORD,
+    USERNAME,
+    LocalAirflow,
+    free_ports,
+    wait_healthy,
+)
 from fruits_platform.pipeline import WEIGHTS_HELP, default_weights
 
 DAG_ID = "fruits_features_local"
 PHOTOS = 8
-
-
-def free_ports(count: int) -> list[int]:
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind((HOST, 0))
-        return [sock.getsockname()[1] for sock in sockets]
 
 
 class Api:

@@ -51,6 +51,7 @@ from fruits_platform.aws.tasks import (
     cluster_tasks,
     lease_tasks,
     poke_seconds,
+    sensor_mode,
     stage_run,
     variables,
 )
@@ -198,7 +199,7 @@ with DAG(
             step_name=name,
             timeout_seconds=plan[f"sensor_timeout_{name}"],
             poke_interval=POKE_SECONDS,
-            mode="poke" if DEFERRABLE else "reschedule",
+            mode="poke" if DEFERRABLE else sensor_mode(POKE_SECONDS),
             deferrable=DEFERRABLE,
             # one retry, for Airflow's own race: a deferred task whose trigger fires within seconds is failed
             # by the stale executor event of its deferring try (apache/airflow#67287, #72716; seen in the AWS

@@ -43,6 +43,7 @@ from fruits_platform.aws.tasks import (
     cluster_tasks,
     lease_tasks,
     poke_seconds,
+    sensor_mode,
     stage_run,
     variables,
 )
@@ -169,7 +170,7 @@ with DAG(
         step_ids=add_steps.output,
         timeout_seconds=plan["timeout_seconds"],
         poke_interval=POKE_SECONDS,
-        mode="reschedule",
+        mode=sensor_mode(POKE_SECONDS),
         aws_conn_id=AWS_CONN_ID,
         region_name=REGION,
     )

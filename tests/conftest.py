@@ -152,8 +152,8 @@ def dag_test_polls_every(seconds: float) -> Iterator[None]:
     """dag.test() sleeps a whole second each time no task is ready. After a failure, that is once per
     layer of downstream tasks that only wait for its next pass to be marked (a refused run's
     create_cluster, terminate and report): ~60 s of the DAG tests' sleep, which this cuts to ``seconds``.
-    Its other sleeps, while a sensor waits for its reschedule, stay a second: polling faster there took
-    the GIL from the steps running in process beside it and made those tests slower. Only sleeps called
+    Its other sleeps stay a second (at a test's 1 s pokes the sensors poke in place, sleeping in the task:
+    ``tasks.sensor_mode``). Only sleeps called
     from dag.test() itself change: sensors, moto and Spark keep theirs."""
     from airflow.sdk.definitions.dag import DAG
 

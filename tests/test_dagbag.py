@@ -183,14 +183,16 @@ def test_params_defaults_and_limits_validate(emr_dag):
 def test_the_poke_interval_is_read_when_the_dag_file_is_parsed(dag_file, dag_id, monkeypatch):
     """Parsed once without FRUITS_EMR_POKE_SECONDS (the package then imported), then with it: the second
     parse's sensors poke at its value. Read at the package's import, it stayed 60 s for the rest of a
-    test session and made every later EMR DAG test wait a minute per poke."""
+    test session and made every later EMR DAG test wait a minute per poke. At the production minute a sensor
+    gives its worker slot back between looks; at a second it stays (a reschedule a second costs a task start
+    each time)."""
     monkeypatch.delenv("FRUITS_EMR_POKE_SECONDS", raising=False)
     before = load(PROJECT_ROOT / "dags" / dag_file).dags[dag_id]
     monkeypatch.setenv("FRUITS_EMR_POKE_SECONDS", "2")
     after = load(PROJECT_ROOT / "dags" / dag_file).dags[dag_id]
 
-    def pokes(dag) -> set[float]:
-        return {task.poke_interval for task in dag.tasks if hasattr(task, "poke_interval")}
+    def pokes(dag) -> set[tuple[float, str]]:
+        return {(task.poke_interval, task.mode) for task in dag.tasks if hasattr(task, "poke_interval")}
 
-    assert pokes(before) == {60}
-    assert pokes(after) == {2}
+    assert pokes(before) == {(60, "reschedule")}
+    assert pokes(after) == {(2, "poke")}

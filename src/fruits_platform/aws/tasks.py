@@ -35,6 +35,18 @@ def poke_seconds() -> float:
     return float(os.environ.get("FRUITS_EMR_POKE_SECONDS", "60"))
 
 
+# Below this poke interval a sensor keeps its worker slot between looks (mode "poke")
+RESCHEDULE_FROM_SECONDS = 30.0
+
+
+def sensor_mode(seconds: float) -> str:
+    """How a non-deferred sensor waits between looks ``seconds`` apart. At the production minute it gives its
+    worker slot back ("reschedule"): a run holds no slot for its hour on EMR. At a test's or a demo's second,
+    a reschedule would start the task again every second, which costs more than the slot it frees (Airflow
+    keeps reschedule mode for long poke intervals); there it sleeps in place ("poke")."""
+    return "reschedule" if seconds >= RESCHEDULE_FROM_SECONDS else "poke"
+
+
 def aws_client(service: str, region: str):
     return AwsBaseHook(aws_conn_id=AWS_CONN_ID, client_type=service, region_name=region).conn
 

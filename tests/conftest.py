@@ -28,7 +28,13 @@ SAMPLE_DIR = PROJECT_ROOT / "data" / "sample"
 
 # Airflow reads its configuration when first imported: set it before any test module imports it.
 _AIRFLOW_HOME = tempfile.mkdtemp(prefix="fruits-airflow-home-")
-_CACHE = tempfile.mkdtemp(prefix="fruits-cache-")
+# one cache for a whole `make test`: its worker processes (xdist's, children of the controller) share what
+# is made once per machine (ONNX exports, the driver's class archive, the random weights), each written
+# under a scratch name and renamed, so a worker never reads a half-written one
+_XDIST_WORKER = "PYTEST_XDIST_WORKER" in os.environ
+_RUN_PID = os.getppid() if _XDIST_WORKER else os.getpid()
+_CACHE = os.path.join(tempfile.gettempdir(), f"fruits-test-cache-{_RUN_PID}")
+os.makedirs(_CACHE, exist_ok=True)
 os.environ.update(
     AIRFLOW_HOME=_AIRFLOW_HOME,
     AIRFLOW__CORE__DAGS_FOLDER=str(PROJECT_ROOT / "dags"),
@@ -51,9 +57,11 @@ os.environ.update(
 
 
 def pytest_unconfigure(config):
-    """The session's Airflow home and cache go with it (a class archive is ~190 MB, per test process)."""
-    for folder in (_AIRFLOW_HOME, _CACHE):
-        shutil.rmtree(folder, ignore_errors=True)
+    """The process's Airflow home goes with it; the cache (a class archive is ~190 MB) with the run's last
+    process, the controller."""
+    shutil.rmtree(_AIRFLOW_HOME, ignore_errors=True)
+    if not _XDIST_WORKER:
+        shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items):
@@ -86,10 +94,28 @@ def shared_weights() -> Path:
 
 
 @pytest.fixture(scope="session")
-def random_weights(tmp_path_factory) -> Path:
+def random_weights() -> Path:
     """A randomly initialised MobileNetV2 backbone saved by Keras as .weights.h5: the real load path runs
     without ../shared. Features mean nothing, but every engine must compute the same ones."""
-    return save_random_backbone(tmp_path_factory.mktemp("random-weights"), seed=20261123)
+    return shared_random_backbone(seed=20261123)
+
+
+def shared_random_backbone(seed: int) -> Path:
+    """``save_random_backbone`` once for the whole run: the first worker writes it, under a lock, and the
+    others read its file."""
+    import fcntl
+
+    folder = Path(_CACHE) / "random-weights"
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"mobilenet_v2_random_{seed}.weights.h5"
+    with open(folder / f"{seed}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not final.exists():
+            scratch = folder / f"{os.getpid()}"
+            scratch.mkdir(exist_ok=True)
+            os.replace(save_random_backbone(scratch, seed), final)
+            scratch.rmdir()
+    return final
 
 
 def save_random_backbone(folder: Path, seed: int) -> Path:

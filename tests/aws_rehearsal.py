@@ -81,7 +81,6 @@ import boto3
 import psutil
 
 from fruits_platform.local.airflow_server import (
-    COMPONENTS,
     HOST,
     PASSWORD,
     USERNAME,
@@ -90,9 +89,9 @@ from fruits_platform.local.airflow_server import (
     tail,
     wait_healthy,
 )
-from fruits_platform.local.processes import process_record, stop_processes
+from fruits_platform.local.processes import stop_processes
 from tests.corpus import copy_sample
-from tests.emr_runner import ACTIVE_STATES, EmrStepRunner
+from tests.emr_runner import EmrStepRunner
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DOC = PROJECT_ROOT / "docs" / "AWS.md"
@@ -337,56 +336,24 @@ class ServerStepRunner(EmrStepRunner):
         super().__init__(*args, **kwargs)
         self._s3 = boto3.client("s3", region_name=self.region, endpoint_url=endpoint, **kwargs["credentials"])
 
-    def _next_step(self):
+    def backends(self) -> list:
         from moto.emr.models import emr_backends
 
-        for backend in list(emr_backends[self.account_id].values()):
-            for cluster in list(backend.clusters.values()):
-                if cluster.state not in ACTIVE_STATES:
-                    continue
-                for step in cluster.steps:
-                    if step.state in ("PENDING", "RUNNING"):
-                        return cluster, step
-        return None
+        return list(emr_backends[self.account_id].values())
 
 
 # -- the Airflow stack ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RehearsalAirflow(LocalAirflow):
-    """The local stack, started from this process; ``component_env`` adds to one component's environment (the
-    trigger-endpoint mutation gives the triggerer a closed endpoint). Its pid file is the stack's own
-    (``python -m fruits_platform.local.airflow_server stop --home H`` stops a stack left behind)."""
-
-    component_env: dict = field(default_factory=dict)
-
-    def launch(self, env: dict[str, str], processes: dict[str, subprocess.Popen]) -> None:
-        for name in COMPONENTS:
-            args = (
-                ("api-server", "--host", HOST, "--port", str(self.port)) if name == "api-server" else (name,)
-            )
-            with (self.log_dir / f"{name}.log").open("ab") as log:
-                processes[name] = subprocess.Popen(
-                    self.airflow_command(*args),
-                    env={**env, **self.component_env.get(name, {})},
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-        self.pid_file.write_text(
-            json.dumps(
-                {"components": {n: process_record(p.pid) for n, p in processes.items()}, "url": self.url},
-                indent=2,
-            )
-        )
-
-
 @contextlib.contextmanager
-def airflow_stack(stack: RehearsalAirflow, env: dict[str, str]) -> Iterator[RehearsalAirflow]:
-    """The stack's components (its DB migrated already), stopped whatever happens."""
+def airflow_stack(
+    stack: LocalAirflow, env: dict[str, str], component_env: dict[str, dict[str, str]]
+) -> Iterator[LocalAirflow]:
+    """The stack's components (its DB migrated already), started from this process and stopped whatever
+    happens; ``component_env`` adds to one component's environment (the trigger-endpoint mutation gives
+    the triggerer a closed endpoint). Its pid file is the stack's own (``python -m
+    fruits_platform.local.airflow_server stop --home H`` stops a stack left behind)."""
     processes: dict[str, subprocess.Popen] = {}
     try:
-        stack.launch(env, processes)
+        stack.launch(env, processes, component_env, supervised=False)
         say(f"Airflow stack starting: {stack.url} (home {stack.home})")
         wait_healthy(stack.url, 600, alive=lambda: all(p.poll() is None for p in processes.values()))
         yield stack
@@ -424,6 +391,8 @@ class Rehearsal:
     weights: Path
     mutation: str | None = None
     durations: dict[str, float] = field(default_factory=dict)
+    # added to one stack component's environment, by its name (a mutation's)
+    component_env: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.mutation not in (None, *MUTATIONS):
@@ -626,16 +595,15 @@ class Rehearsal:
         result["durations"] = {name: round(seconds, 1) for name, seconds in self.durations.items()}
         return result
 
-    def stack(self) -> tuple[RehearsalAirflow, dict[str, str]]:
+    def stack(self) -> tuple[LocalAirflow, dict[str, str]]:
         """The local stack on free ports, and its environment before step 4's exports: this process's, without
         its AWS and Airflow settings; deferrable operators, 1 s pokes."""
         ports = free_ports(3)
-        component_env = {}
         if self.mutation == "trigger-endpoint":
             (closed,) = free_ports(1)
-            component_env["triggerer"] = {"AWS_ENDPOINT_URL": f"http://{HOST}:{closed}"}
+            self.component_env["triggerer"] = {"AWS_ENDPOINT_URL": f"http://{HOST}:{closed}"}
             say(f"MUTATION trigger-endpoint: the triggerer's AWS endpoint is http://{HOST}:{closed}, closed")
-        stack = RehearsalAirflow(self.workdir / "airflow", ports[0], 2, ports[1], ports[2], component_env)
+        stack = LocalAirflow(self.workdir / "airflow", ports[0], 2, ports[1], ports[2])
         base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AIRFLOW"))}
         base.update(AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE="true", FRUITS_EMR_POKE_SECONDS="1")
         with unittest.mock.patch.dict(os.environ, base, clear=True):
@@ -690,7 +658,7 @@ class Rehearsal:
         return exported
 
     def airflow_run(
-        self, endpoint: str, admin: dict[str, str], stack: RehearsalAirflow, env: dict[str, str], steps: dict
+        self, endpoint: str, admin: dict[str, str], stack: LocalAirflow, env: dict[str, str], steps: dict
     ) -> dict:
         from airflow_client.client import AssetApi, DAGApi, DAGPatchBody, DagRunApi, TaskInstanceApi
         from airflow_client.client.models.trigger_dag_run_post_body import TriggerDAGRunPostBody
@@ -720,7 +688,7 @@ class Rehearsal:
         # the runbook's conf, and random weights on the worker instead of ImageNet's (no download)
         trigger_conf = {**self.trigger_conf(steps[5]), "weights": str(self.weights)}
         started = time.monotonic()
-        with runner, airflow_stack(stack, env):
+        with runner, airflow_stack(stack, env, self.component_env):
             self.durations["stack start"] = time.monotonic() - started
             api = api_client(stack.url)
             dags, runs = DAGApi(api), DagRunApi(api)

@@ -88,6 +88,10 @@ class EmrStepRunner:
     def backend(self):
         return emr_backends[self.account_id][self.region]
 
+    def backends(self) -> list:
+        """The moto EMR backends whose clusters this runner plays: its Region's."""
+        return [self.backend]
+
     def _loop(self) -> None:
         try:
             while not self._stop.is_set():
@@ -100,12 +104,13 @@ class EmrStepRunner:
             self.error = error
 
     def _next_step(self):
-        for cluster in list(self.backend.clusters.values()):
-            if cluster.state not in ACTIVE_STATES:
-                continue
-            for step in cluster.steps:
-                if step.state in ("PENDING", "RUNNING"):
-                    return cluster, step
+        for backend in self.backends():
+            for cluster in list(backend.clusters.values()):
+                if cluster.state not in ACTIVE_STATES:
+                    continue
+                for step in cluster.steps:
+                    if step.state in ("PENDING", "RUNNING"):
+                        return cluster, step
         return None
 
     # -- one step ----------------------------------------------------------------------------------------

@@ -56,7 +56,13 @@ def frame(spark, rows: list[tuple[str, str, str, str, np.ndarray]]):
     return quality.unit_vectors(features)
 
 
-def test_a_copy_is_found_and_a_photo_that_is_not_one_is_not(spark):
+@pytest.fixture(params=[quality.OnExecutors, quality.OnDriver], ids=["executors", "driver"])
+def way(request):
+    """Each check both ways the step runs it: as Spark jobs (any day) and on the driver (a small day)."""
+    return request.param
+
+
+def test_a_copy_is_found_and_a_photo_that_is_not_one_is_not(spark, way):
     photo = basis(0)
     copy = at_cosine(photo, 0.998, 7)
     other_view = at_cosine(photo, 0.90, 9)  # the same fruit, not a copy: below the threshold
@@ -81,8 +87,7 @@ def test_a_copy_is_found_and_a_photo_that_is_not_one_is_not(spark):
         ],
     )
     found = {
-        (r["path"], r["other_path"]): r.asDict()
-        for r in quality.near_duplicates(day, history, 0.95).collect()
+        (r["path"], r["other_path"]): r.asDict() for r in way(day, history).near_duplicates(0.95).collect()
     }
     assert set(found) == {("d/photo.jpg", "d/copy.jpg"), ("d/late.jpg", "e/first-again.jpg")}
     pair = found[("d/photo.jpg", "d/copy.jpg")]
@@ -91,17 +96,17 @@ def test_a_copy_is_found_and_a_photo_that_is_not_one_is_not(spark):
     # a photo seen on two earlier days is named once, on the earliest
     assert found[("d/late.jpg", "e/first-again.jpg")]["other_dt"] == "2026-11-20"
     # without the history, the pairs of the day only
-    assert {(r["path"], r["other_path"]) for r in quality.near_duplicates(day, None, 0.95).collect()} == {
+    assert {(r["path"], r["other_path"]) for r in way(day, None).near_duplicates(0.95).collect()} == {
         ("d/photo.jpg", "d/copy.jpg")
     }
 
 
-def test_a_burst_keeps_each_photos_closest_partners_and_stays_one_group(spark):
+def test_a_burst_keeps_each_photos_closest_partners_and_stays_one_group(spark, way):
     rng = np.random.default_rng(7)
     burst = [
         (f"b/{i}.jpg", "apple", f"h{i:02d}", DAY, basis(0) + rng.normal(0, 0.002, DIM)) for i in range(25)
     ]
-    pairs = [r.asDict() for r in quality.near_duplicates(frame(spark, burst), None, 0.95).collect()]
+    pairs = [r.asDict() for r in way(frame(spark, burst), None).near_duplicates(0.95).collect()]
     partners: dict[str, int] = {}
     for pair in pairs:
         for path in (pair["path"], pair["other_path"]):
@@ -133,13 +138,13 @@ def labelled(label: str, axis: int, n: int, start: int = 0) -> list[tuple]:
     ]
 
 
-def test_a_photo_filed_under_the_wrong_label_is_flagged_with_its_margin(spark):
+def test_a_photo_filed_under_the_wrong_label_is_flagged_with_its_margin(spark, way):
     rows = labelled("apple", 0, 6) + labelled("lemon", 1, 6)
     moved = ("apple/moved.jpg", "apple", "moved", DAY, basis(1) + 0.02)  # a lemon filed as an apple
     rows.append(moved)
-    day = frame(spark, rows)
-    sums = quality.label_sums(day)
-    flagged = [r.asDict() for r in quality.audit_frame(day, sums, 0.05).collect()]
+    checks = way(frame(spark, rows), None)
+    sums, _, _ = checks.sums()
+    flagged = [r.asDict() for r in checks.audit(sums, 0.05).collect()]
     assert [(r["path"], r["label"], r["nearest_label"]) for r in flagged] == [
         ("apple/moved.jpg", "apple", "lemon")
     ]
@@ -151,10 +156,10 @@ def test_a_photo_filed_under_the_wrong_label_is_flagged_with_its_margin(spark):
     expected = x @ unit(np.mean(lemons, axis=0)) - x @ unit(np.mean(apples, axis=0))
     assert flagged[0]["margin"] == pytest.approx(expected, abs=1e-5)
     # a margin larger than the photo's is not reached; a threshold of a clear margin flags no true apple
-    assert not quality.audit_frame(day, sums, expected + 0.01).collect()
+    assert not checks.audit(sums, expected + 0.01).collect()
 
 
-def test_the_history_counts_in_the_centroids_and_a_photo_of_the_day_seen_before_counts_once(spark):
+def test_the_history_counts_in_the_centroids_and_a_photo_of_the_day_seen_before_counts_once(spark, way):
     day = frame(spark, labelled("apple", 0, 1) + labelled("lemon", 1, 3))
     history = frame(
         spark,
@@ -162,17 +167,18 @@ def test_the_history_counts_in_the_centroids_and_a_photo_of_the_day_seen_before_
         # the day's apple, seen on the earlier day too
         + [("old/apple0.jpg", "apple", "apple0", EARLIER, labelled("apple", 0, 1)[0][4])],
     )
-    every, others = quality.history_sums(history, day)
+    checks = way(day, history)
+    day_sums, every, others = checks.sums()
     assert every["apple"][0] == 4
     assert others["apple"][0] == 3
-    sums = quality.add_sums(quality.label_sums(day), others)
+    sums = quality.add_sums(day_sums, others)
     # alone on the day, the apple has a centroid of its own from the history: not flagged
-    assert not quality.audit_frame(day, sums, 0.05).collect()
+    assert not checks.audit(sums, 0.05).collect()
     # without the history it is the only apple: nothing to compare with, so never flagged either
-    assert not quality.audit_frame(day, quality.label_sums(day), 0.0001).collect()
+    assert not checks.audit(day_sums, 0.0001).collect()
 
 
-def test_drift_says_missing_new_and_moved_labels(spark):
+def test_drift_says_missing_new_and_moved_labels(spark, way):
     day = frame(
         spark,
         labelled("apple", 0, 4)
@@ -185,8 +191,8 @@ def test_drift_says_missing_new_and_moved_labels(spark):
         + [(f"lemon/o{i}.jpg", "lemon", f"lo{i}", EARLIER, basis(1)) for i in range(5)]
         + [(f"mango/{i}.jpg", "mango", f"m{i}", EARLIER, basis(3)) for i in range(2)],
     )
-    every, _ = quality.history_sums(history, day)
-    drift = quality_report.drift(quality.label_sums(day), every, 0.05, has_history=True)
+    day_sums, every, _ = way(day, history).sums()
+    drift = quality_report.drift(day_sums, every, 0.05, has_history=True)
     rows = {row["label"]: row for row in drift["labels"]}
     assert {label: row["status"] for label, row in rows.items()} == {
         "apple": "steady",
@@ -202,7 +208,7 @@ def test_drift_says_missing_new_and_moved_labels(spark):
     assert "New today, never seen on an earlier day: kiwi (2 photos)" in words
     assert f"lemon ({expected:.3f})" in words
     assert "apple" not in words
-    first = quality_report.drift(quality.label_sums(day), {}, 0.05, has_history=False)
+    first = quality_report.drift(day_sums, {}, 0.05, has_history=False)
     assert "No earlier day" in quality_report.drift_words(first)[0]
 
 

@@ -15,6 +15,9 @@ distance d says the same, d^2 = 2 (1 - cos)).
 - **Drift**: per label, the day's count and the cosine distance between the day's centroid and the
   history's; a label missing, new, or moved by ``--drift-threshold`` is said in words in the report.
 
+A day of up to ``DRIVER_ROWS`` photos with its history runs the same functions on the driver (``OnDriver``),
+a larger one as Spark jobs (``OnExecutors``): the same buckets, pairs and flags either way.
+
 History is every *earlier* day's complete features partition of the same embedding: never the day itself
 (a rerun recomputes the day from its staged features alone), never a later day (a backfill gives what the
 day gave when it first ran, and a pair across two days is reported once, on the later one). Each check is
@@ -111,30 +114,38 @@ def read_history(spark: SparkSession, layout: Layout, days: list[str], embedding
 # --- near-duplicates ----------------------------------------------------------------------------------
 
 
-def band_keys(vectors: DataFrame) -> DataFrame:
-    """content_hash, dt, band, key, unit: each row once per band, with its BAND_BITS sign bits in that band
-    as one integer. The hyperplanes follow the seed and the dimension only: the day and its history get
-    the same ones, on every run."""
-    dimension = len(vectors.select("unit").first()["unit"])
-    planes = np.random.default_rng(LSH_SEED).normal(size=(BANDS * BAND_BITS, dimension))
-    shared = vectors.sparkSession.sparkContext.broadcast(planes)
+def lsh_planes(dimension: int) -> np.ndarray:
+    """The LSH's hyperplanes: they follow the seed and the dimension only, so the day and its history get
+    the same ones, on every run and on either engine."""
+    return np.random.default_rng(LSH_SEED).normal(size=(BANDS * BAND_BITS, dimension))
+
+
+def band_rows(batch: pd.DataFrame, planes: np.ndarray) -> pd.DataFrame:
+    """content_hash, dt, band, key, unit: each row of ``batch`` once per band, with its BAND_BITS sign bits
+    in that band as one integer."""
+    x = np.stack(batch["unit"].to_numpy())
+    bits = (x @ planes.T > 0).reshape(len(x), BANDS, BAND_BITS).astype(np.int64)
     weights = (1 << np.arange(BAND_BITS)).astype(np.int64)
+    return pd.DataFrame(
+        {
+            "content_hash": np.repeat(batch["content_hash"].to_numpy(), BANDS),
+            "dt": np.repeat(batch["dt"].to_numpy(), BANDS),
+            "band": np.tile(np.arange(BANDS, dtype=np.int32), len(x)),
+            "key": (bits @ weights).ravel(),
+            "unit": list(np.repeat(x.astype(np.float32), BANDS, axis=0)),
+        }
+    )
+
+
+def band_keys(vectors: DataFrame) -> DataFrame:
+    """``band_rows`` of every row, on the executors."""
+    dimension = len(vectors.select("unit").first()["unit"])
+    shared = vectors.sparkSession.sparkContext.broadcast(lsh_planes(dimension))
 
     def keys(batches):
         for batch in batches:
-            if batch.empty:
-                continue
-            x = np.stack(batch["unit"].to_numpy())
-            bits = (x @ shared.value.T > 0).reshape(len(x), BANDS, BAND_BITS).astype(np.int64)
-            yield pd.DataFrame(
-                {
-                    "content_hash": np.repeat(batch["content_hash"].to_numpy(), BANDS),
-                    "dt": np.repeat(batch["dt"].to_numpy(), BANDS),
-                    "band": np.tile(np.arange(BANDS, dtype=np.int32), len(x)),
-                    "key": (bits @ weights).ravel(),
-                    "unit": list(np.repeat(x.astype(np.float32), BANDS, axis=0)),
-                }
-            )
+            if not batch.empty:
+                yield band_rows(batch, shared.value)
 
     arrays = vectors.select("content_hash", "dt", vector_to_array("unit", "float32").alias("unit"))
     return arrays.mapInPandas(keys, "content_hash string, dt string, band int, key long, unit array<float>")
@@ -246,7 +257,11 @@ def history_sums(history: DataFrame, day: DataFrame) -> tuple[Sums, Sums]:
     of it as one photo; the drift compares with the history as it was."""
     in_day = day.select("content_hash").distinct().withColumn("in_day", F.lit(True))
     marked = history.join(F.broadcast(in_day), "content_hash", "left").fillna(False, ["in_day"])
-    split = label_sums(marked, "in_day")
+    return split_history(label_sums(marked, "in_day"))
+
+
+def split_history(split: dict) -> tuple[Sums, Sums]:
+    """``history_sums``' two sums from the sums per (label, in_day)."""
     every = add_sums(*({label: sums} for (label, _), sums in split.items()))
     return every, {label: sums for (label, in_day), sums in split.items() if not in_day}
 
@@ -254,45 +269,56 @@ def history_sums(history: DataFrame, day: DataFrame) -> tuple[Sums, Sums]:
 def audit_frame(day: DataFrame, sums: Sums, margin: float) -> DataFrame:
     """path, label, nearest_label, margin: the day's photos nearer (cosine) to another label's centroid than
     to their own by at least ``margin``; each photo left out of its own label's centroid."""
-    labels = sorted(sums)
-    counts = np.array([sums[label][0] for label in labels], dtype=np.float64)
-    totals = np.stack([sums[label][1] for label in labels]) if labels else np.zeros((0, 0))
-    spark = day.sparkSession
-    shared = spark.sparkContext.broadcast((labels, counts, totals))
+    shared = day.sparkSession.sparkContext.broadcast(centroid_table(sums))
 
     def flag(batches):
-        names, n, sum_vectors = shared.value
-        index = {name: i for i, name in enumerate(names)}
-        norms = np.linalg.norm(sum_vectors, axis=1)
         for batch in batches:
-            if batch.empty:
-                continue
-            x = np.stack(batch["unit"].to_numpy()).astype(np.float64)
-            own = batch["label"].map(index).to_numpy()
-            dots = x @ sum_vectors.T  # x . (sum of a label): the centroid's cosine up to its norm
-            cosine = np.divide(dots, norms, out=np.full_like(dots, -np.inf), where=norms > 0)
-            rows = np.arange(len(batch))
-            # its own label without the photo: |S - x|^2 = |S|^2 - 2 x.S + 1 (x is a unit vector)
-            own_dot = dots[rows, own] - 1.0
-            own_norm = np.sqrt(np.maximum(norms[own] ** 2 - 2.0 * dots[rows, own] + 1.0, 0.0))
-            alone = n[own] <= 1  # the only photo of its label: no centroid of its own to compare with
-            own_cosine = np.where(alone | (own_norm <= 1e-9), np.nan, own_dot / np.maximum(own_norm, 1e-9))
-            cosine[rows, own] = -np.inf
-            nearest = np.argmax(cosine, axis=1)
-            gap = cosine[rows, nearest] - own_cosine
-            keep = ~np.isnan(gap) & np.isfinite(cosine[rows, nearest]) & (gap >= margin)
-            if keep.any():
-                yield pd.DataFrame(
-                    {
-                        "path": batch["path"].to_numpy()[keep],
-                        "label": batch["label"].to_numpy()[keep],
-                        "nearest_label": np.asarray(names, dtype=object)[nearest[keep]],
-                        "margin": np.round(gap[keep], 6),
-                    }
-                )
+            flagged = flag_batch(batch, *shared.value, margin)
+            if len(flagged):
+                yield flagged
 
     as_arrays = day.select("path", "label", vector_to_array("unit").alias("unit"))
     return as_arrays.mapInPandas(flag, LABEL_AUDIT_SCHEMA)
+
+
+def centroid_table(sums: Sums) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(labels, their counts, their sums of unit vectors), in the labels' order."""
+    labels = sorted(sums)
+    counts = np.array([sums[label][0] for label in labels], dtype=np.float64)
+    totals = np.stack([sums[label][1] for label in labels]) if labels else np.zeros((0, 0))
+    return labels, counts, totals
+
+
+def flag_batch(
+    batch: pd.DataFrame, names: list[str], n: np.ndarray, sum_vectors: np.ndarray, margin: float
+) -> pd.DataFrame:
+    """``audit_frame``'s rows of one batch (path, label, unit) against the labels' counts and sums."""
+    if batch.empty:
+        return pd.DataFrame(columns=["path", "label", "nearest_label", "margin"])
+    index = {name: i for i, name in enumerate(names)}
+    norms = np.linalg.norm(sum_vectors, axis=1)
+    x = np.stack(batch["unit"].to_numpy()).astype(np.float64)
+    own = batch["label"].map(index).to_numpy()
+    dots = x @ sum_vectors.T  # x . (sum of a label): the centroid's cosine up to its norm
+    cosine = np.divide(dots, norms, out=np.full_like(dots, -np.inf), where=norms > 0)
+    rows = np.arange(len(batch))
+    # its own label without the photo: |S - x|^2 = |S|^2 - 2 x.S + 1 (x is a unit vector)
+    own_dot = dots[rows, own] - 1.0
+    own_norm = np.sqrt(np.maximum(norms[own] ** 2 - 2.0 * dots[rows, own] + 1.0, 0.0))
+    alone = n[own] <= 1  # the only photo of its label: no centroid of its own to compare with
+    own_cosine = np.where(alone | (own_norm <= 1e-9), np.nan, own_dot / np.maximum(own_norm, 1e-9))
+    cosine[rows, own] = -np.inf
+    nearest = np.argmax(cosine, axis=1)
+    gap = cosine[rows, nearest] - own_cosine
+    keep = ~np.isnan(gap) & np.isfinite(cosine[rows, nearest]) & (gap >= margin)
+    return pd.DataFrame(
+        {
+            "path": batch["path"].to_numpy()[keep],
+            "label": batch["label"].to_numpy()[keep],
+            "nearest_label": np.asarray(names, dtype=object)[nearest[keep]],
+            "margin": np.round(gap[keep], 6),
+        }
+    )
 
 
 def add_sums(*parts: Sums) -> Sums:
@@ -314,6 +340,108 @@ def thumbnails(spark: SparkSession, layout: Layout, flagged: list[dict]) -> list
     curated = spark.read.parquet(layout.dataset("images")).filter(F.col("path").isin(paths))
     content = {row["path"]: row["content"] for row in curated.select("path", "content").collect()}
     return [{**row, "thumbnail": quality_report.thumbnail(content.get(row["path"]))} for row in flagged]
+
+
+# --- the same checks on the driver, for a small day ----------------------------------------------------
+# A day whose rows and history hold up to DRIVER_ROWS photos (~50 MB of vectors) is checked on the driver
+# with the functions the executors run (band_rows, _bucket_pairs, flag_batch), on one collected copy: the
+# ~15 small Spark jobs and Python workers of the executors' way cost seconds for what numpy does in
+# milliseconds (docs/BENCHMARKS.md, round 5).
+DRIVER_ROWS = 5_000
+
+
+def local_rows(vectors: DataFrame) -> pd.DataFrame:
+    """path, label, content_hash, dt, unit (float64 arrays): ``vectors`` on the driver."""
+    return vectors.select(
+        "path", "label", "content_hash", "dt", vector_to_array("unit").alias("unit")
+    ).toPandas()
+
+
+def local_near_duplicates(
+    day: pd.DataFrame, history: pd.DataFrame | None, min_similarity: float
+) -> pd.DataFrame:
+    """``near_duplicates`` on the driver: the same buckets, comparisons and choice of a pair's day."""
+    dt = day["dt"].iloc[0]
+    everyone = day if history is None else pd.concat([day, history], ignore_index=True)
+    # the executors' way hashes float32 copies: the same bits, so the same buckets
+    as_float32 = everyone.assign(unit=[np.asarray(u, np.float32) for u in everyone["unit"]])
+    keyed = band_rows(as_float32, lsh_planes(len(as_float32["unit"].iloc[0])))
+    wanted = keyed.loc[keyed["dt"] == dt, ["band", "key"]].drop_duplicates()
+    keyed = keyed.merge(wanted, on=["band", "key"])
+    compare = _bucket_pairs(dt, min_similarity)
+    found = [compare(members) for _, members in keyed.groupby(["band", "key"], sort=False)]
+    pairs = pd.concat(found, ignore_index=True) if found else pd.DataFrame(columns=list(PAIR_COLUMNS))
+    # as min(struct(other_dt, similarity)) on the executors: a pair in several bands once, its earliest day
+    pairs = pairs.sort_values(["content_hash", "other_hash", "other_dt", "similarity"]).drop_duplicates(
+        ["content_hash", "other_hash"]
+    )
+    pairs = pairs.assign(similarity=pairs["similarity"].astype(np.float64).round(6))
+    others = everyone[["content_hash", "dt", "path", "label"]].set_axis(
+        ["other_hash", "other_dt", "other_path", "other_label"], axis=1
+    )
+    return pairs.merge(day[["content_hash", "path", "label"]], on="content_hash").merge(
+        others, on=["other_hash", "other_dt"]
+    )[["path", "label", "other_path", "other_label", "similarity", "other_dt"]]
+
+
+def local_label_sums(vectors: pd.DataFrame, *by: str) -> dict:
+    """``label_sums`` on the driver."""
+    return {
+        (key if by else key[0]): (len(group), np.stack(group["unit"].to_numpy()).sum(axis=0))
+        for key, group in vectors.groupby(["label", *by], sort=False)
+    }
+
+
+def local_history_sums(history: pd.DataFrame, day: pd.DataFrame) -> tuple[Sums, Sums]:
+    """``history_sums`` on the driver."""
+    marked = history.assign(in_day=history["content_hash"].isin(set(day["content_hash"])))
+    return split_history(local_label_sums(marked, "in_day"))
+
+
+class OnExecutors:
+    """The checks of a day and its history as Spark jobs: any size."""
+
+    def __init__(self, day: DataFrame, history: DataFrame | None) -> None:
+        self.day, self.history = day.cache(), history.cache() if history is not None else None
+
+    def near_duplicates(self, min_similarity: float) -> DataFrame:
+        return near_duplicates(self.day, self.history, min_similarity)
+
+    def sums(self) -> tuple[Sums, Sums, Sums]:
+        """(the day's, every earlier row's, the earlier rows' whose photo is not in the day) per label."""
+        earlier = history_sums(self.history, self.day) if self.history is not None else ({}, {})
+        return label_sums(self.day), *earlier
+
+    def audit(self, sums: Sums, margin: float) -> DataFrame:
+        return audit_frame(self.day, sums, margin)
+
+    def close(self) -> None:
+        self.day.unpersist()
+        if self.history is not None:
+            self.history.unpersist()
+
+
+class OnDriver(OnExecutors):
+    """The same checks on one collected copy (a small day), their datasets handed back to Spark."""
+
+    def __init__(self, day: DataFrame, history: DataFrame | None) -> None:
+        self.spark = day.sparkSession
+        self.day, self.history = local_rows(day), local_rows(history) if history is not None else None
+
+    def near_duplicates(self, min_similarity: float) -> DataFrame:
+        found = local_near_duplicates(self.day, self.history, min_similarity)
+        return self.spark.createDataFrame(found, NEAR_DUPLICATES_SCHEMA)
+
+    def sums(self) -> tuple[Sums, Sums, Sums]:
+        earlier = local_history_sums(self.history, self.day) if self.history is not None else ({}, {})
+        return local_label_sums(self.day), *earlier
+
+    def audit(self, sums: Sums, margin: float) -> DataFrame:
+        flagged = flag_batch(self.day[["path", "label", "unit"]], *centroid_table(sums), margin)
+        return self.spark.createDataFrame(flagged, LABEL_AUDIT_SCHEMA)
+
+    def close(self) -> None:
+        pass
 
 
 # --- the step -----------------------------------------------------------------------------------------
@@ -346,14 +474,16 @@ def main(argv: list[str] | None = None) -> None:
     features, embedding = read_day(spark, layout)
     days = history_days(spark, layout)
     earlier = read_history(spark, layout, days, embedding)
-    day = unit_vectors(features).cache()
-    history = unit_vectors(earlier).cache() if earlier is not None else None
+    day = unit_vectors(features)
+    history = unit_vectors(earlier) if earlier is not None else None
+    rows = features.count() + (earlier.count() if earlier is not None else 0)
+    checks = (OnDriver if rows <= DRIVER_ROWS else OnExecutors)(day, history)
     summary: dict = {"history_days": days, "embedding": embedding}
     stats: dict = {"near_duplicate_pairs": 0, "near_duplicate_groups": 0, "suspicious_labels": 0}
 
     if args.near_duplicate_similarity:
         similarity = per_mille(args.near_duplicate_similarity)
-        pairs = write(near_duplicates(day, history, similarity), layout, NEAR_DUPLICATES)
+        pairs = write(checks.near_duplicates(similarity), layout, NEAR_DUPLICATES)
         n_pairs = pairs.count()
         within = pairs.filter(F.col("other_dt") == layout.dt).count()
         # streamed a partition at a time: a day of many near-identical photos has many pairs
@@ -371,12 +501,10 @@ def main(argv: list[str] | None = None) -> None:
 
     day_sums, earlier_sums, others_sums = {}, {}, {}
     if args.label_margin or args.drift_threshold:
-        day_sums = label_sums(day)
-        if history is not None:
-            earlier_sums, others_sums = history_sums(history, day)
+        day_sums, earlier_sums, others_sums = checks.sums()
     if args.label_margin:
         margin = per_mille(args.label_margin)
-        flagged = write(audit_frame(day, add_sums(day_sums, others_sums), margin), layout, LABEL_AUDIT)
+        flagged = write(checks.audit(add_sums(day_sums, others_sums), margin), layout, LABEL_AUDIT)
         worst = [
             row.asDict() for row in flagged.orderBy(F.desc("margin"), "path").limit(REPORT_PHOTOS).collect()
         ]
@@ -392,9 +520,8 @@ def main(argv: list[str] | None = None) -> None:
         summary["drift"] = quality_report.drift(
             day_sums, earlier_sums, per_mille(args.drift_threshold), bool(days)
         )
-    day.unpersist()
-    if history is not None:
-        history.unpersist()
+    checks.close()
+    summary["checked_on"] = "driver" if isinstance(checks, OnDriver) else "executors"
     stats.update(quality=summary, step="quality", seconds=round(time.monotonic() - started, 2))
     storage.write_stats(spark, layout, "quality", stats)
     print(

@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fruits_platform.local.airflow_server import HOST, LocalAirflow, wait_healthy
+from fruits_platform.local.airflow_server import LocalAirflow, free_ports, wait_healthy
 from fruits_platform.local.processes import stop_processes
 from fruits_spark.contract import QUALITY
 from tests.corpus import copy_sample
@@ -102,17 +101,6 @@ def artifacts() -> Path:
 def images(tmp_path_factory, sample_dir: Path) -> Path:
     """A copy of a few real images per label of data/sample."""
     return copy_sample(sample_dir, tmp_path_factory.mktemp("images"), IMAGES_PER_LABEL)
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports free on the loopback right now (all bound at once, then released)."""
-    with contextlib.ExitStack() as stack:
-        sockets = [
-            stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)
-        ]
-        for sock in sockets:
-            sock.bind((HOST, 0))
-        return [sock.getsockname()[1] for sock in sockets]
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,8 +147,17 @@ class LocalAirflow:
         if done.returncode:
             raise StackError(f"airflow db migrate failed (exit {done.returncode}):\n{tail(migrate_log)}")
 
-    def launch(self, env: dict[str, str], processes: dict[str, subprocess.Popen]) -> None:
-        """Starts the components into ``processes`` (filled as they start) and writes the pid file."""
+    def launch(
+        self,
+        env: dict[str, str],
+        processes: dict[str, subprocess.Popen],
+        component_env: Mapping[str, Mapping[str, str]] | None = None,
+        supervised: bool = True,
+    ) -> None:
+        """Starts the components into ``processes`` (filled as they start) and writes the pid file.
+        ``component_env`` adds to one component's environment (by its name); ``supervised`` records this
+        process as the stack's supervisor, which ``stop --home`` stops too (not so for a test that starts a
+        stack from its own process)."""
         for name in COMPONENTS:
             args = (
                 ("api-server", "--host", HOST, "--port", str(self.port)) if name == "api-server" else (name,)
@@ -155,7 +165,7 @@ class LocalAirflow:
             with (self.log_dir / f"{name}.log").open("ab") as log:
                 processes[name] = subprocess.Popen(
                     self.airflow_command(*args),
-                    env=env,
+                    env={**env, **(component_env or {}).get(name, {})},
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -164,7 +174,7 @@ class LocalAirflow:
         self.pid_file.write_text(
             json.dumps(
                 {
-                    "supervisor": process_record(os.getpid()),
+                    **({"supervisor": process_record(os.getpid())} if supervised else {}),
                     "components": {name: process_record(p.pid) for name, p in processes.items()},
                     "url": self.url,
                 },

@@ -856,7 +856,7 @@ def wait_for(check: Callable, timeout: float, what: str, every: float = 2):
 def main() -> int:
     """``make rehearse-aws``: the rehearsal with its own Spark session and random weights."""
     from fruits_platform.local.spark_settings import local_session
-    from tests.conftest import save_random_backbone
+    from tests.random_backbone import save_random_backbone
 
     mutation = os.environ.get("REHEARSAL_MUTATION") or None
     with tempfile.TemporaryDirectory(prefix="fruits-rehearsal-") as scratch:

@@ -17,7 +17,7 @@ import pytest
 from fruits_spark import contract, features, images, model
 from fruits_spark.engines import onnx as onnx_engine
 from fruits_spark.features import FeatureParams, featurize_batch, transform
-from tests.conftest import save_random_backbone
+from tests.random_backbone import save_random_backbone
 from tests.similarity import assert_same_features
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fruits_spark import model
-from tests.conftest import save_random_backbone
+from tests.random_backbone import save_random_backbone
 
 
 @pytest.fixture(params=["random_weights", "shared_weights"])

@@ -84,13 +84,9 @@ class EmrStepRunner:
         if self.error and not exc[0]:
             raise RuntimeError(f"the EMR step runner crashed: {self.error!r}") from self.error
 
-    @property
-    def backend(self):
-        return emr_backends[self.account_id][self.region]
-
     def backends(self) -> list:
         """The moto EMR backends whose clusters this runner plays: its Region's."""
-        return [self.backend]
+        return [emr_backends[self.account_id][self.region]]
 
     def _loop(self) -> None:
         try:

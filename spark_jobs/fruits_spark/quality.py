@@ -474,10 +474,12 @@ def main(argv: list[str] | None = None) -> None:
     features, embedding = read_day(spark, layout)
     days = history_days(spark, layout)
     earlier = read_history(spark, layout, days, embedding)
-    day = unit_vectors(features)
-    history = unit_vectors(earlier) if earlier is not None else None
-    rows = features.count() + (earlier.count() if earlier is not None else 0)
-    checks = (OnDriver if rows <= DRIVER_ROWS else OnExecutors)(day, history)
+    checks = None
+    if args.near_duplicate_similarity or args.label_margin or args.drift_threshold:
+        # counted and collected only for a check that runs: with every check off the step reads nothing more
+        rows = features.count() + (earlier.count() if earlier is not None else 0)
+        history = unit_vectors(earlier) if earlier is not None else None
+        checks = (OnDriver if rows <= DRIVER_ROWS else OnExecutors)(unit_vectors(features), history)
     summary: dict = {"history_days": days, "embedding": embedding}
     stats: dict = {"near_duplicate_pairs": 0, "near_duplicate_groups": 0, "suspicious_labels": 0}
 
@@ -520,8 +522,9 @@ def main(argv: list[str] | None = None) -> None:
         summary["drift"] = quality_report.drift(
             day_sums, earlier_sums, per_mille(args.drift_threshold), bool(days)
         )
-    checks.close()
-    summary["checked_on"] = "driver" if isinstance(checks, OnDriver) else "executors"
+    if checks is not None:
+        checks.close()
+        summary["checked_on"] = "driver" if isinstance(checks, OnDriver) else "executors"
     stats.update(quality=summary, step="quality", seconds=round(time.monotonic() - started, 2))
     storage.write_stats(spark, layout, "quality", stats)
     print(

@@ -7,7 +7,7 @@ import datetime as dt
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from fruits_spark.ingest import BINARY_FILE_SCHEMA, IngestParams, label_column, transform
+from fruits_spark.ingest import BINARY_FILE_SCHEMA, IngestParams, label_column, read_tasks, transform
 from tests.corpus import awkward_files
 
 ROOT = "file:/data/in"
@@ -98,3 +98,16 @@ def test_duplicates_are_found_without_moving_image_bytes(spark):
     assert exchanged, "expected the duplicate search's shuffle in the plan"
     assert all("content" not in columns for columns in exchanged), exchanged
     assert {"path", "content_hash"} <= {name for columns in exchanged for name in columns}
+
+
+def test_a_small_day_gets_one_read_task_a_core_and_a_large_one_several():
+    """Tasks cost CPU whatever they hold: the demo's 40 thumbnails get one a core; a night of phone photos
+    gets several a core (the last wave leaves a core idle for a fraction of a task), a small cluster's worth
+    of cores the same."""
+    thumbnails = read_tasks(listed_bytes=40 * 5_000, cores=2)
+    phone_night = read_tasks(listed_bytes=2_000 * 2_700_000, cores=2)
+    middle = read_tasks(listed_bytes=12 * 1024 * 1024, cores=2)
+    assert thumbnails == 2
+    assert phone_night == 8
+    assert thumbnails < middle < phone_night
+    assert read_tasks(listed_bytes=2_000 * 2_700_000, cores=16) == 64

@@ -199,8 +199,12 @@ def main(argv: list[str] | None = None) -> None:
     featurized = transform(curated, params) if reused.n_to_infer else reuse.as_featurized(reused).limit(0)
     print(f"features: {reused.n_to_infer} images to embed with {args.engine}, {reused.n_reused} reused")
     # Spark merges the accumulator as tasks finish: progress lines while the outputs are written
+    # a day that reuses nothing writes the UDF's partitions alone: the empty reused frame's would each be
+    # one more task, with its Hadoop conf and writer, in every job below
+    if reused.n_reused:
+        featurized = featurized.unionByName(reuse.as_featurized(reused))
     with Progress("features", reused.n_to_infer, lambda: params.rows_inferred.value):
-        stats = load(featurized.unionByName(reuse.as_featurized(reused)), layout, params.embedding)
+        stats = load(featurized, layout, params.embedding)
     if not stats["ok"]:
         # like an empty ingest: a day without one feature row never replaces a day that had some
         raise SystemExit(

@@ -24,10 +24,14 @@ MAX_FILE_BYTES = 50 * 1024 * 1024
 # Spark counts 4 MB per file when packing partitions, so 2,000 photos of 5-50 KB make 60+ tiny tasks;
 # at 256 KB per file they pack into a few tasks per core, and a cluster still gets one task per core.
 FILE_OPEN_COST_BYTES = 256 * 1024
-# At least this many read tasks per core: cores take tasks as they finish, so the last wave leaves a core idle
+# Up to this many read tasks per core: cores take tasks as they finish, so the last wave leaves a core idle
 # for a fraction of a task, not for a fifth of the day (200 phone photos made 5 tasks on 2 cores: the fifth
 # ran alone for 1.7 s).
 TASKS_PER_CORE = 4
+# ...but no fewer bytes of originals a task than this: a task costs ~10 ms of driver and executor CPU
+# whatever it holds (the Hadoop conf it deserialises, its writers), more than a few thumbnails take to
+# decode; 4 MB of phone photos decode in ~0.1 s a core.
+MIN_TASK_BYTES = 4 * 1024 * 1024
 # Bytes of originals per Arrow batch sent to a Python worker: Spark's 10,000 records a batch would be 25 GB
 # of phone photos; 32 MB keeps a worker (batch, its pandas copy, decoders) well under 600 MB.
 ARROW_BATCH_BYTES = 32 * 1024 * 1024
@@ -59,6 +63,12 @@ class IngestParams:
     max_pixels: int = images.MAX_PIXELS
     # counts the files the UDF decodes: each exactly once, whatever the plan (tests and stats read it)
     rows_inspected: Accumulator | None = None
+
+
+def read_tasks(listed_bytes: int, cores: int) -> int:
+    """The read tasks a day gets (Spark's ``minPartitionNum``): ``TASKS_PER_CORE`` a core for a day that
+    fills them with ``MIN_TASK_BYTES`` each, fewer for a small day, never fewer than one a core."""
+    return max(cores, min(TASKS_PER_CORE * cores, -(-listed_bytes // MIN_TASK_BYTES)))
 
 
 def records_per_batch(listed_bytes: int, listed_files: int) -> int:
@@ -274,13 +284,14 @@ def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
     spark = SparkSession.builder.appName("fruits-ingest").getOrCreate()
     spark.conf.set("spark.sql.files.openCostInBytes", str(FILE_OPEN_COST_BYTES))
-    spark.conf.set(
-        "spark.sql.files.minPartitionNum", str(TASKS_PER_CORE * spark.sparkContext.defaultParallelism)
-    )
     listing = check_paths(spark, args.input, args.output)
     layout = Layout(args.output, args.dt, staged=True)
-    files, unlisted = extract(spark, args.input, listing)
     listed_bytes = sum(listed.length for listed in listing)
+    spark.conf.set(
+        "spark.sql.files.minPartitionNum",
+        str(read_tasks(listed_bytes, spark.sparkContext.defaultParallelism)),
+    )
+    files, unlisted = extract(spark, args.input, listing)
     spark.conf.set(
         "spark.sql.execution.arrow.maxRecordsPerBatch", str(records_per_batch(listed_bytes, len(listing)))
     )

@@ -34,8 +34,10 @@ def images(tmp_path_factory, sample_dir: Path) -> Path:
     return copy_sample(sample_dir, tmp_path_factory.mktemp("images"), IMAGES_PER_LABEL)
 
 
-def asset_events(alias: str, run_id: str | None = None) -> list:
-    """Every event emitted through ``alias`` (by the DAG run ``run_id`` where given), oldest first."""
+def asset_events(alias: str, run_id: str | None = None, since: int = 0) -> list:
+    """Every event emitted through ``alias`` (by the DAG run ``run_id`` where given), oldest first, of those
+    after the event ``since`` (``latest_event_id()``): the test files of one process share an Airflow DB,
+    and ``dag.test()`` gives every run of a DAG at one logical date the same run id."""
     from airflow.models.asset import AssetAliasModel, AssetEvent
     from airflow.utils.session import create_session
     from sqlalchemy import select
@@ -43,7 +45,7 @@ def asset_events(alias: str, run_id: str | None = None) -> list:
     with create_session() as session:
         events = session.scalars(
             select(AssetEvent)
-            .where(AssetEvent.source_aliases.any(AssetAliasModel.name == alias))
+            .where(AssetEvent.source_aliases.any(AssetAliasModel.name == alias), AssetEvent.id > since)
             .order_by(AssetEvent.id)
         ).all()
         return [
@@ -51,6 +53,16 @@ def asset_events(alias: str, run_id: str | None = None) -> list:
             for event in events
             if run_id is None or event.source_run_id == run_id
         ]
+
+
+def latest_event_id() -> int:
+    """The id of the Airflow DB's latest asset event (0: none yet)."""
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+    from sqlalchemy import func, select
+
+    with create_session() as session:
+        return session.scalar(select(func.max(AssetEvent.id))) or 0
 
 
 def why_failed(dagrun, output: Path) -> str:

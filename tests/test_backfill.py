@@ -15,7 +15,7 @@ from fruits_platform.aws import backfill
 from fruits_platform.aws.refusal import GuardRefused
 from fruits_spark.contract import STEP_NAMES
 from tests.dags import load_dag
-from tests.test_assets import asset_events
+from tests.test_assets import asset_events, latest_event_id
 from tests.test_dag_emr import (  # noqa: F401 - aws, runner: fixtures
     BUCKET,
     LOGICAL_DATE,
@@ -279,6 +279,7 @@ def test_a_range_on_one_cluster_writes_every_day_and_reuses_across_days(
     conf = base_conf(random_weights, from_dt=RUN_DAYS[0], to_dt=RUN_DAYS[-1], k=2)
 
     # a run id of its own: the other range test's run stays in the session's Airflow DB
+    since = latest_event_id()
     dagrun = backfill_dag.test(run_after=dt.datetime(2026, 11, 10, 3, tzinfo=dt.UTC), run_conf=conf)
 
     states = {ti.task_id: ti.state for ti in dagrun.get_task_instances()}
@@ -304,7 +305,7 @@ def test_a_range_on_one_cluster_writes_every_day_and_reuses_across_days(
         assert reuse(day) == (2, 1, 1, {previous: 1}, 1), day
     # one features and one pca event per day, each naming its day's partition
     for alias, dataset in (("fruits_features", "features"), ("fruits_pca", "pca")):
-        events = [(uri, extra) for uri, extra, run_id in asset_events(alias) if run_id == dagrun.run_id]
+        events = [(uri, extra) for uri, extra, _ in asset_events(alias, dagrun.run_id, since)]
         assert [(uri, extra["dt"], extra["rows"]) for uri, extra in events] == [
             (f"s3://{BUCKET}/outputs/{dataset}", day, 2) for day in RUN_DAYS
         ]

@@ -21,7 +21,7 @@ from moto import mock_aws
 from fruits_spark.contract import PROVISIONAL_MODEL, STEP_NAMES
 from tests.emr_runner import EmrStepRunner
 from tests.inprocess import QUALITY_OFF
-from tests.test_assets import asset_events
+from tests.test_assets import asset_events, latest_event_id
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DAG_FILE = PROJECT_ROOT / "dags" / "fruits_features_emr.py"
@@ -212,6 +212,7 @@ def test_success_runs_the_plan_terminates_and_the_next_day_reuses_it(
     """The steps run in process: each staged entry script as spark-submit runs it (tests.inprocess). Then the
     next day's run, on the same bucket, reuses this day's features (one run of the DAG less than a test of
     its own)."""
+    since = latest_event_id()
     dagrun, states = run_dag(emr_dag, base_conf(random_weights), dt.datetime(2026, 11, 6, 3, tzinfo=dt.UTC))
 
     assert dagrun.state == "success", states
@@ -270,7 +271,7 @@ def test_success_runs_the_plan_terminates_and_the_next_day_reuses_it(
     # the day's asset events at the real location, with what a consumer needs; the report one click away
     report = json.loads(aws.get_object(Bucket=BUCKET, Key="outputs/report.json")["Body"].read())
     for alias, dataset in (("fruits_features", "features"), ("fruits_pca", "pca")):
-        events = [event for event in asset_events(alias) if event[2] == dagrun.run_id]
+        events = asset_events(alias, dagrun.run_id, since)
         assert [(uri, extra["dt"], extra["rows"]) for uri, extra, _ in events] == [
             (f"s3://{BUCKET}/outputs/{dataset}", UPLOAD_DAY, uploaded)
         ]

@@ -25,7 +25,7 @@ from fruits_platform.pipeline import PY_FILES_ZIP, PipelineParams, plan
 from fruits_spark import contract
 from tests.dags import load_dag
 from tests.inprocess import QUALITY_OFF, QUALITY_OFF_ARGS
-from tests.test_assets import asset_events
+from tests.test_assets import asset_events, latest_event_id
 from tests.test_dag_emr import BUCKET, UPLOAD_DAY, aws, base_conf, keys, run_dag, runner, uploaded, xcom
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -168,11 +168,12 @@ def test_the_toy_step_and_engine_run_through_the_local_dag(
         "dt": DAY,
         **QUALITY_OFF,
     }
+    since = latest_event_id()
     dagrun = dag.test(run_conf=conf)
     assert dagrun.state == "success"
     report = json.loads((output / "reports" / f"dt={DAY}" / "report.json").read_text())
     assert_toy_day(output, DAY, report, labels=2)
-    (event,) = [extra for _, extra, run_id in asset_events("fruits_features") if run_id == dagrun.run_id]
+    ((_, event, _),) = asset_events("fruits_features", dagrun.run_id, since)
     assert event["datasets"]["toy"] == f"{(output / 'toy').resolve().as_uri()}/dt={DAY}"
     assert event["counts"]["toy_labels"] == 2
 
@@ -189,6 +190,7 @@ def test_the_toy_step_and_engine_run_through_the_emr_dag(
     dag = load_dag("fruits_features_emr")
     assert {"toy_min_rows", "engine"} <= set(dag.params)
     conf = base_conf(random_weights, engine="toy", input_size=96, k=2, toy_min_rows=3)
+    since = latest_event_id()
     dagrun, states = run_dag(dag, conf, dt.datetime(2026, 11, 6, 3, tzinfo=dt.UTC))
     assert dagrun.state == "success", states
     assert [run.name for run in runner.runs] == ORDER
@@ -208,7 +210,7 @@ def test_the_toy_step_and_engine_run_through_the_emr_dag(
     report = json.loads(aws.get_object(Bucket=BUCKET, Key=f"{output}report.json")["Body"].read())
     assert report["counts"]["toy_labels"] == 3  # three labels of three images each
     assert "toy" in report["published"]
-    (event,) = [extra for _, extra, run_id in asset_events("fruits_features") if run_id == dagrun.run_id]
+    ((_, event, _),) = asset_events("fruits_features", dagrun.run_id, since)
     assert event["datasets"]["toy"] == f"s3://{BUCKET}/{output}toy/dt={UPLOAD_DAY}"
 
 

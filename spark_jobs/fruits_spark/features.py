@@ -198,11 +198,11 @@ def main(argv: list[str] | None = None) -> None:
     # nothing left to infer: no UDF at all, so no worker imports TensorFlow or builds the model
     featurized = transform(curated, params) if reused.n_to_infer else reuse.as_featurized(reused).limit(0)
     print(f"features: {reused.n_to_infer} images to embed with {args.engine}, {reused.n_reused} reused")
-    # Spark merges the accumulator as tasks finish: progress lines while the outputs are written
     # a day that reuses nothing writes the UDF's partitions alone: the empty reused frame's would each be
     # one more task, with its Hadoop conf and writer, in every job below
     if reused.n_reused:
         featurized = featurized.unionByName(reuse.as_featurized(reused))
+    # Spark merges the accumulator as tasks finish: progress lines while the outputs are written
     with Progress("features", reused.n_to_infer, lambda: params.rows_inferred.value):
         stats = load(featurized, layout, params.embedding)
     if not stats["ok"]:

@@ -172,6 +172,17 @@ def dag_test_polls_every(seconds: float) -> Iterator[None]:
 
 
 @pytest.fixture
+def local_dag_in_process(spark, monkeypatch):
+    """The local DAG's ``spark_steps`` runs its plan on the test session (tests.inprocess) instead of a
+    spark-submit of its own: what the DAG is tested for is its plan, lease and outcome; the spark-submit is
+    ``fruits run-local``'s (tests/test_run_local.py) and the UI test's (tests/browser), the same executor."""
+    from fruits_platform.local import runner
+    from tests.inprocess import in_process_executor
+
+    monkeypatch.setattr(runner, "spark_submit", in_process_executor)
+
+
+@pytest.fixture
 def emr_dag(airflow_db, monkeypatch):
     """fruits_features_emr as the scheduler parses it, with 1 s sensor pokes and aws_default carrying the
     region (the DAG tests and the IAM test)."""

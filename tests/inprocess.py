@@ -4,7 +4,8 @@ A spark-submit pays a JVM, a SparkSession and fresh Python workers (each importi
 engine) before the first row: ~15 s a step on this 2-core machine, which made most of the suite's time.
 The steps' ``main(argv)`` take ``SparkSession.builder.getOrCreate()``, so here they run on the ``spark``
 fixture's session instead: a run's plan (``pipeline.plan``) through ``fruits_spark.local_app``, what
-``fruits run-local`` submits; an EMR step's entry script as spark-submit would run it (``run_script``).
+``fruits run-local`` submits; an EMR step's entry script as spark-submit would run it (``run_script``); the
+local DAG's task, its runner's executor swapped for this session (``in_process_executor``).
 What spark-submit itself adds keeps its own tests: the exit code and the class archive in
 ``tests/test_run_local.py``'s CLI runs; the staged zip, file for file the installed package, and every
 EMR step's command line parsed by its job in ``tests/test_records.py``.
@@ -79,6 +80,18 @@ def run_steps(steps: Sequence[SparkStep], sink) -> int:
     failure's one-line reason or traceback) is written to ``sink``."""
     with printed_to(sink):
         return local_app.main([json.dumps([[step.name, list(step.args)] for step in steps])])
+
+
+def in_process_executor(steps: Sequence[SparkStep], artifacts, master, conf, lines) -> int:
+    """``fruits_platform.local.runner.spark_submit``'s stand-in: the same entries of the plan, on this
+    process's session (``master`` and ``conf`` are the test session's); what they printed then goes to the
+    runner's ``lines``, line by line (after the run: the runner echoes with print, which here would come
+    back to the steps' sink); ``local_app``'s exit code."""
+    output = io.StringIO()
+    code = run_steps(steps, output)
+    for line in output.getvalue().splitlines(keepends=True):
+        lines(line)
+    return code
 
 
 def run_pipeline(params: PipelineParams | Mapping) -> tuple[int, str]:

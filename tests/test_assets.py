@@ -128,6 +128,7 @@ def xcom(dag_id: str, run_id: str, task_id: str):
         return XComModel.deserialize_value(row) if row else None
 
 
+@pytest.mark.usefixtures("local_dag_in_process")
 def test_a_local_run_publishes_its_day_and_the_consumer_reads_it(
     airflow_db, images, random_weights, tmp_path
 ):

@@ -264,6 +264,22 @@ def test_a_range_over_the_day_a_daily_run_holds_fails_at_once_naming_it(
 RUN_DAYS = RANGE_DAYS[:2]
 
 
+def features_by_hash(s3, day: str) -> dict[str, bytes]:
+    """A day's features on S3, as the bytes of each photo's vector, by content hash."""
+    import io
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    rows = [
+        row
+        for key in keys(s3, f"outputs/features/dt={day}/")
+        if key.endswith(".parquet")
+        for row in pq.read_table(io.BytesIO(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())).to_pylist()
+    ]
+    return {row["content_hash"]: np.asarray(row["features"], dtype=np.float32).tobytes() for row in rows}
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("aws", "runner")  # in this order: the runner's S3 client is made under moto
 def test_a_range_on_one_cluster_writes_every_day_and_reuses_across_days(
@@ -303,6 +319,13 @@ def test_a_range_on_one_cluster_writes_every_day_and_reuses_across_days(
     assert reuse(RUN_DAYS[0]) == (2, 2, 0, {}, 2)
     for previous, day in itertools.pairwise(RUN_DAYS):
         assert reuse(day) == (2, 1, 1, {previous: 1}, 1), day
+        # found through the bucket (index, _SUCCESS markers and partitions survive the round trip), and the
+        # reused row copied bit for bit
+        assert f"outputs/features_index/dt={previous}/_SUCCESS" in keys(s3, "outputs/features_index/")
+        earlier, later = features_by_hash(s3, previous), features_by_hash(s3, day)
+        (shared,) = set(earlier) & set(later)
+        assert later[shared] == earlier[shared]
+    assert keys(s3, "outputs/_staging/") == []  # each day's staged copy is removed once the day is written
     # one features and one pca event per day, each naming its day's partition
     for alias, dataset in (("fruits_features", "features"), ("fruits_pca", "pca")):
         events = [(uri, extra) for uri, extra, _ in asset_events(alias, dagrun.run_id, since)]

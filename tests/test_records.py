@@ -149,6 +149,7 @@ def test_the_toy_step_and_engine_run_through_fruits_run_local(tmp_path, sample_d
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("local_dag_in_process")
 def test_the_toy_step_and_engine_run_through_the_local_dag(
     toy_records, airflow_db, tmp_path, sample_dir, random_weights
 ):

@@ -236,6 +236,7 @@ def test_two_runs_of_one_day_at_once_never_mix(mixed_run, sample_dir, random_wei
     )
     output = tmp_path / "out"
     args = ["--output", str(output), "--dt", DAY_ONE, "--weights", str(random_weights), "--k", "2"]
+    args += QUALITY_OFF_ARGS  # not what this is about
     # the first on the default path (no --master: sized to this machine), the second as the others
     first = subprocess.Popen(
         [FRUITS, "run-local", "--input", str(first_in), *args],

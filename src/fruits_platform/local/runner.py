@@ -116,6 +116,24 @@ class _StepLines:
                 self.echo(line.rstrip())
 
 
+def spark_submit(
+    steps: list[SparkStep], artifacts: Path, master: str, conf: Mapping[str, str], lines: _StepLines
+) -> int:
+    """The local executor: one spark-submit of ``local_app`` running ``steps``, which ends with it; each line
+    it prints goes to ``lines`` (the run's log first gets the command). Returns its exit code. (The tests run
+    the same steps on their own session instead: tests/inprocess.py's ``in_process_executor``.)"""
+    with class_archive() as archive_flags:
+        command = local_app_args(steps, artifacts, master, {**conf, **driver_java_conf(*archive_flags)})
+        lines.log.write(" ".join(command) + "\n")
+        lines.log.flush()
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=spark_env(), text=True, bufsize=1
+        )
+        for line in process.stdout:
+            lines(line)
+        return process.wait()
+
+
 def run_steps(
     params: RunValues,
     names: list[str],
@@ -141,20 +159,11 @@ def run_steps(
     with (
         lease.holding(values["output"], values["dt"], holder, ttl_seconds=LOCAL_LEASE_SECONDS) as held,
         log.open("w") as handle,
-        class_archive() as archive_flags,
     ):
         if held.taken_over:
             echo(held.taken_over)
         lines = _StepLines(handle, echo, names[0])
-        command = local_app_args(steps, artifacts, master, {**conf, **driver_java_conf(*archive_flags)})
-        handle.write(" ".join(command) + "\n")
-        handle.flush()
-        process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=spark_env(), text=True, bufsize=1
-        )
-        for line in process.stdout:
-            lines(line)
-        returncode = process.wait()
+        returncode = spark_submit(steps, artifacts, master, conf, lines)
     if returncode != 0:
         reason = failure_reason(lines.current, "".join(lines.section))
         raise StepFailed(lines.current, returncode, log, reason)

@@ -133,15 +133,33 @@ def sample_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def airflow_db() -> Iterator[str]:
-    """A migrated Airflow metadata DB (SQLite) in a throw-away AIRFLOW_HOME, for dag.test()."""
-    subprocess.run(
-        [str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
-        check=True,
-        capture_output=True,
-        env=os.environ.copy(),
-    )
+    """A migrated Airflow metadata DB (SQLite) in a throw-away AIRFLOW_HOME, for dag.test(): a copy of one
+    ``airflow db migrate`` made once for the whole run (by the first worker to need it, under a lock)."""
+    shutil.copyfile(migrated_db(), Path(_AIRFLOW_HOME) / "airflow.db")
     with dag_test_polls_every(0.1):
         yield _AIRFLOW_HOME
+
+
+def migrated_db() -> Path:
+    """An empty, migrated metadata DB in the run's cache; the copies start from it."""
+    import fcntl
+
+    folder = Path(_CACHE) / "airflow-db"
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / "airflow.db"
+    with open(folder / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not final.exists():
+            home = Path(tempfile.mkdtemp(prefix="migrate-", dir=folder))
+            subprocess.run(
+                [str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
+                check=True,
+                capture_output=True,
+                env={**os.environ, "AIRFLOW_HOME": str(home)},
+            )
+            os.replace(home / "airflow.db", final)
+            shutil.rmtree(home)
+    return final
 
 
 @contextlib.contextmanager

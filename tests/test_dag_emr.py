@@ -21,7 +21,7 @@ from moto import mock_aws
 from fruits_spark.contract import PROVISIONAL_MODEL, STEP_NAMES
 from tests.emr_runner import EmrStepRunner
 from tests.inprocess import QUALITY_OFF
-from tests.test_assets import asset_events, latest_event_id
+from tests.test_assets import asset_events
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DAG_FILE = PROJECT_ROOT / "dags" / "fruits_features_emr.py"
@@ -206,11 +206,13 @@ def assert_refused_before_cluster(dagrun, states, task_id: str, reason: str, out
 
 
 # -- success ----------------------------------------------------------------------------------------------
-def test_success_runs_the_plan_and_terminates(emr_dag, aws, uploaded, runner, random_weights):
-    """The steps run in process: each staged entry script as spark-submit runs it (tests.inprocess). Reuse
-    of an earlier day's features from S3: tests/test_backfill.py's range, whose days run the same steps."""
-    since = latest_event_id()
-    dagrun, states = run_dag(emr_dag, base_conf(random_weights), dt.datetime(2026, 11, 6, 3, tzinfo=dt.UTC))
+def assert_a_successful_run(dagrun, states: dict, runner, aws, emr, since: int, uploaded: int) -> None:
+    """What a successful run of the day UPLOAD_DAY leaves, read with the clients ``aws`` (S3) and ``emr``.
+    The success run itself is tests/test_iam_policy.py's, made as the identity holding exactly the stack's
+    Airflow policy (one DAG run for both). Its steps run in process: each staged entry script as
+    spark-submit runs it (tests.inprocess). Reuse of an earlier day's features from S3 is
+    tests/test_backfill.py's range, whose days run the same steps."""
+    from fruits_platform.aws.cluster import CLUSTER_NAME_PREFIX
 
     assert dagrun.state == "success", states
     assert [run.name for run in runner.runs] == list(STEP_NAMES)
@@ -232,8 +234,9 @@ def test_success_runs_the_plan_and_terminates(emr_dag, aws, uploaded, runner, ra
     features_args = xcom(dagrun, "cluster_spec")["steps"][1]["HadoopJarStep"]["Args"]
     assert features_args[features_args.index("--weights") + 1] == staged["weights_uri"]
 
-    (cluster,) = clusters()
-    emr = boto3.client("emr", region_name=REGION)
+    # one cluster for the run (another team's, named otherwise, may share the account)
+    (cluster,) = [c for c in emr.list_clusters()["Clusters"] if c["Name"].startswith(CLUSTER_NAME_PREFIX)]
+    assert cluster["Id"] == xcom(dagrun, "create_cluster")
     described = emr.describe_cluster(ClusterId=cluster["Id"])["Cluster"]
     assert described["Status"]["State"] == "TERMINATED"
     tags = {tag["Key"]: tag["Value"] for tag in described["Tags"]}

@@ -39,6 +39,7 @@ from moto.core import DEFAULT_ACCOUNT_ID, enable_iam_authentication
 from fruits_platform.aws.cluster import cluster_tags
 from fruits_platform.aws.settings import DEFAULT_OUTPUT_PREFIX
 from tests.emr_runner import EmrStepRunner
+from tests.test_assets import latest_event_id
 from tests.test_dag_emr import (
     BUCKET,
     IMAGES_PER_LABEL,
@@ -49,6 +50,7 @@ from tests.test_dag_emr import (
     REGION,
     SERVICE_ROLE,
     UPLOAD_DAY,
+    assert_a_successful_run,
     base_conf,
     create_bucket,
     create_subnet,
@@ -229,6 +231,18 @@ def iam_semantics(monkeypatch):
     )
 
 
+READ_EVERYTHING = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {
+            "Effect": "Allow",
+            "Action": ["s3:Get*", "s3:List*", "elasticmapreduce:Describe*", "elasticmapreduce:List*"],
+            "Resource": "*",
+        }
+    ],
+}
+
+
 def user_with_policy(iam, name: str, document: dict) -> dict[str, str]:
     iam.create_user(UserName=name)
     arn = iam.create_policy(PolicyName=f"{name}-policy", PolicyDocument=json.dumps(document))["Policy"]["Arn"]
@@ -269,6 +283,8 @@ def enforced(monkeypatch, sample_dir):
         monkeypatch.setenv("FRUITS_TEST_OTHER_CLUSTER", other)
         iam = boto3.client("iam", region_name=REGION)
         identities = {name: user_with_policy(iam, f"fruits-{name}", doc) for name, doc in policies.items()}
+        # the test's own reads of what a run left (not the DAG's: it runs as "airflow")
+        identities["checks"] = user_with_policy(iam, "fruits-test-checks", READ_EVERYTHING)
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", identities["airflow"]["aws_access_key_id"])
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", identities["airflow"]["aws_secret_access_key"])
         with enable_iam_authentication():
@@ -297,7 +313,9 @@ def denied(call) -> bool:
 # -- the tests ----------------------------------------------------------------------------------------------
 def test_the_dag_runs_with_exactly_the_airflow_policy(emr_dag, enforced, tmp_path, random_weights, spark):
     """Every AWS call of a successful run (guards, staging, cluster, steps, teardown, report) is allowed to
-    the Airflow identity; every S3 call of the steps is allowed to the node identity."""
+    the Airflow identity; every S3 call of the steps is allowed to the node identity. The run is also the
+    EMR DAG's success test: what it leaves is checked by tests/test_dag_emr.py's assert_a_successful_run."""
+    since = latest_event_id()
     with EmrStepRunner(tmp_path / "emr", credentials=enforced["node"], in_process=True) as runner:
         dagrun = emr_dag.test(
             run_after=dt.datetime(2026, 11, 8, 3, tzinfo=dt.UTC),
@@ -307,6 +325,15 @@ def test_the_dag_runs_with_exactly_the_airflow_policy(emr_dag, enforced, tmp_pat
     states = {ti.task_id: ti.state for ti in dagrun.get_task_instances()}
 
     assert dagrun.state == "success", states
+    assert_a_successful_run(
+        dagrun,
+        states,
+        runner,
+        client("s3", enforced["checks"]),
+        client("emr", enforced["checks"]),
+        since,
+        len(LABELS) * IMAGES_PER_LABEL,
+    )
     # the cluster was created with its tags and idle timeout, which AWS authorises separately
     assert set(getattr(_request, "creation_checks", [])) == set(CREATION_TIME_ACTIONS.values())
     summary = xcom(dagrun, "report_cost")

@@ -200,9 +200,12 @@ def run_id_of(run_url: str) -> str:
 
 
 def wait_for_end(stack, page, run_url: str) -> str:
+    """The run's state once it ended, as its page shows it; meanwhile the REST API is asked every 5 s (a
+    reload of the run's page each time cost Chromium and the api-server more than the run's tasks)."""
     deadline = time.monotonic() + RUN_DONE_SECONDS
     dag_id = run_url.split("/dags/")[1].split("/")[0]
-    state = run_state(page, run_url)
+    run_path = f"/dags/{dag_id}/dagRuns/{run_id_of(run_url)}"
+    state = api(stack, run_path)["state"]
     while state not in ("success", "failed"):
         # the scheduler never starts a paused DAG's queued run: say so now rather than after the deadline
         assert state != "queued" or not api(stack, f"/dags/{dag_id}")["is_paused"], (
@@ -211,9 +214,11 @@ def wait_for_end(stack, page, run_url: str) -> str:
         assert time.monotonic() < deadline, (
             f"the run is still {state!r} after {RUN_DONE_SECONDS} s: {run_url}"
         )
-        time.sleep(10)
-        state = run_state(page, run_url)
-    return state
+        time.sleep(5)
+        state = api(stack, run_path)["state"]
+    shown = run_state(page, run_url)
+    assert shown == state, f"the API says {state}, the run's page {shown}: {run_url}"
+    return shown
 
 
 def unpause(stack, page, dag_id: str) -> None:

@@ -91,6 +91,7 @@ from fruits_platform.local.airflow_server import (
 )
 from fruits_platform.local.processes import stop_processes
 from tests.corpus import copy_sample
+from tests.dags import PARSE_ONCE
 from tests.emr_runner import EmrStepRunner
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -605,7 +606,7 @@ class Rehearsal:
             say(f"MUTATION trigger-endpoint: the triggerer's AWS endpoint is http://{HOST}:{closed}, closed")
         stack = LocalAirflow(self.workdir / "airflow", ports[0], 2, ports[1], ports[2])
         base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AIRFLOW"))}
-        base.update(AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE="true", FRUITS_EMR_POKE_SECONDS="1")
+        base.update(AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE="true", FRUITS_EMR_POKE_SECONDS="1", **PARSE_ONCE)
         with unittest.mock.patch.dict(os.environ, base, clear=True):
             return stack, stack.env()
 

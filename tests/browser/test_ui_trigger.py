@@ -35,6 +35,7 @@ from fruits_platform.local.airflow_server import LocalAirflow, free_ports, wait_
 from fruits_platform.local.processes import stop_processes
 from fruits_spark.contract import QUALITY
 from tests.corpus import copy_sample
+from tests.dags import PARSE_ONCE
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -111,7 +112,7 @@ def stack(tmp_path_factory, artifacts: Path, random_weights: Path):
     local = LocalAirflow(home, port, 2, worker_log_port, trigger_log_port)
     # nothing of this pytest's own Airflow settings (tests/conftest.py) leaks into the stack
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    env.update(AIRFLOW_HOME=str(home), FRUITS_WEIGHTS=str(random_weights), **EMR_VARIABLES)
+    env.update(AIRFLOW_HOME=str(home), FRUITS_WEIGHTS=str(random_weights), **EMR_VARIABLES, **PARSE_ONCE)
     command = [
         sys.executable,
         "-m",

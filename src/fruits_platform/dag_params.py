@@ -3,11 +3,9 @@ the contract (``fruits_platform.forms``), the cluster's and the bucket's here.""
 
 from __future__ import annotations
 
-from airflow.sdk import Param
-
 from fruits_platform.aws import gdpr, pricing, shapes
 from fruits_platform.aws.settings import DEFAULT_OUTPUT_PREFIX
-from fruits_platform.forms import pipeline_params, refuse_unknown_keys, run_param
+from fruits_platform.forms import form_param, pipeline_params, refuse_unknown_keys, run_param
 
 __all__ = ["RANGE_PARAMS", "emr_params", "refuse_unknown_keys", "run_param"]
 
@@ -16,7 +14,7 @@ def emr_params() -> dict:
     """fruits_features_emr's params, and fruits_features_emr_backfill's with the range's days: built when
     a DAG file is parsed, from the contract as it is then (a registered step's params included)."""
     return {
-        "bucket": Param(
+        "bucket": form_param(
             None,
             type=["null", "string"],
             pattern=f"^$|{gdpr.BUCKET_NAME_PATTERN}",
@@ -53,7 +51,7 @@ def emr_params() -> dict:
             leave_out=("dt",),
         ),
         # auto: the cost guard chooses (aws.shapes: the cheapest shape that meets the night); a value pins it
-        "instance_type": Param(
+        "instance_type": form_param(
             shapes.AUTO,
             type="string",
             enum=[shapes.AUTO, *pricing.INSTANCE_TYPES],
@@ -61,14 +59,14 @@ def emr_params() -> dict:
             description="auto: the cheapest type that meets the deadline (Graviton *g types only for engines "
             "whose runtime has arm64 wheels: not tensorflow). A type pins it.",
         ),
-        "core_nodes": Param(
+        "core_nodes": form_param(
             shapes.AUTO,
             type=["string", "integer"],
             enum=[shapes.AUTO, *range(shapes.MAX_CORE_NODES + 1)],
             title="Core nodes",
             description="auto: chosen with the type; 0: a single-node cluster; a number pins it.",
         ),
-        "use_spot": Param(
+        "use_spot": form_param(
             shapes.AUTO,
             type=["string", "boolean"],
             enum=[shapes.AUTO, True, False],
@@ -76,7 +74,7 @@ def emr_params() -> dict:
             description="auto: chosen with the type (the primary node is always On-Demand); true/false "
             "pins it.",
         ),
-        "region": Param(
+        "region": form_param(
             "eu-west-3",
             type="string",
             pattern=r"^[a-z]{2}(-[a-z]+)+-\d$",
@@ -84,7 +82,7 @@ def emr_params() -> dict:
             description="Must be an EU region (GDPR guard), the bucket's region, and the aws_default "
             "connection's region_name extra.",
         ),
-        "budget_eur": Param(
+        "budget_eur": form_param(
             10,
             type="number",
             minimum=0,
@@ -97,14 +95,14 @@ def emr_params() -> dict:
 
 # the days of fruits_features_emr_backfill (aws.backfill.days_in_range checks them)
 RANGE_PARAMS = {
-    "from_dt": Param(
+    "from_dt": form_param(
         "",
         type="string",
         pattern=r"^\d{4}-\d{2}-\d{2}$",
         title="From upload day",
         description="First upload day of the range (YYYY-MM-DD): uploads/dt=<day>/.",
     ),
-    "to_dt": Param(
+    "to_dt": form_param(
         "",
         type="string",
         pattern=r"^\d{4}-\d{2}-\d{2}$",

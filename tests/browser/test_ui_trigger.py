@@ -65,6 +65,8 @@ EMR_VARIABLES = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_EC2_METADATA_DISABLED": "true",
+    # one attempt: botocore's retries of a refused connection only delay the failure this test waits for
+    "AWS_MAX_ATTEMPTS": "1",
 }
 IMAGES_PER_LABEL = 2
 # bounds of the waits below: generous, the machine is shared (2 cores, other test runs)
@@ -201,11 +203,13 @@ def run_id_of(run_url: str) -> str:
 
 
 def wait_for_end(stack, page, run_url: str) -> str:
-    """The run's state once it ended, as its page shows it; meanwhile the REST API is asked every 5 s (a
-    reload of the run's page each time cost Chromium and the api-server more than the run's tasks)."""
+    """The run's state once it ended, as its page shows it; meanwhile the REST API is asked every 5 s, and
+    the browser shows a blank page: an open Airflow page polls the api-server and re-renders every few
+    seconds, and cost Chromium and the api-server more CPU than the run's tasks."""
     deadline = time.monotonic() + RUN_DONE_SECONDS
     dag_id = run_url.split("/dags/")[1].split("/")[0]
     run_path = f"/dags/{dag_id}/dagRuns/{run_id_of(run_url)}"
+    page.goto("about:blank")
     state = api(stack, run_path)["state"]
     while state not in ("success", "failed"):
         # the scheduler never starts a paused DAG's queued run: say so now rather than after the deadline

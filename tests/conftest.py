@@ -80,8 +80,8 @@ def spark():
     from fruits_platform.local.spark_settings import driver_java_conf, local_session
 
     # the local runs' settings, smaller: two test processes share the machine. The serial collector: G1's
-    # concurrent threads took ~1.5 CPU-s a whole run of this session's JVM, the serial one ~0.5 (per-thread CPU,
-    # docs/BENCHMARKS.md), CPU the other test process needs; a test session does not mind its pauses
+    # threads took ~1.5 CPU-s a whole run of this session's JVM, the serial one ~0.4 (docs/BENCHMARKS.md),
+    # CPU the other test process needs; a test session does not mind its pauses
     session = local_session(
         "local[2]",
         "fruits-tests",

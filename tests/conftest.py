@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -110,20 +110,28 @@ def random_weights() -> Path:
 
 
 def shared_random_backbone(seed: int) -> Path:
-    """``save_random_backbone`` once for the whole run: the first worker writes it, under a lock, and the
-    others read its file."""
+    """``save_random_backbone`` once for the whole run (``made_once``)."""
+    name = f"mobilenet_v2_random_{seed}.weights.h5"
+    return made_once("random-weights", name, lambda scratch: save_random_backbone(scratch, seed))
+
+
+def made_once(kind: str, name: str, make: Callable[[Path], Path]) -> Path:
+    """``<the run's cache>/kind/name``, made once for the whole run: the first worker to need it runs
+    ``make(scratch)`` under a lock (the file it returns, written in an empty scratch folder, is renamed into
+    place), and the others read it."""
     import fcntl
 
-    folder = Path(_CACHE) / "random-weights"
+    folder = Path(_CACHE) / kind
     folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"mobilenet_v2_random_{seed}.weights.h5"
-    with open(folder / f"{seed}.lock", "w") as lock:
+    final = folder / name
+    with open(folder / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not final.exists():
-            scratch = folder / f"{os.getpid()}"
-            scratch.mkdir(exist_ok=True)
-            os.replace(save_random_backbone(scratch, seed), final)
-            scratch.rmdir()
+            scratch = Path(tempfile.mkdtemp(prefix="make-", dir=folder))
+            try:
+                os.replace(make(scratch), final)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
     return final
 
 
@@ -149,25 +157,18 @@ def airflow_db() -> Iterator[str]:
 
 
 def migrated_db() -> Path:
-    """An empty, migrated metadata DB in the run's cache; the copies start from it."""
-    import fcntl
+    """An empty, migrated metadata DB in the run's cache (``made_once``); the copies start from it."""
 
-    folder = Path(_CACHE) / "airflow-db"
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / "airflow.db"
-    with open(folder / "lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not final.exists():
-            home = Path(tempfile.mkdtemp(prefix="migrate-", dir=folder))
-            subprocess.run(
-                [str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
-                check=True,
-                capture_output=True,
-                env={**os.environ, "AIRFLOW_HOME": str(home)},
-            )
-            os.replace(home / "airflow.db", final)
-            shutil.rmtree(home)
-    return final
+    def migrate(home: Path) -> Path:
+        subprocess.run(
+            [str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "AIRFLOW_HOME": str(home)},
+        )
+        return home / "airflow.db"
+
+    return made_once("airflow-db", "airflow.db", migrate)
 
 
 @contextlib.contextmanager

@@ -53,8 +53,33 @@ logging.getLogger("py4j").setLevel(logging.WARNING)
 for _name in ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
     os.environ.pop(_name, None)
 os.environ.update(
-    AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="eu-west-3"
+    AWS_ACCESS_KEY_ID="testing",
+    AWS_SECRET_ACCESS_KEY="testing",
+    AWS_DEFAULT_REGION="eu-west-3",
+    # moto's EC2 otherwise loads its catalogue of public AMIs into every fresh backend (each mock_aws() in
+    # each test that makes a subnet): nothing here starts an instance from one
+    MOTO_EC2_LOAD_DEFAULT_AMIS="false",
 )
+
+
+def _one_botocore_loader() -> None:
+    """Every botocore session of a test process reads botocore's data files through one loader. moto resets
+    boto3's default session at each mock_aws() and every Airflow hook makes a session of its own: each new
+    session read and parsed the same endpoints, partitions and service models again, ~40 s of CPU in
+    tests/test_dag_emr.py alone. The files are botocore's own and read-only; what the loader returns is
+    what a fresh one would (docs/BENCHMARKS.md, round 6)."""
+    import botocore.loaders
+    import botocore.session
+
+    shared = botocore.loaders.create_loader()
+
+    def register_data_loader(session) -> None:
+        session._components.lazy_register_component("data_loader", lambda: shared)
+
+    botocore.session.Session._register_data_loader = register_data_loader
+
+
+_one_botocore_loader()
 
 
 def pytest_unconfigure(config):

@@ -318,6 +318,12 @@ def test_the_datasets_are_published_counted_and_announced(days):
     pairs = [{k: r[k] for k in ("path", "other_path", "other_dt")} for r in rows["near_duplicates"]]
     assert report["counts"]["near_duplicate_groups"] == quality_report.count_groups(pairs, DAY)
     assert {r["other_dt"] for r in rows["near_duplicates"]} <= {DAY, EARLIER}
+    found = report["quality"]["near_duplicates"]
+    against_day_one = sum(r["other_dt"] == EARLIER for r in rows["near_duplicates"])
+    assert (found["within_day"], found["against_history"]) == (
+        len(rows["near_duplicates"]) - against_day_one,
+        against_day_one,
+    )
     # the photos edited after day one are found against it
     edited = {r["path"].rsplit("/", 1)[-1] for r in rows["near_duplicates"] if r["other_dt"] == EARLIER}
     assert {"edited_0.jpg", "edited_1.jpg"} <= edited

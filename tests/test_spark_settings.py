@@ -44,3 +44,34 @@ def test_a_heavier_engine_gets_fewer_workers():
 
 def test_this_machine_is_read_from_the_system():
     assert 256 < spark_settings.machine_memory_mb() < 2**24
+
+
+def probe_importers(batches):
+    """In a Python worker: invalidate the import caches as PySpark does before each task, and say whether
+    the zip archives' importers kept what they read, and whether a file added since imports."""
+    import importlib
+    import sys
+
+    import pandas as pd
+
+    for _ in batches:
+        pass
+    zips = [finder for finder in sys.path_importer_cache.values() if type(finder).__name__ == "zipimporter"]
+    before = [id(finder._files) for finder in zips]
+    importlib.invalidate_caches()
+    kept = [id(finder._files) for finder in zips] == before
+    added = importlib.import_module("added_since").VALUE
+    yield pd.DataFrame({"zips": [len(zips)], "kept": [kept], "added": [added]})
+
+
+def test_the_local_python_workers_keep_their_archives_and_import_what_a_job_adds(spark, tmp_path):
+    """The tests' session has the local settings: its workers run fruits_spark.python_daemon."""
+    module = tmp_path / "added_since.py"
+    module.write_text("VALUE = 'imported'\n")
+    spark.sparkContext.addPyFile(str(module))
+    schema = "zips int, kept boolean, added string"
+    probed = spark.range(1, numPartitions=1).mapInPandas(probe_importers, schema)
+    (row,) = probed.collect()
+    assert row.zips > 0  # pyspark.zip's importers, at least
+    assert row.kept
+    assert row.added == "imported"

@@ -486,11 +486,19 @@ def main(argv: list[str] | None = None) -> None:
     if args.near_duplicate_similarity:
         similarity = per_mille(args.near_duplicate_similarity)
         pairs = write(checks.near_duplicates(similarity), layout, NEAR_DUPLICATES)
-        n_pairs = pairs.count()
-        within = pairs.filter(F.col("other_dt") == layout.dt).count()
-        # streamed a partition at a time: a day of many near-identical photos has many pairs
+        # one pass over the written pairs, streamed a partition at a time (a day of many near-identical
+        # photos has many): the groups, and the counts as the pairs go by
+        tally = {"pairs": 0, "within": 0}
+
+        def counted(rows):
+            for row in rows:
+                tally["pairs"] += 1
+                tally["within"] += row["other_dt"] == layout.dt
+                yield row
+
         found = (row.asDict() for row in pairs.select("path", "other_path", "other_dt").toLocalIterator())
-        groups = quality_report.count_groups(found, layout.dt)
+        groups = quality_report.count_groups(counted(found), layout.dt)
+        n_pairs, within = tally["pairs"], tally["within"]
         stats.update(near_duplicate_pairs=n_pairs, near_duplicate_groups=groups)
         summary["near_duplicates"] = {
             "min_similarity": similarity,

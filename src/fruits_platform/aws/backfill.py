@@ -13,6 +13,7 @@ import ast
 import datetime as dt
 import json
 from collections.abc import Mapping, Sequence
+from functools import cached_property
 from typing import Any
 
 from airflow.providers.amazon.aws.hooks.emr import EmrHook
@@ -186,8 +187,13 @@ class RangeStepsSensor(BaseSensorOperator):
         self.timeout = float(self.timeout_seconds)
         return super().execute(context)
 
+    @cached_property
+    def emr(self):
+        # one client for all pokes: each new hook is a new boto3 session, which reads botocore's data again
+        return EmrHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).conn
+
     def poke(self, context) -> bool:
-        emr = EmrHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).conn
+        emr = self.emr
         ids = step_id_list(self.step_ids)
         steps = describe_steps(emr, self.job_flow_id, ids)
         ended = [i for i in ids if (steps.get(i) or {}).get("Status", {}).get("State") in ENDED_STEP_STATES]

@@ -29,6 +29,8 @@ LOCAL_SPARK_CONF = {
     "spark.sql.shuffle.partitions": "8",
     "spark.ui.enabled": "false",
     "spark.python.worker.reuse": "true",
+    # PySpark's daemon without the ~60 ms re-read of pyspark.zip before every Python task
+    "spark.python.daemon.module": "fruits_spark.python_daemon",
 }
 # A local driver JVM lives for a run, a minute or less: C2, the optimising JIT compiler, spends more CPU
 # compiling than its code saves before the exit, CPU the Python workers need on a laptop's few cores

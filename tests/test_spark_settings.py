@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import json
+import subprocess
+import sys
 
 import pytest
 
@@ -46,9 +49,17 @@ def test_this_machine_is_read_from_the_system():
     assert 256 < spark_settings.machine_memory_mb() < 2**24
 
 
-def probe_importers(batches):
-    """In a Python worker: invalidate the import caches as PySpark does before each task, and say whether
-    the zip archives' importers kept what they read, and whether a file added since imports."""
+# A local session of its own (the tests' shared one is whichever session its process made first): a Python
+# worker invalidates the import caches as PySpark does before each task, and says whether the zip archives'
+# importers kept what they read, and whether a file added since imports
+PROBE = """
+import json
+import sys
+
+from fruits_platform.local.spark_settings import local_session
+
+
+def probe(batches):
     import importlib
     import sys
 
@@ -64,14 +75,23 @@ def probe_importers(batches):
     yield pd.DataFrame({"zips": [len(zips)], "kept": [kept], "added": [added]})
 
 
-def test_the_local_python_workers_keep_their_archives_and_import_what_a_job_adds(spark, tmp_path):
-    """The tests' session has the local settings: its workers run fruits_spark.python_daemon."""
+spark = local_session("local[1]", "probe", {"spark.driver.memory": "1g"})
+spark.sparkContext.addPyFile(sys.argv[1])
+(row,) = spark.range(1, numPartitions=1).mapInPandas(probe, "zips int, kept boolean, added string").collect()
+print(json.dumps(row.asDict()))
+spark.stop()
+"""
+
+
+def test_the_local_python_workers_keep_their_archives_and_import_what_a_job_adds(tmp_path):
+    """A local session's workers run fruits_spark.python_daemon (with PySpark's own, ``kept`` is false)."""
     module = tmp_path / "added_since.py"
     module.write_text("VALUE = 'imported'\n")
-    spark.sparkContext.addPyFile(str(module))
-    schema = "zips int, kept boolean, added string"
-    probed = spark.range(1, numPartitions=1).mapInPandas(probe_importers, schema)
-    (row,) = probed.collect()
-    assert row.zips > 0  # pyspark.zip's importers, at least
-    assert row.kept
-    assert row.added == "imported"
+    completed = subprocess.run(
+        [sys.executable, "-c", PROBE, str(module)], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    row = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert row["zips"] > 0  # pyspark.zip's importers, at least
+    assert row["kept"]
+    assert row["added"] == "imported"

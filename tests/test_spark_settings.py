@@ -68,9 +68,9 @@ def probe(batches):
     for _ in batches:
         pass
     zips = [finder for finder in sys.path_importer_cache.values() if type(finder).__name__ == "zipimporter"]
-    before = [id(finder._files) for finder in zips]
+    before = [finder._files for finder in zips]
     importlib.invalidate_caches()
-    kept = [id(finder._files) for finder in zips] == before
+    kept = all(finder._files is read for finder, read in zip(zips, before))
     added = importlib.import_module("added_since").VALUE
     yield pd.DataFrame({"zips": [len(zips)], "kept": [kept], "added": [added]})
 

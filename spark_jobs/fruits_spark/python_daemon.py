@@ -4,7 +4,7 @@ zip archives' re-read before every task.
 Before each task PySpark's worker calls ``importlib.invalidate_caches()``, so that files a job added since
 (``addPyFile``) can be imported. On Python 3.11 that makes every zip importer read its archive's whole
 directory again, one importer per package imported from the archive: pyspark.zip's 793 entries a dozen
-times, ~60 ms of every Python task, a fifth of the Python workers' CPU in the test suite (docs/BENCHMARKS.md,
+times, ~60 ms of every Python task, a third of the Python workers' CPU in the test suite (docs/BENCHMARKS.md,
 round 6). The archives on a worker's path never change while it lives (pyspark.zip, py4j's, the jobs' zip
 under its content hash), so their importers keep what they read; a new archive gets a new importer, and
 folders' finders are still invalidated, as PySpark means them to be.

@@ -122,33 +122,37 @@ def lsh_planes(dimension: int) -> np.ndarray:
 
 def band_rows(batch: pd.DataFrame, planes: np.ndarray) -> pd.DataFrame:
     """content_hash, dt, band, key, unit: each row of ``batch`` once per band, with its BAND_BITS sign bits
-    in that band as one integer."""
+    in that band as one integer, and its unit vector as float32 bytes: PySpark turns an array column that
+    pandas returns into Python floats one at a time (1280 a row and band), bytes it passes as they are."""
     x = np.stack(batch["unit"].to_numpy())
     bits = (x @ planes.T > 0).reshape(len(x), BANDS, BAND_BITS).astype(np.int64)
     weights = (1 << np.arange(BAND_BITS)).astype(np.int64)
+    units = np.array([row.tobytes() for row in x.astype(np.float32)], dtype=object)
     return pd.DataFrame(
         {
             "content_hash": np.repeat(batch["content_hash"].to_numpy(), BANDS),
             "dt": np.repeat(batch["dt"].to_numpy(), BANDS),
             "band": np.tile(np.arange(BANDS, dtype=np.int32), len(x)),
             "key": (bits @ weights).ravel(),
-            "unit": list(np.repeat(x.astype(np.float32), BANDS, axis=0)),
+            "unit": np.repeat(units, BANDS),
         }
     )
 
 
-def band_keys(vectors: DataFrame) -> DataFrame:
-    """``band_rows`` of every row, on the executors."""
+def band_keys(vectors: DataFrame, units: bool = True) -> DataFrame:
+    """``band_rows`` of every row, on the executors; only their band and key unless ``units``."""
     dimension = len(vectors.select("unit").first()["unit"])
     shared = vectors.sparkSession.sparkContext.broadcast(lsh_planes(dimension))
+    columns = ["content_hash", "dt", "band", "key", "unit"] if units else ["band", "key"]
 
     def keys(batches):
         for batch in batches:
             if not batch.empty:
-                yield band_rows(batch, shared.value)
+                yield band_rows(batch, shared.value)[columns]
 
     arrays = vectors.select("content_hash", "dt", vector_to_array("unit", "float32").alias("unit"))
-    return arrays.mapInPandas(keys, "content_hash string, dt string, band int, key long, unit array<float>")
+    schema = "content_hash string, dt string, band int, key long, unit binary"
+    return arrays.mapInPandas(keys, schema if units else "band int, key long")
 
 
 def _bucket_pairs(day: str, min_similarity: float):
@@ -159,7 +163,8 @@ def _bucket_pairs(day: str, min_similarity: float):
     def compare(members: pd.DataFrame) -> pd.DataFrame:
         # in a fixed order and in double precision: the shuffle's order must not decide a near tie
         members = members.sort_values(["content_hash", "dt"], ignore_index=True)
-        vectors = np.stack(members["unit"].to_numpy()).astype(np.float64)
+        units = b"".join(members["unit"])
+        vectors = np.frombuffer(units, np.float32).reshape(len(members), -1).astype(np.float64)
         hashes, days = members["content_hash"].to_numpy(), members["dt"].to_numpy()
         mine = np.flatnonzero(days == day)
         found = []
@@ -208,12 +213,12 @@ def near_duplicates(day: DataFrame, history: DataFrame | None, min_similarity: f
     dt = day.select("dt").first()["dt"]
     everyone = day if history is None else day.unionByName(history)
     keyed = band_keys(everyone)
-    # only the buckets that hold a photo of the day can hold one of its pairs
-    wanted = keyed.filter(F.col("dt") == dt).select("band", "key").distinct()
+    if history is not None:
+        # only the buckets that hold a photo of the day can hold one of its pairs
+        keyed = keyed.join(band_keys(day, units=False).distinct(), ["band", "key"], "left_semi")
     schema = ", ".join(f"{name} {kind}" for name, kind in PAIR_COLUMNS.items())
     pairs = (
-        keyed.join(wanted, ["band", "key"], "left_semi")
-        .groupBy("band", "key")
+        keyed.groupBy("band", "key")
         .applyInPandas(_bucket_pairs(dt, min_similarity), schema)
         # a pair in several bands once; a photo of the history seen on several days once, its earliest day
         .groupBy("content_hash", "other_hash")

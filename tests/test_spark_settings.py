@@ -1,4 +1,4 @@
-"""A local run's memory follows the machine: the driver's heap and the Python workers it starts."""
+"""A local run's memory follows the machine: the Python workers it starts beside the driver."""
 
 from __future__ import annotations
 
@@ -29,12 +29,13 @@ def test_a_run_stays_within_its_share_of_the_machine(engine, machine_gib, cores)
     assert sizing.master == f"local[{sizing.workers}]"
 
 
-def test_a_bigger_machine_gets_more_workers_and_heap_never_less():
+def test_a_bigger_machine_gets_more_workers_and_the_same_heap():
     onnx = next(engine for engine in ENGINES if engine.name == "onnx")
     runs = [sized(onnx.worker_peak_mb, gib * GIB, 16) for gib in (4, 8, 16, 32, 64)]
     for smaller, bigger in itertools.pairwise(runs):
         assert bigger.workers >= smaller.workers
-        assert bigger.driver_mb >= smaller.driver_mb
+        # a bigger heap held more garbage, not more speed
+        assert bigger.driver_mb == smaller.driver_mb
     # a laptop of 8 GiB with 16 cores does not start 16 Python workers of 600 MB
     assert runs[1].workers < 16
     assert runs[-1].workers == 16

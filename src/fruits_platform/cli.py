@@ -62,7 +62,7 @@ def _register_run_local(commands) -> None:
         "--master",
         default=None,
         help="Spark master; by default local[N], N the cores whose Python workers fit in half this machine's "
-        "memory (the driver's heap sized the same way)",
+        "memory beside the driver's 1 GiB heap",
     )
     local.set_defaults(handler=_run_local)
 

@@ -14,14 +14,15 @@ from pathlib import Path
 LOCAL_MASTER = "local[*]"
 
 # A local run shares the machine with its user (a browser, an IDE, a notebook): it sizes itself to this
-# share of the machine's memory. The driver's heap is a quarter of that share, within these bounds: below
-# 1 GiB the PCA fit and Arrow's batches have no room; above 2 GiB a heap mostly grows garbage between two
-# collections (whether 2 GiB costs speed at 20,000 images is still to be measured: docs/BENCHMARKS.md,
-# round 4).
+# share of the machine's memory, one Python worker per core while their peaks fit in it.
 MEMORY_SHARE = 0.5
-DRIVER_HEAP_MB = (1024, 2048)
-# what a JVM takes beyond its heap (metaspace, code cache, threads, direct buffers)
-JVM_OVERHEAD_MB = 512
+# The driver's heap is the same on every machine: it holds plans, the PCA's 1280 x 1280 Gram matrix and
+# Arrow's batches, not the data. A 2 GiB heap bought no speed over 1 GiB at 20,000 images and held 0.7-0.9
+# GB more, garbage between two collections (docs/BENCHMARKS.md, round 7).
+DRIVER_HEAP_MB = 1024
+# what the driver's JVM holds beyond its heap (the class archive, the collector's tables, metaspace,
+# threads, direct buffers): measured over a 1 GiB heap
+JVM_OVERHEAD_MB = 768
 
 DRIVER_JAVA_OPTIONS = "spark.driver.extraJavaOptions"
 LOCAL_SPARK_CONF = {
@@ -73,14 +74,12 @@ class Sizing:
 
 
 def sized(worker_peak_mb: int, machine_mb: int | None = None, cores: int | None = None) -> Sizing:
-    """The run's memory from the machine's (``MEMORY_SHARE`` of it): the driver's heap within
-    ``DRIVER_HEAP_MB``, then one Python worker per core while their peak (the engine record's) fits."""
+    """The run's memory from the machine's (``MEMORY_SHARE`` of it): after the driver's JVM, one Python
+    worker per core while their peak (the engine record's) fits."""
     machine_mb = machine_memory_mb() if machine_mb is None else machine_mb
     cores = (os.cpu_count() or 1) if cores is None else cores
-    budget = machine_mb * MEMORY_SHARE
-    driver = int(min(max(budget / 4, DRIVER_HEAP_MB[0]), DRIVER_HEAP_MB[1]))
-    fit = int((budget - driver - JVM_OVERHEAD_MB) // worker_peak_mb)
-    return Sizing(driver, min(max(fit, 1), cores))
+    fit = int((machine_mb * MEMORY_SHARE - DRIVER_HEAP_MB - JVM_OVERHEAD_MB) // worker_peak_mb)
+    return Sizing(DRIVER_HEAP_MB, min(max(fit, 1), cores))
 
 
 def local_conf(overrides: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -87,9 +87,20 @@ def local_conf(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
     return {**LOCAL_SPARK_CONF, **driver_java_conf(), **(overrides or {})}
 
 
+# glibc gives a thread that allocates outside the Java heap an arena of its own, up to 8 a core: the driver's
+# task and Arrow threads kept ~0.3-0.4 GB more resident with no gain in speed (docs/BENCHMARKS.md, round 7)
+MALLOC_ARENAS = "2"
+
+
 def spark_env() -> dict[str, str]:
-    """This environment, with Spark's driver and Python workers on this interpreter (the project's venv)."""
-    return dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
+    """This environment, with Spark's driver and Python workers on this interpreter (the project's venv),
+    and glibc's arenas capped unless the user set them."""
+    return {
+        "MALLOC_ARENA_MAX": MALLOC_ARENAS,
+        **os.environ,
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+    }
 
 
 def local_session(master: str, app: str, overrides: Mapping[str, str] | None = None):

@@ -8,9 +8,12 @@ import threading
 from pathlib import Path
 
 from fruits_platform.local.runner import run_local
+from fruits_platform.local.spark_settings import LOCAL_SPARK_CONF
 from fruits_platform.pipeline import PipelineParams
 from fruits_spark.contract import STEP_NAMES
 
+# what a Spark Python worker's command line names: the local runs' daemon, PySpark's, a worker alone
+WORKER_MODULES = (LOCAL_SPARK_CONF["spark.python.daemon.module"], "pyspark.daemon", "pyspark.worker")
 # the day every bench run writes (its outputs are the bench's own)
 BENCH_DAY = "2026-01-01"
 
@@ -41,7 +44,7 @@ class WorkerMemory:
                 except psutil.Error:
                     continue  # ended between the listing and the reading
                 tree += rss
-                if "pyspark.daemon" in cmdline or "pyspark.worker" in cmdline:
+                if any(module in cmdline for module in WORKER_MODULES):
                     self.peak_mb = max(self.peak_mb, rss)
                 elif process.name() == "java":
                     self.jvm_peak_mb = max(self.jvm_peak_mb, rss)

@@ -420,12 +420,13 @@ def _off_or_from(lowest: int) -> Callable[[int], None]:
 # Near-duplicates, suspicious labels and drift between days, from the day's features and the earlier days'.
 # One step, not three: each reads the day and its history once, and each is one EMR step's start-up less.
 # Defaults chosen with `python -m fruits_platform.tools.bench_quality` (docs/BENCHMARKS.md, round 4). Its
-# cost is the highest measured on an idle machine with every check on (round 4, idle): 1,000 and 2,000
-# phone photos made from the sample's frames, where every photo has near neighbours (0.048-0.051 core-s).
+# cost is the highest of round 7's idle runs with every check on, at the largest count of each kind (2,000
+# phone photos made from the sample's frames, where every photo has near neighbours; 20,000 thumbnails, ten
+# copies of each): 0.0103 and 0.0055 core-seconds, rounded up.
 QUALITY = Step(
     "quality",
     "fruits_spark.quality",
-    core_seconds_per_image=0.05,
+    core_seconds_per_image=0.011,
     params=(
         RunParam(
             "near_duplicate_similarity",

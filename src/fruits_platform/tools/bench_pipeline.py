@@ -44,10 +44,11 @@ class WorkerMemory:
                 except psutil.Error:
                     continue  # ended between the listing and the reading
                 tree += rss
-                if any(module in cmdline for module in WORKER_MODULES):
-                    self.peak_mb = max(self.peak_mb, rss)
-                elif process.name() == "java":
+                # the JVM first: its command line names the daemon's module too (in its Spark conf)
+                if process.name() == "java":
                     self.jvm_peak_mb = max(self.jvm_peak_mb, rss)
+                elif any(module in cmdline for module in WORKER_MODULES):
+                    self.peak_mb = max(self.peak_mb, rss)
             self.tree_peak_mb = max(self.tree_peak_mb, tree)
             self._stop.wait(self.interval)
 

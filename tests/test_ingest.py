@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from fruits_spark.ingest import BINARY_FILE_SCHEMA, IngestParams, label_column, read_tasks, transform
+from fruits_spark import storage
+from fruits_spark.ingest import (
+    BINARY_FILE_SCHEMA,
+    IngestParams,
+    extract,
+    inspect_source,
+    label_column,
+    read_tasks,
+    transform,
+)
 from tests.corpus import awkward_files
 
 ROOT = "file:/data/in"
@@ -111,3 +121,48 @@ def test_a_small_day_gets_one_read_task_a_core_and_a_large_one_several():
     assert phone_night == 8
     assert thumbnails < middle < phone_night
     assert read_tasks(listed_bytes=2_000 * 2_700_000, cores=16) == 64
+
+
+def _on_disk(spark, folder, files: dict[str, bytes]):
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    root = storage.qualify(spark, str(folder))
+    return extract(spark, str(folder), storage.list_files(spark, str(folder))), root
+
+
+def test_local_files_read_by_the_python_workers_come_out_as_the_jvms_bytes_do(spark, tmp_path):
+    """``read_files``: each worker reads the files it decodes from their paths; every row, hash and curated
+    copy is the one the JVM's read gives, and each file is decoded once."""
+    corpus = {name: data for name, (data, _) in awkward_files().items()}
+    corpus["raspberry/copy.jpg"] = corpus["lemon/grey.jpg"]
+    corpus["apple/huge.jpg"] = b"\xff" * 200_000
+    (files, unlisted), root = _on_disk(spark, tmp_path / "in", corpus)
+    outcomes = {}
+    for read_files in (False, True):
+        inspected = spark.sparkContext.accumulator(0)
+        params = IngestParams(root, 100_000, rows_inspected=inspected, read_files=read_files)
+        outcomes[read_files] = transform(files, params, unlisted).collect()
+        # each file with an image name under the size limit decoded once: each of them has a hash
+        assert inspected.value == sum(row["content_hash"] is not None for row in outcomes[read_files])
+    assert outcomes[True]
+    assert sorted(outcomes[True]) == sorted(outcomes[False])
+    assert {row["status"] for row in outcomes[True]} == {"ok", "rejected", "duplicate", "ignored"}
+
+
+def test_a_local_file_that_cannot_be_read_or_grew_too_large_is_rejected_with_its_reason(tmp_path):
+    """What the JVM's listing cannot see: a file that became unreadable or too large before its worker read
+    it is a rejection with a reason, never a failed task."""
+    good = awkward_files()["lemon/grey.jpg"][0]
+    (tmp_path / "a.jpg").write_bytes(good)
+    (tmp_path / "folder.jpg").mkdir()
+    params = IngestParams("file:" + str(tmp_path), max_file_bytes=len(good), read_files=True)
+    read = inspect_source(f"file:{tmp_path}/a.jpg", params)
+    assert read.reason is None
+    assert read.content_hash == hashlib.sha256(good).hexdigest()
+    directory = inspect_source(f"file:{tmp_path}/folder.jpg", params)
+    assert (directory.reason, directory.detail.split(":")[0]) == ("unreadable", "IsADirectoryError")
+    missing = inspect_source(f"file:{tmp_path}/gone.jpg", params)
+    assert (missing.reason, missing.detail.split(":")[0]) == ("unreadable", "FileNotFoundError")
+    smaller = IngestParams(params.input_root, max_file_bytes=len(good) - 1, read_files=True)
+    assert inspect_source(f"file:{tmp_path}/a.jpg", smaller).reason == "too_large"

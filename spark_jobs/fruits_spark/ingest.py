@@ -63,6 +63,11 @@ class IngestParams:
     max_pixels: int = images.MAX_PIXELS
     # counts the files the UDF decodes: each exactly once, whatever the plan (tests and stats read it)
     rows_inspected: Accumulator | None = None
+    # Local files are read by the Python worker that decodes them, from their path: binaryFile without its
+    # content column reads no bytes, so each file is read once and neither the JVM nor Arrow copies it (the
+    # JVM spent ~25 ms of CPU a phone photo doing so: docs/BENCHMARKS.md, round 7). Other file systems
+    # (s3:// on EMR) are read by the JVM, whose Hadoop client the cluster has.
+    read_files: bool = False
 
 
 def read_tasks(listed_bytes: int, cores: int) -> int:
@@ -119,12 +124,33 @@ def label_column(path: F.Column, input_root: str) -> F.Column:
     )
 
 
+def read_local(uri: str, max_file_bytes: int) -> bytes | images.Inspection:
+    """A listed local file's bytes, or why they cannot be used: it went, or it grew too large, since the
+    listing."""
+    try:
+        with open(contract.local_path(uri), "rb") as stream:
+            data = stream.read(max_file_bytes + 1)
+    except OSError as error:
+        return images.Inspection("unreadable", f"{type(error).__name__}: {error.strerror or error}"[:200])
+    if len(data) > max_file_bytes:
+        return images.Inspection("too_large", f"more than {max_file_bytes} bytes when read")
+    return data
+
+
+def inspect_source(source: bytes | str, params: IngestParams) -> images.Inspection:
+    """``images.inspect_image`` of a file's bytes, or of the local file at this URI (``read_files``)."""
+    data = read_local(source, params.max_file_bytes) if params.read_files else source
+    if isinstance(data, images.Inspection):
+        return data
+    return images.inspect_image(data, params.max_pixels)
+
+
 def _inspect_udf(params: IngestParams):
     @F.pandas_udf(INSPECTION_SCHEMA)
-    def inspect(contents: pd.Series) -> pd.DataFrame:
+    def inspect(sources: pd.Series) -> pd.DataFrame:
         if params.rows_inspected is not None:
-            params.rows_inspected.add(len(contents))
-        rows = [images.inspect_image(data, params.max_pixels) for data in contents]
+            params.rows_inspected.add(len(sources))
+        rows = [inspect_source(source, params) for source in sources]
         return pd.DataFrame(
             {
                 "reason": [r.reason for r in rows],
@@ -177,7 +203,7 @@ def transform(files: DataFrame, params: IngestParams, unlisted: DataFrame | None
     # the outputs read its small result, and the originals are neither read twice nor shuffled
     inspected = (
         files.filter(is_image_name & size_ok)
-        .select("path", _inspect_udf(params)("content").alias("i"))
+        .select("path", _inspect_udf(params)("path" if params.read_files else "content").alias("i"))
         .select("path", "i.*")
         .localCheckpoint(eager=False)
     )
@@ -295,10 +321,12 @@ def main(argv: list[str] | None = None) -> None:
     spark.conf.set(
         "spark.sql.execution.arrow.maxRecordsPerBatch", str(records_per_batch(listed_bytes, len(listing)))
     )
+    root = storage.qualify(spark, args.input)
     params = IngestParams(
-        storage.qualify(spark, args.input),
+        root,
         args.max_file_bytes,
         rows_inspected=spark.sparkContext.accumulator(0),
+        read_files=contract.local_path(root) is not None,
     )
     stats = load(transform(files, params, unlisted), layout)
     refuse_empty_day(stats, args.input)

@@ -18,7 +18,7 @@ from fruits_spark.ingest import (
     read_tasks,
     transform,
 )
-from tests.corpus import awkward_files
+from tests.corpus import awkward_files, write_mixed_folder
 
 ROOT = "file:/data/in"
 
@@ -123,21 +123,14 @@ def test_a_small_day_gets_one_read_task_a_core_and_a_large_one_several():
     assert read_tasks(listed_bytes=2_000 * 2_700_000, cores=16) == 64
 
 
-def _on_disk(spark, folder, files: dict[str, bytes]):
-    for name, data in files.items():
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_bytes(data)
-    root = storage.qualify(spark, str(folder))
-    return extract(spark, str(folder), storage.list_files(spark, str(folder))), root
-
-
-def test_local_files_read_by_the_python_workers_come_out_as_the_jvms_bytes_do(spark, tmp_path):
+def test_local_files_read_by_the_python_workers_come_out_as_the_jvms_bytes_do(spark, tmp_path, sample_dir):
     """``read_files``: each worker reads the files it decodes from their paths; every row, hash and curated
     copy is the one the JVM's read gives, and each file is decoded once."""
-    corpus = {name: data for name, (data, _) in awkward_files().items()}
-    corpus["raspberry/copy.jpg"] = corpus["lemon/grey.jpg"]
-    corpus["apple/huge.jpg"] = b"\xff" * 200_000
-    (files, unlisted), root = _on_disk(spark, tmp_path / "in", corpus)
+    folder = tmp_path / "in"
+    write_mixed_folder(folder, [sorted((sample_dir / "apple").glob("*.jpg"))[0]])
+    (folder / "apple" / "huge.jpg").write_bytes(b"\xff" * 200_000)
+    files, unlisted = extract(spark, str(folder), storage.list_files(spark, str(folder)))
+    root = storage.qualify(spark, str(folder))
     outcomes = {}
     for read_files in (False, True):
         inspected = spark.sparkContext.accumulator(0)
